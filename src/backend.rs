@@ -1,0 +1,112 @@
+//! The seam between the qtoken engine and a libOS.
+//!
+//! A backend owns sockets and drives a device; it knows nothing of qtokens.
+//! The engine hands it an opaque [`OpId`] with every asynchronous request and
+//! the backend reports the outcome, now or from a later [`Backend::poll`],
+//! through [`Completions`]. Arguments arrive already validated: the engine
+//! checks descriptors, addresses, buffers and socket state (bound, listening,
+//! connected...) once for every libOS, so backends only do device work.
+
+use crate::buffer::Buffer;
+use crate::error::Result;
+use std::net::SocketAddrV4;
+use std::os::fd::RawFd;
+
+/// A backend's name for one of its sockets.
+pub type SockId = usize;
+
+/// The engine's name for one pending operation; opaque to backends.
+pub type OpId = u64;
+
+/// Socket types every libOS understands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SockType {
+    /// Connection-oriented (`SOCK_STREAM`): TCP on catnap, RC queue pairs on catmint.
+    Stream,
+    /// Datagrams (`SOCK_DGRAM`): UDP, or UD queue pairs on catmint.
+    Datagram,
+}
+
+/// How an operation ended.
+#[derive(Debug)]
+pub enum Outcome {
+    /// All bytes of a push were handed to the device.
+    Pushed,
+    /// Data arrived; `from` is the sender for datagram sockets. A zero-length
+    /// buffer on a stream socket means the peer closed (end of file).
+    Popped { buf: Buffer, from: Option<SocketAddrV4> },
+    /// A connection was accepted: the backend's id for the new socket.
+    Accepted { sock: SockId, peer: SocketAddrV4 },
+    /// The connection is established (or the default peer is set).
+    Connected,
+    /// The operation failed with this positive errno.
+    Failed(i32),
+}
+
+/// Where backends report finished operations.
+#[derive(Debug, Default)]
+pub struct Completions(pub(crate) Vec<(OpId, Outcome)>);
+
+impl Completions {
+    /// Reports that `op` ended with `outcome`. Each OpId is reported once.
+    pub fn complete(&mut self, op: OpId, outcome: Outcome) {
+        self.0.push((op, outcome));
+    }
+}
+
+/// A libOS as the engine drives it. All methods are non-blocking.
+pub trait Backend: Send {
+    /// The libOS's name ("catnap", "catmint", "catnip").
+    fn name(&self) -> &'static str;
+
+    /// Creates a socket.
+    fn socket(&mut self, ty: SockType) -> Result<SockId>;
+
+    /// Binds a local address; returns the address really bound (port 0 picks one).
+    fn bind(&mut self, s: SockId, addr: SocketAddrV4) -> Result<SocketAddrV4>;
+
+    /// Starts accepting connections on a bound stream socket.
+    fn listen(&mut self, s: SockId, backlog: i32) -> Result<()>;
+
+    /// Starts accepting one connection; completes with [`Outcome::Accepted`].
+    fn accept(&mut self, s: SockId, op: OpId, out: &mut Completions) -> Result<()>;
+
+    /// Starts connecting (stream) or sets the default peer (datagram);
+    /// completes with [`Outcome::Connected`] or a failure such as ECONNREFUSED.
+    fn connect(&mut self, s: SockId, to: SocketAddrV4, op: OpId, out: &mut Completions) -> Result<()>;
+
+    /// Starts sending `buf` (to `to` for datagrams without a default peer);
+    /// completes with [`Outcome::Pushed`]. The backend keeps `buf` (and so the
+    /// memory) until the device is done with it.
+    fn push(&mut self, s: SockId, buf: Buffer, to: Option<SocketAddrV4>, op: OpId, out: &mut Completions) -> Result<()>;
+
+    /// Starts receiving; completes with [`Outcome::Popped`].
+    fn pop(&mut self, s: SockId, op: OpId, out: &mut Completions) -> Result<()>;
+
+    /// Closes the socket. Every operation still pending on it must be
+    /// completed (ECANCELED) into `out` before this returns; none may follow.
+    fn close(&mut self, s: SockId, out: &mut Completions) -> Result<()>;
+
+    /// Memory the device can send from without copying.
+    fn alloc(&mut self, len: usize) -> Result<Buffer> {
+        Ok(Buffer::heap(len))
+    }
+
+    /// Sets a socket option (`level`, `name` as in setsockopt(2)).
+    fn setsockopt(&mut self, s: SockId, level: i32, name: i32, val: &[u8]) -> Result<()>;
+
+    /// Reads a socket option into `val`; returns the length written.
+    fn getsockopt(&mut self, s: SockId, level: i32, name: i32, val: &mut [u8]) -> Result<usize>;
+
+    /// The connected peer's address.
+    fn peer_addr(&mut self, s: SockId) -> Result<SocketAddrV4>;
+
+    /// Moves the device forward without blocking and reports what finished.
+    fn poll(&mut self, out: &mut Completions);
+
+    /// Arms wake-up notification and returns a descriptor that becomes
+    /// readable when `poll` has work, or `None` if the device can only be
+    /// busy-polled (DPDK). After arming, the engine polls once more before it
+    /// sleeps, so work that raced with arming is not missed.
+    fn arm(&mut self) -> Option<RawFd>;
+}

@@ -1,0 +1,313 @@
+//! catnap: the libOS over Linux sockets and epoll. Runs on any Linux host.
+//!
+//! Every socket is non-blocking and registered edge-triggered with one epoll
+//! instance. A request is queued on its socket and tried at once; whatever
+//! would block waits for the socket's next epoll edge. Stream pops return
+//! whatever bytes have arrived (up to 64 KiB) as one buffer; datagram pops
+//! return one datagram with its sender.
+
+mod sys;
+
+use crate::backend::{Backend, Completions, OpId, Outcome, SockId, SockType};
+use crate::buffer::Buffer;
+use crate::error::{fail, Result};
+use std::collections::VecDeque;
+use std::net::SocketAddrV4;
+use std::os::fd::{OwnedFd, RawFd};
+use sys::{is_would_block, Epoll};
+
+/// Largest single read: the largest UDP datagram fits.
+const SCRATCH_LEN: usize = 65536;
+
+struct PendingPush {
+    op: OpId,
+    buf: Buffer,
+    sent: usize,
+    to: Option<SocketAddrV4>,
+}
+
+struct Sock {
+    fd: OwnedFd,
+    ty: SockType,
+    accepts: VecDeque<OpId>,
+    connect: Option<OpId>,
+    pushes: VecDeque<PendingPush>,
+    pops: VecDeque<OpId>,
+    /// The peer closed its side: every later stream pop is end of file.
+    eof: bool,
+}
+
+impl Sock {
+    fn new(fd: OwnedFd, ty: SockType) -> Sock {
+        Sock {
+            fd,
+            ty,
+            accepts: VecDeque::new(),
+            connect: None,
+            pushes: VecDeque::new(),
+            pops: VecDeque::new(),
+            eof: false,
+        }
+    }
+}
+
+/// The catnap backend.
+pub struct Catnap {
+    epoll: Epoll,
+    socks: Vec<Option<Sock>>,
+    free: Vec<usize>,
+    events: Vec<libc::epoll_event>,
+    scratch: Box<[u8]>,
+}
+
+impl Catnap {
+    pub fn new() -> Result<Catnap> {
+        Ok(Catnap {
+            epoll: Epoll::new()?,
+            socks: Vec::new(),
+            free: Vec::new(),
+            events: vec![libc::epoll_event { events: 0, u64: 0 }; 64],
+            scratch: vec![0u8; SCRATCH_LEN].into_boxed_slice(),
+        })
+    }
+
+    fn sock(&mut self, s: SockId) -> Result<&mut Sock> {
+        match self.socks.get_mut(s) {
+            Some(Some(sock)) => Ok(sock),
+            _ => fail(libc::EBADF, "catnap: no such socket"),
+        }
+    }
+
+    fn insert(&mut self, sock: Sock) -> Result<SockId> {
+        let id = self.free.pop().unwrap_or_else(|| {
+            self.socks.push(None);
+            self.socks.len() - 1
+        });
+        self.epoll.add(&sock.fd, id as u64)?;
+        self.socks[id] = Some(sock);
+        Ok(id)
+    }
+
+    /// Moves every queue of socket `s` as far as it goes without blocking.
+    fn progress(&mut self, s: SockId, out: &mut Completions) {
+        self.progress_connect(s, out);
+        self.progress_accepts(s, out);
+        self.progress_pushes(s, out);
+        self.progress_pops(s, out);
+    }
+
+    fn progress_connect(&mut self, s: SockId, out: &mut Completions) {
+        let Ok(sock) = self.sock(s) else { return };
+        let Some(op) = sock.connect else { return };
+        // Connected once the kernel knows the peer; otherwise SO_ERROR tells
+        // a failure from a connect that is still under way.
+        if sys::peer_addr(&sock.fd).is_ok() {
+            sock.connect = None;
+            out.complete(op, Outcome::Connected);
+            return;
+        }
+        match sys::take_error(&sock.fd) {
+            Ok(0) => {}
+            Ok(errno) => {
+                sock.connect = None;
+                out.complete(op, Outcome::Failed(errno));
+            }
+            Err(e) => {
+                sock.connect = None;
+                out.complete(op, Outcome::Failed(e.errno()));
+            }
+        }
+    }
+
+    fn progress_accepts(&mut self, s: SockId, out: &mut Completions) {
+        loop {
+            let Ok(sock) = self.sock(s) else { return };
+            let Some(&op) = sock.accepts.front() else { return };
+            match sys::accept(&sock.fd) {
+                Ok((fd, peer)) => {
+                    sock.accepts.pop_front();
+                    match self.insert(Sock::new(fd, SockType::Stream)) {
+                        Ok(id) => out.complete(op, Outcome::Accepted { sock: id, peer }),
+                        Err(e) => out.complete(op, Outcome::Failed(e.errno())),
+                    }
+                }
+                Err(e) if is_would_block(&e) => return,
+                // The connection died before we took it; take the next one.
+                Err(e) if e.errno() == libc::ECONNABORTED || e.errno() == libc::EINTR => {}
+                Err(e) => {
+                    sock.accepts.pop_front();
+                    out.complete(op, Outcome::Failed(e.errno()));
+                }
+            }
+        }
+    }
+
+    fn progress_pushes(&mut self, s: SockId, out: &mut Completions) {
+        let Ok(sock) = self.sock(s) else { return };
+        while let Some(p) = sock.pushes.front_mut() {
+            match sys::send(&sock.fd, &p.buf.as_slice()[p.sent..], p.to) {
+                Ok(n) => {
+                    p.sent += n;
+                    if p.sent < p.buf.len() {
+                        continue;
+                    }
+                    let op = p.op;
+                    sock.pushes.pop_front();
+                    out.complete(op, Outcome::Pushed);
+                }
+                Err(e) if is_would_block(&e) => return,
+                Err(e) if e.errno() == libc::EINTR => {}
+                Err(e) => {
+                    let op = p.op;
+                    sock.pushes.pop_front();
+                    out.complete(op, Outcome::Failed(e.errno()));
+                }
+            }
+        }
+    }
+
+    fn progress_pops(&mut self, s: SockId, out: &mut Completions) {
+        let Some(Some(sock)) = self.socks.get_mut(s) else { return };
+        while let Some(&op) = sock.pops.front() {
+            if sock.eof {
+                sock.pops.pop_front();
+                out.complete(op, Outcome::Popped { buf: Buffer::heap(0), from: None });
+                continue;
+            }
+            match sys::recv(&sock.fd, &mut self.scratch) {
+                Ok((n, from)) => {
+                    sock.pops.pop_front();
+                    if n == 0 && sock.ty == SockType::Stream {
+                        sock.eof = true;
+                    }
+                    let from = if sock.ty == SockType::Datagram { from } else { None };
+                    let buf = Buffer::copy_from(&self.scratch[..n]);
+                    out.complete(op, Outcome::Popped { buf, from });
+                }
+                Err(e) if is_would_block(&e) => return,
+                Err(e) if e.errno() == libc::EINTR => {}
+                Err(e) => {
+                    sock.pops.pop_front();
+                    out.complete(op, Outcome::Failed(e.errno()));
+                }
+            }
+        }
+    }
+}
+
+fn cancel(sock: Sock, out: &mut Completions) {
+    let ops = sock.accepts.into_iter().chain(sock.connect).chain(sock.pushes.into_iter().map(|p| p.op)).chain(sock.pops);
+    for op in ops {
+        out.complete(op, Outcome::Failed(libc::ECANCELED));
+    }
+    // Dropping the fd closes it, which also removes it from the epoll set.
+}
+
+impl Backend for Catnap {
+    fn name(&self) -> &'static str {
+        "catnap"
+    }
+
+    fn socket(&mut self, ty: SockType) -> Result<SockId> {
+        let raw = match ty {
+            SockType::Stream => libc::SOCK_STREAM,
+            SockType::Datagram => libc::SOCK_DGRAM,
+        };
+        let fd = sys::socket(raw)?;
+        self.insert(Sock::new(fd, ty))
+    }
+
+    fn bind(&mut self, s: SockId, addr: SocketAddrV4) -> Result<SocketAddrV4> {
+        let sock = self.sock(s)?;
+        sys::bind(&sock.fd, addr)?;
+        sys::local_addr(&sock.fd)
+    }
+
+    fn listen(&mut self, s: SockId, backlog: i32) -> Result<()> {
+        sys::listen(&self.sock(s)?.fd, backlog)
+    }
+
+    fn accept(&mut self, s: SockId, op: OpId, out: &mut Completions) -> Result<()> {
+        self.sock(s)?.accepts.push_back(op);
+        self.progress_accepts(s, out);
+        Ok(())
+    }
+
+    fn connect(&mut self, s: SockId, to: SocketAddrV4, op: OpId, out: &mut Completions) -> Result<()> {
+        let sock = self.sock(s)?;
+        match sys::connect(&sock.fd, to) {
+            Ok(()) => out.complete(op, Outcome::Connected),
+            Err(e) if e.errno() == libc::EINPROGRESS => sock.connect = Some(op),
+            // Refused, unreachable...: the operation fails, the call does not.
+            Err(e) => out.complete(op, Outcome::Failed(e.errno())),
+        }
+        Ok(())
+    }
+
+    fn push(&mut self, s: SockId, buf: Buffer, to: Option<SocketAddrV4>, op: OpId, out: &mut Completions) -> Result<()> {
+        let sock = self.sock(s)?;
+        // A stream socket sends to its peer; an address there is ignored.
+        let to = if sock.ty == SockType::Datagram { to } else { None };
+        sock.pushes.push_back(PendingPush { op, buf, sent: 0, to });
+        self.progress_pushes(s, out);
+        Ok(())
+    }
+
+    fn pop(&mut self, s: SockId, op: OpId, out: &mut Completions) -> Result<()> {
+        self.sock(s)?.pops.push_back(op);
+        self.progress_pops(s, out);
+        Ok(())
+    }
+
+    fn close(&mut self, s: SockId, out: &mut Completions) -> Result<()> {
+        match self.socks.get_mut(s).and_then(Option::take) {
+            Some(sock) => {
+                self.free.push(s);
+                cancel(sock, out);
+                Ok(())
+            }
+            None => fail(libc::EBADF, "catnap: no such socket"),
+        }
+    }
+
+    fn setsockopt(&mut self, s: SockId, level: i32, name: i32, val: &[u8]) -> Result<()> {
+        check_level(level)?;
+        sys::setsockopt(&self.sock(s)?.fd, level, name, val)
+    }
+
+    fn getsockopt(&mut self, s: SockId, level: i32, name: i32, val: &mut [u8]) -> Result<usize> {
+        check_level(level)?;
+        sys::getsockopt(&self.sock(s)?.fd, level, name, val)
+    }
+
+    fn peer_addr(&mut self, s: SockId) -> Result<SocketAddrV4> {
+        sys::peer_addr(&self.sock(s)?.fd)
+    }
+
+    fn poll(&mut self, out: &mut Completions) {
+        let mut events = std::mem::take(&mut self.events);
+        let n = match self.epoll.poll(&mut events) {
+            Ok(n) => n,
+            Err(e) => {
+                log::warn!("catnap: epoll_wait: {e}");
+                0
+            }
+        };
+        for ev in &events[..n] {
+            self.progress(ev.u64 as SockId, out);
+        }
+        self.events = events;
+    }
+
+    fn arm(&mut self) -> Option<RawFd> {
+        Some(self.epoll.raw_fd())
+    }
+}
+
+/// Options are passed to the kernel for these levels only.
+fn check_level(level: i32) -> Result<()> {
+    match level {
+        libc::SOL_SOCKET | libc::IPPROTO_TCP | libc::IPPROTO_IP => Ok(()),
+        _ => fail(libc::ENOPROTOOPT, "catnap passes SOL_SOCKET, IPPROTO_TCP and IPPROTO_IP options only"),
+    }
+}

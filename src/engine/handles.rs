@@ -1,0 +1,114 @@
+//! Buffers lent to C code, named by opaque handles in `sga_buf`.
+//!
+//! A handle is not a pointer: its top 16 bits carry a tag (which makes it a
+//! non-canonical address on x86-64, so no real pointer looks like one), then a
+//! 24-bit generation and a 24-bit slot index. `demi_sgafree` on anything that is
+//! not a live handle is refused with EINVAL without touching memory.
+
+use crate::buffer::Buffer;
+use crate::error::{fail, Result};
+
+const TAG: u64 = 0xde31 << 48;
+const TAG_MASK: u64 = 0xffff << 48;
+const IDX_BITS: u32 = 24;
+const IDX_MASK: u64 = (1 << IDX_BITS) - 1;
+const GEN_MASK: u64 = (1 << 24) - 1;
+
+struct Slot {
+    generation: u64,
+    buf: Option<Buffer>,
+}
+
+/// Slab of lent buffers.
+#[derive(Default)]
+pub struct HandleTable {
+    slots: Vec<Slot>,
+    free: Vec<u32>,
+}
+
+impl HandleTable {
+    /// True if `h` carries the library's tag (it may still be stale).
+    pub fn is_ours(h: u64) -> bool {
+        h & TAG_MASK == TAG
+    }
+
+    /// Lends `buf` to C; returns its handle.
+    pub fn insert(&mut self, buf: Buffer) -> Result<u64> {
+        let idx = match self.free.pop() {
+            Some(i) => i as usize,
+            None if (self.slots.len() as u64) < IDX_MASK => {
+                self.slots.push(Slot { generation: 1, buf: None });
+                self.slots.len() - 1
+            }
+            None => return fail(libc::ENOMEM, "too many buffers held by the application"),
+        };
+        let slot = &mut self.slots[idx];
+        slot.buf = Some(buf);
+        Ok(TAG | (slot.generation << IDX_BITS) | idx as u64)
+    }
+
+    fn index(&self, h: u64) -> Option<usize> {
+        if !Self::is_ours(h) {
+            return None;
+        }
+        let idx = (h & IDX_MASK) as usize;
+        let generation = (h >> IDX_BITS) & GEN_MASK;
+        let slot = self.slots.get(idx)?;
+        (slot.generation == generation && slot.buf.is_some()).then_some(idx)
+    }
+
+    /// The buffer behind a live handle.
+    pub fn get(&self, h: u64) -> Result<&Buffer> {
+        match self.index(h) {
+            Some(i) => Ok(self.slots[i].buf.as_ref().expect("checked by index")),
+            None => fail(libc::EINVAL, "not a live scatter-gather array handle"),
+        }
+    }
+
+    /// Takes a buffer back from C (demi_sgafree).
+    pub fn remove(&mut self, h: u64) -> Result<Buffer> {
+        let Some(i) = self.index(h) else {
+            return fail(libc::EINVAL, "not a scatter-gather array this library handed out (or already freed)");
+        };
+        let slot = &mut self.slots[i];
+        slot.generation = (slot.generation + 1) & GEN_MASK;
+        if slot.generation == 0 {
+            slot.generation = 1;
+        }
+        self.free.push(i as u32);
+        Ok(slot.buf.take().expect("checked by index"))
+    }
+
+    /// Buffers currently lent out.
+    pub fn len(&self) -> usize {
+        self.slots.len() - self.free.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn handles_are_tagged_and_single_use() {
+        let mut t = HandleTable::default();
+        let h = t.insert(Buffer::heap(8)).unwrap();
+        assert!(HandleTable::is_ours(h));
+        assert!(h >= 1 << 63, "handle must not look like a user-space pointer");
+        assert_eq!(t.get(h).unwrap().len(), 8);
+        t.remove(h).unwrap();
+        assert_eq!(t.remove(h).unwrap_err().errno(), libc::EINVAL, "double free refused");
+        let h2 = t.insert(Buffer::heap(4)).unwrap();
+        assert_ne!(h, h2, "a reused slot gets a new generation");
+        assert!(t.get(h).is_err());
+    }
+
+    #[test]
+    fn foreign_values_are_refused() {
+        let mut t = HandleTable::default();
+        let local = 5u8;
+        for h in [0u64, &local as *const u8 as u64, TAG, TAG | 12345, u64::MAX] {
+            assert!(t.remove(h).is_err(), "{h:#x}");
+        }
+    }
+}

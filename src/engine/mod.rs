@@ -1,0 +1,375 @@
+//! The qtoken engine: descriptors, tokens, and waiting.
+//!
+//! One [`Engine`] drives one backend. Every I/O call allocates a token, hands
+//! the request to the backend and returns; the backend reports outcomes
+//! (immediately or from `poll`), and `wait*` polls until the wanted token is
+//! done. [`crate::LibOs`] wraps an engine for use from many threads.
+
+pub mod handles;
+pub mod queue;
+pub mod token;
+
+use crate::backend::{Backend, Completions, OpId, Outcome, SockType};
+use crate::buffer::Buffer;
+use crate::error::{fail, Error, Result};
+use handles::HandleTable;
+use queue::{Phase, Queue, QueueTable};
+use std::net::SocketAddrV4;
+use std::os::fd::RawFd;
+use token::{OpKind, TokenTable};
+
+/// A queue token: names one asynchronous operation.
+pub type QToken = u64;
+
+/// A queue descriptor.
+pub type QDesc = i32;
+
+/// What a finished operation produced.
+#[derive(Debug)]
+pub enum QValue {
+    /// The pushed bytes were handed to the device.
+    Push,
+    /// Received data; `from` is the sender on datagram sockets. A zero-length
+    /// buffer on a stream socket is end of file (the peer closed).
+    Pop { buf: Buffer, from: Option<SocketAddrV4> },
+    /// A new connection, with its own descriptor.
+    Accept { qd: QDesc, peer: SocketAddrV4 },
+    /// The connection is established (or the default peer is set).
+    Connect,
+    /// The operation failed with this positive errno.
+    Failed(i32),
+}
+
+/// A finished operation.
+#[derive(Debug)]
+pub struct QResult {
+    /// The descriptor the operation ran on.
+    pub qd: QDesc,
+    /// The operation's token.
+    pub qt: QToken,
+    /// What it produced.
+    pub value: QValue,
+}
+
+impl QResult {
+    /// The errno of a failed operation, or 0.
+    pub fn errno(&self) -> i32 {
+        match self.value {
+            QValue::Failed(e) => e,
+            _ => 0,
+        }
+    }
+}
+
+/// The engine proper. Not thread-safe by itself; see [`crate::LibOs`].
+pub struct Engine {
+    backend: Box<dyn Backend>,
+    queues: QueueTable,
+    tokens: TokenTable<QValue>,
+    out: Completions,
+    /// Buffers lent to C code (`sga_buf` handles).
+    pub(crate) handles: HandleTable,
+    /// Completions applied since the last `take_fresh`.
+    fresh: usize,
+}
+
+impl Engine {
+    pub fn new(backend: Box<dyn Backend>) -> Self {
+        Engine {
+            backend,
+            queues: QueueTable::new(),
+            tokens: TokenTable::new(),
+            out: Completions::default(),
+            handles: HandleTable::default(),
+            fresh: 0,
+        }
+    }
+
+    /// The backend's name.
+    pub fn libos_name(&self) -> &'static str {
+        self.backend.name()
+    }
+
+    /// Creates a socket. `ty` may carry SOCK_NONBLOCK/SOCK_CLOEXEC, which are
+    /// meaningless here and ignored.
+    pub fn socket(&mut self, domain: i32, ty: i32, protocol: i32) -> Result<QDesc> {
+        if domain != libc::AF_INET {
+            return fail(libc::EAFNOSUPPORT, "only AF_INET sockets are supported");
+        }
+        let ty = match (ty & !(libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC), protocol) {
+            (libc::SOCK_STREAM, 0 | libc::IPPROTO_TCP) => SockType::Stream,
+            (libc::SOCK_DGRAM, 0 | libc::IPPROTO_UDP) => SockType::Datagram,
+            (libc::SOCK_STREAM | libc::SOCK_DGRAM, _) => {
+                return fail(libc::EPROTONOSUPPORT, "protocol does not match the socket type")
+            }
+            _ => return fail(libc::EPROTONOSUPPORT, "only SOCK_STREAM and SOCK_DGRAM are supported"),
+        };
+        self.open(ty)
+    }
+
+    /// Creates a socket of a known type.
+    pub fn open(&mut self, ty: SockType) -> Result<QDesc> {
+        let sock = self.backend.socket(ty)?;
+        match self.queues.insert(Queue::new(sock, ty)) {
+            Ok(qd) => Ok(qd),
+            Err(e) => {
+                let _ = self.backend.close(sock, &mut self.out);
+                Err(e)
+            }
+        }
+    }
+
+    pub fn bind(&mut self, qd: QDesc, addr: SocketAddrV4) -> Result<()> {
+        let q = self.queues.get(qd)?;
+        q.check_bind()?;
+        let local = self.backend.bind(q.sock, addr)?;
+        self.queues.get_mut(qd)?.local = Some(local);
+        Ok(())
+    }
+
+    /// The address a socket is bound to (after bind, connect or accept).
+    pub fn local_addr(&self, qd: QDesc) -> Result<Option<SocketAddrV4>> {
+        Ok(self.queues.get(qd)?.local)
+    }
+
+    pub fn listen(&mut self, qd: QDesc, backlog: i32) -> Result<()> {
+        let q = self.queues.get(qd)?;
+        q.check_listen()?;
+        self.backend.listen(q.sock, backlog.clamp(1, libc::SOMAXCONN))?;
+        self.queues.get_mut(qd)?.phase = Phase::Listening;
+        Ok(())
+    }
+
+    pub fn accept(&mut self, qd: QDesc) -> Result<QToken> {
+        let q = self.queues.get(qd)?;
+        q.check_accept()?;
+        let sock = q.sock;
+        let op = self.tokens.issue(qd, OpKind::Accept);
+        let r = self.backend.accept(sock, op, &mut self.out);
+        self.started(op, r)
+    }
+
+    pub fn connect(&mut self, qd: QDesc, to: SocketAddrV4) -> Result<QToken> {
+        let q = self.queues.get(qd)?;
+        q.check_connect()?;
+        if to.ip().is_unspecified() || to.port() == 0 {
+            return fail(libc::EINVAL, "cannot connect to a zero address or port");
+        }
+        let (sock, ty) = (q.sock, q.ty);
+        let op = self.tokens.issue(qd, OpKind::Connect);
+        let q = self.queues.get_mut(qd)?;
+        let (old_phase, old_peer) = (q.phase, q.peer);
+        q.peer = Some(to);
+        if ty == SockType::Stream {
+            q.phase = Phase::Connecting;
+        }
+        let r = self.backend.connect(sock, to, op, &mut self.out);
+        if r.is_err() {
+            let q = self.queues.get_mut(qd)?;
+            (q.phase, q.peer) = (old_phase, old_peer);
+        }
+        self.started(op, r)
+    }
+
+    /// Pushes `buf` (the whole view) on a connected socket, or to `to` on a
+    /// datagram socket.
+    pub fn push(&mut self, qd: QDesc, buf: Buffer, to: Option<SocketAddrV4>) -> Result<QToken> {
+        let q = self.queues.get(qd)?;
+        let to = q.push_target(to)?;
+        if buf.is_empty() {
+            return fail(libc::EINVAL, "cannot push zero bytes");
+        }
+        if buf.len() > u32::MAX as usize {
+            return fail(libc::EINVAL, "segment longer than 4 GiB");
+        }
+        let sock = q.sock;
+        let op = self.tokens.issue(qd, OpKind::Push);
+        let r = self.backend.push(sock, buf, to, op, &mut self.out);
+        self.started(op, r)
+    }
+
+    pub fn pop(&mut self, qd: QDesc) -> Result<QToken> {
+        let q = self.queues.get(qd)?;
+        q.check_pop()?;
+        let sock = q.sock;
+        let op = self.tokens.issue(qd, OpKind::Pop);
+        let r = self.backend.pop(sock, op, &mut self.out);
+        self.started(op, r)
+    }
+
+    /// Closes a descriptor; its pending operations finish with ECANCELED.
+    pub fn close(&mut self, qd: QDesc) -> Result<()> {
+        let q = self.queues.remove(qd)?;
+        let r = self.backend.close(q.sock, &mut self.out);
+        self.apply();
+        r
+    }
+
+    pub fn setsockopt(&mut self, qd: QDesc, level: i32, name: i32, val: &[u8]) -> Result<()> {
+        let sock = self.queues.get(qd)?.sock;
+        self.backend.setsockopt(sock, level, name, val)
+    }
+
+    pub fn getsockopt(&mut self, qd: QDesc, level: i32, name: i32, val: &mut [u8]) -> Result<usize> {
+        let sock = self.queues.get(qd)?.sock;
+        self.backend.getsockopt(sock, level, name, val)
+    }
+
+    pub fn peer_addr(&mut self, qd: QDesc) -> Result<SocketAddrV4> {
+        let q = self.queues.get(qd)?;
+        if q.phase != Phase::Connected {
+            return fail(libc::ENOTCONN, "socket is not connected");
+        }
+        let sock = q.sock;
+        self.backend.peer_addr(sock)
+    }
+
+    /// Memory the libOS can push without copying.
+    pub fn alloc(&mut self, len: usize) -> Result<Buffer> {
+        self.backend.alloc(len)
+    }
+
+    /// Moves the backend forward and applies what finished.
+    pub fn poll(&mut self) {
+        self.backend.poll(&mut self.out);
+        self.apply();
+    }
+
+    /// Arms the backend's wake-up and returns its descriptor.
+    pub fn arm(&mut self) -> Option<RawFd> {
+        self.backend.arm()
+    }
+
+    /// Takes a finished operation; `Err(EINVAL)` if `qt` is not a live token,
+    /// `Ok(None)` if it is still pending.
+    pub fn take(&mut self, qt: QToken) -> Result<Option<QResult>> {
+        if let Some(f) = self.tokens.take(qt) {
+            return Ok(Some(QResult { qd: f.qd, qt, value: f.outcome }));
+        }
+        if self.tokens.is_live(qt) {
+            Ok(None)
+        } else {
+            fail(libc::EINVAL, "not a live queue token (stale, consumed or forged)")
+        }
+    }
+
+    /// True if `qt` names a live (pending or finished) operation.
+    pub fn is_live(&self, qt: QToken) -> bool {
+        self.tokens.is_live(qt)
+    }
+
+    /// True if `qt` is finished and not yet taken.
+    pub fn is_done(&self, qt: QToken) -> bool {
+        self.tokens.is_done(qt)
+    }
+
+    /// Takes the oldest finished operation not yet taken.
+    pub fn take_next(&mut self) -> Option<QResult> {
+        self.tokens.take_next().map(|f| QResult { qd: f.qd, qt: f.token, value: f.outcome })
+    }
+
+    /// True if any finished operation waits to be taken.
+    pub fn any_done(&mut self) -> bool {
+        self.tokens.any_done()
+    }
+
+    /// Operations issued and not yet finished.
+    pub fn pending(&self) -> usize {
+        self.tokens.pending()
+    }
+
+    /// Open descriptors.
+    pub fn open_descriptors(&self) -> Vec<QDesc> {
+        self.queues.open().collect()
+    }
+
+    /// Number of completions applied since the last call.
+    pub(crate) fn take_fresh(&mut self) -> usize {
+        std::mem::take(&mut self.fresh)
+    }
+
+    /// Finishes issuing `op`: a refused request frees its token.
+    fn started(&mut self, op: OpId, r: Result<()>) -> Result<QToken> {
+        match r {
+            Ok(()) => {
+                self.apply();
+                Ok(op)
+            }
+            Err(e) => {
+                // A backend that refuses must not also have completed the op.
+                self.out.0.retain(|(o, _)| *o != op);
+                self.tokens.complete(op, QValue::Failed(e.errno()));
+                let _ = self.tokens.take(op);
+                self.apply();
+                Err(e)
+            }
+        }
+    }
+
+    /// Turns backend outcomes into results, updating socket state.
+    fn apply(&mut self) {
+        let mut out = std::mem::take(&mut self.out.0);
+        for (op, outcome) in out.drain(..) {
+            let Some((qd, kind)) = self.tokens.describe(op) else {
+                log::error!("{}: completion for unknown operation {op:#x} dropped", self.backend.name());
+                continue;
+            };
+            let value = match outcome {
+                Outcome::Pushed => QValue::Push,
+                Outcome::Popped { buf, from } => QValue::Pop { buf, from },
+                Outcome::Connected => {
+                    if let Ok(q) = self.queues.get_mut(qd) {
+                        q.phase = Phase::Connected;
+                    }
+                    QValue::Connect
+                }
+                Outcome::Accepted { sock, peer } => {
+                    let mut q = Queue::new(sock, SockType::Stream);
+                    q.phase = Phase::Connected;
+                    q.peer = Some(peer);
+                    match self.queues.insert(q) {
+                        Ok(new_qd) => QValue::Accept { qd: new_qd, peer },
+                        Err(e) => {
+                            let _ = self.backend.close(sock, &mut Completions::default());
+                            QValue::Failed(e.errno())
+                        }
+                    }
+                }
+                Outcome::Failed(errno) => {
+                    if kind == OpKind::Connect {
+                        if let Ok(q) = self.queues.get_mut(qd) {
+                            if q.phase == Phase::Connecting {
+                                q.phase = Phase::Idle;
+                                q.peer = None;
+                            }
+                        }
+                    }
+                    QValue::Failed(errno)
+                }
+            };
+            if self.tokens.complete(op, value) {
+                self.fresh += 1;
+            }
+        }
+        // Keep the vector's capacity for the next round.
+        if self.out.0.is_empty() {
+            self.out.0 = out;
+        }
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        for qd in self.queues.open().collect::<Vec<_>>() {
+            let _ = self.close(qd);
+        }
+    }
+}
+
+/// Builds an error for an unknown or unbuilt libOS name.
+pub(crate) fn unknown_libos(name: &str) -> Error {
+    Error::with(
+        libc::EINVAL,
+        format!("unknown or not built libOS {name:?}; this build has: {}", crate::config::built_libos_names().join(", ")),
+    )
+}

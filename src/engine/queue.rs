@@ -1,0 +1,209 @@
+//! The descriptor table and the socket state rules every libOS shares.
+//!
+//! The engine, not the backends, decides EBADF, EINVAL, EISCONN, EALREADY,
+//! ENOTCONN and friends, so each libOS answers bad calls the same way.
+
+use crate::backend::{SockId, SockType};
+use crate::error::{fail, Result};
+use libc::{EALREADY, EBADF, EDESTADDRREQ, EINVAL, EISCONN, ENOTCONN, EOPNOTSUPP};
+use std::collections::VecDeque;
+use std::net::SocketAddrV4;
+
+/// Where a socket is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    /// Created (and maybe bound), not listening or connecting.
+    Idle,
+    /// Listening for connections.
+    Listening,
+    /// A stream connect is under way.
+    Connecting,
+    /// Connected (stream), or a default peer is set (datagram).
+    Connected,
+}
+
+/// One open descriptor.
+#[derive(Debug)]
+pub struct Queue {
+    pub sock: SockId,
+    pub ty: SockType,
+    pub local: Option<SocketAddrV4>,
+    pub peer: Option<SocketAddrV4>,
+    pub phase: Phase,
+}
+
+impl Queue {
+    pub fn new(sock: SockId, ty: SockType) -> Self {
+        Queue { sock, ty, local: None, peer: None, phase: Phase::Idle }
+    }
+
+    pub fn check_bind(&self) -> Result<()> {
+        if self.local.is_some() {
+            return fail(EINVAL, "socket is already bound");
+        }
+        if self.phase != Phase::Idle {
+            return fail(EINVAL, "socket is already connected or listening");
+        }
+        Ok(())
+    }
+
+    pub fn check_listen(&self) -> Result<()> {
+        match (self.ty, self.phase) {
+            (SockType::Datagram, _) => fail(EOPNOTSUPP, "listen needs a stream socket"),
+            (_, Phase::Idle) if self.local.is_none() => fail(EDESTADDRREQ, "listen needs a bound socket"),
+            (_, Phase::Idle | Phase::Listening) => Ok(()),
+            _ => fail(EINVAL, "socket is connected or connecting"),
+        }
+    }
+
+    pub fn check_accept(&self) -> Result<()> {
+        match (self.ty, self.phase) {
+            (SockType::Datagram, _) => fail(EOPNOTSUPP, "accept needs a stream socket"),
+            (_, Phase::Listening) => Ok(()),
+            _ => fail(EINVAL, "socket is not listening"),
+        }
+    }
+
+    pub fn check_connect(&self) -> Result<()> {
+        match (self.ty, self.phase) {
+            (_, Phase::Listening) => fail(EINVAL, "socket is listening"),
+            (SockType::Datagram, _) => Ok(()),
+            (_, Phase::Connecting) => fail(EALREADY, "a connect is already in progress"),
+            (_, Phase::Connected) => fail(EISCONN, "socket is already connected"),
+            (_, Phase::Idle) => Ok(()),
+        }
+    }
+
+    /// Checks a push and picks its destination (`None` on a stream).
+    pub fn push_target(&self, to: Option<SocketAddrV4>) -> Result<Option<SocketAddrV4>> {
+        match self.ty {
+            // sendto(2) on a connected stream ignores the address; so do we.
+            SockType::Stream if self.phase == Phase::Connected => Ok(None),
+            SockType::Stream if self.phase == Phase::Listening => fail(EINVAL, "cannot push to a listening socket"),
+            SockType::Stream => fail(ENOTCONN, "stream socket is not connected"),
+            SockType::Datagram => match to.or(self.peer) {
+                Some(a) => Ok(Some(a)),
+                None => fail(EDESTADDRREQ, "datagram socket has no default peer; use pushto"),
+            },
+        }
+    }
+
+    pub fn check_pop(&self) -> Result<()> {
+        match (self.ty, self.phase) {
+            (SockType::Stream, Phase::Connected) => Ok(()),
+            (SockType::Stream, Phase::Listening) => fail(EINVAL, "cannot pop from a listening socket; use accept"),
+            (SockType::Stream, _) => fail(ENOTCONN, "stream socket is not connected"),
+            (SockType::Datagram, _) => Ok(()),
+        }
+    }
+}
+
+/// Descriptor slab. Descriptor 0 is never handed out (a zeroed `int qd` is a
+/// common bug), and freed numbers are reused oldest-first so a stale
+/// descriptor rarely names a new socket at once.
+pub struct QueueTable {
+    slots: Vec<Option<Queue>>,
+    free: VecDeque<usize>,
+}
+
+impl QueueTable {
+    pub fn new() -> Self {
+        QueueTable { slots: vec![None], free: VecDeque::new() }
+    }
+
+    pub fn insert(&mut self, q: Queue) -> Result<i32> {
+        let idx = match self.free.pop_front() {
+            Some(i) => i,
+            None if self.slots.len() < i32::MAX as usize => {
+                self.slots.push(None);
+                self.slots.len() - 1
+            }
+            None => return fail(libc::EMFILE, "too many open descriptors"),
+        };
+        self.slots[idx] = Some(q);
+        Ok(idx as i32)
+    }
+
+    pub fn get(&self, qd: i32) -> Result<&Queue> {
+        match usize::try_from(qd).ok().and_then(|i| self.slots.get(i)) {
+            Some(Some(q)) => Ok(q),
+            _ => fail(EBADF, "not an open queue descriptor"),
+        }
+    }
+
+    pub fn get_mut(&mut self, qd: i32) -> Result<&mut Queue> {
+        match usize::try_from(qd).ok().and_then(|i| self.slots.get_mut(i)) {
+            Some(Some(q)) => Ok(q),
+            _ => fail(EBADF, "not an open queue descriptor"),
+        }
+    }
+
+    pub fn remove(&mut self, qd: i32) -> Result<Queue> {
+        let q = usize::try_from(qd).ok().and_then(|i| self.slots.get_mut(i)).and_then(Option::take);
+        match q {
+            Some(q) => {
+                self.free.push_back(qd as usize);
+                Ok(q)
+            }
+            None => fail(EBADF, "not an open queue descriptor"),
+        }
+    }
+
+    /// Open descriptors.
+    pub fn open(&self) -> impl Iterator<Item = i32> + '_ {
+        self.slots.iter().enumerate().filter(|(_, q)| q.is_some()).map(|(i, _)| i as i32)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn errno<T: std::fmt::Debug>(r: Result<T>) -> i32 {
+        r.unwrap_err().errno()
+    }
+
+    #[test]
+    fn stream_state_rules() {
+        let mut q = Queue::new(0, SockType::Stream);
+        assert_eq!(errno(q.push_target(None)), ENOTCONN);
+        assert_eq!(errno(q.check_pop()), ENOTCONN);
+        assert_eq!(errno(q.check_accept()), EINVAL);
+        assert_eq!(errno(q.check_listen()), EDESTADDRREQ);
+        q.phase = Phase::Connecting;
+        assert_eq!(errno(q.check_connect()), EALREADY);
+        q.phase = Phase::Connected;
+        assert_eq!(errno(q.check_connect()), EISCONN);
+        assert!(q.push_target(None).unwrap().is_none());
+        q.phase = Phase::Listening;
+        assert_eq!(errno(q.check_connect()), EINVAL);
+        q.local = Some("127.0.0.1:1".parse().unwrap());
+        assert_eq!(errno(q.check_bind()), EINVAL);
+    }
+
+    #[test]
+    fn datagram_needs_a_destination() {
+        let mut q = Queue::new(0, SockType::Datagram);
+        assert_eq!(errno(q.push_target(None)), EDESTADDRREQ);
+        assert_eq!(errno(q.check_listen()), EOPNOTSUPP);
+        let a: SocketAddrV4 = "10.0.0.1:9".parse().unwrap();
+        assert_eq!(q.push_target(Some(a)).unwrap(), Some(a));
+        q.peer = Some(a);
+        assert_eq!(q.push_target(None).unwrap(), Some(a));
+        assert!(q.check_connect().is_ok(), "datagram sockets may reconnect");
+    }
+
+    #[test]
+    fn descriptors_skip_zero_and_reuse_oldest_first() {
+        let mut t = QueueTable::new();
+        let a = t.insert(Queue::new(0, SockType::Stream)).unwrap();
+        let b = t.insert(Queue::new(1, SockType::Stream)).unwrap();
+        assert_eq!((a, b), (1, 2));
+        assert_eq!(errno(t.get(0)), EBADF);
+        assert_eq!(errno(t.get(-1)), EBADF);
+        t.remove(a).unwrap();
+        t.remove(b).unwrap();
+        assert_eq!(errno(t.remove(b)), EBADF);
+        assert_eq!(t.insert(Queue::new(2, SockType::Stream)).unwrap(), a);
+    }
+}

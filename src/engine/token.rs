@@ -1,0 +1,217 @@
+//! The token table: one slot per pending or finished-but-unclaimed operation.
+//!
+//! A token is `generation << 32 | slot index`. A slot's generation changes
+//! each time it is freed, so a consumed, stale or forged token never matches a
+//! live slot and is refused instead of answering for another operation.
+//! Generations start at 1, so token 0 is never valid.
+
+use crate::backend::OpId;
+use std::collections::VecDeque;
+
+/// What kind of operation a token stands for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OpKind {
+    Push,
+    Pop,
+    Accept,
+    Connect,
+}
+
+enum State<T> {
+    Free { next_free: u32 },
+    Pending,
+    Done(T),
+}
+
+struct Slot<T> {
+    generation: u32,
+    qd: i32,
+    kind: OpKind,
+    state: State<T>,
+}
+
+/// A finished operation, taken out of the table.
+#[derive(Debug)]
+pub struct Finished<T> {
+    pub token: OpId,
+    pub qd: i32,
+    pub kind: OpKind,
+    pub outcome: T,
+}
+
+const NONE: u32 = u32::MAX;
+
+/// Slab of operation slots (holding outcomes of type `T`) plus the order in which they finished.
+pub struct TokenTable<T> {
+    slots: Vec<Slot<T>>,
+    free_head: u32,
+    /// Tokens in completion order, for `wait_next_n`. May hold tokens that a
+    /// targeted wait already took; those are skipped.
+    finished: VecDeque<OpId>,
+    pending: usize,
+}
+
+fn split(token: OpId) -> (usize, u32) {
+    ((token & 0xffff_ffff) as usize, (token >> 32) as u32)
+}
+
+impl<T> TokenTable<T> {
+    pub fn new() -> Self {
+        TokenTable { slots: Vec::new(), free_head: NONE, finished: VecDeque::new(), pending: 0 }
+    }
+
+    /// Allocates a token for a new pending operation.
+    pub fn issue(&mut self, qd: i32, kind: OpKind) -> OpId {
+        self.pending += 1;
+        let idx = if self.free_head != NONE {
+            let idx = self.free_head as usize;
+            let slot = &mut self.slots[idx];
+            if let State::Free { next_free } = slot.state {
+                self.free_head = next_free;
+            }
+            slot.qd = qd;
+            slot.kind = kind;
+            slot.state = State::Pending;
+            idx
+        } else {
+            assert!(self.slots.len() < NONE as usize, "token table full");
+            self.slots.push(Slot { generation: 1, qd, kind, state: State::Pending });
+            self.slots.len() - 1
+        };
+        ((self.slots[idx].generation as u64) << 32) | idx as u64
+    }
+
+    fn slot(&self, token: OpId) -> Option<&Slot<T>> {
+        let (idx, generation) = split(token);
+        self.slots.get(idx).filter(|s| s.generation == generation && !matches!(s.state, State::Free { .. }))
+    }
+
+    /// True if `token` names a pending or finished operation.
+    pub fn is_live(&self, token: OpId) -> bool {
+        self.slot(token).is_some()
+    }
+
+    /// True if `token` names a finished operation that nobody has taken yet.
+    pub fn is_done(&self, token: OpId) -> bool {
+        matches!(self.slot(token), Some(Slot { state: State::Done(_), .. }))
+    }
+
+    /// The descriptor and kind of a live operation.
+    pub fn describe(&self, token: OpId) -> Option<(i32, OpKind)> {
+        self.slot(token).map(|s| (s.qd, s.kind))
+    }
+
+    /// Records the outcome of a pending operation. Returns false (and drops
+    /// the outcome) if the token is not pending, which would be a backend bug.
+    pub fn complete(&mut self, token: OpId, outcome: T) -> bool {
+        let (idx, generation) = split(token);
+        match self.slots.get_mut(idx) {
+            Some(s) if s.generation == generation && matches!(s.state, State::Pending) => {
+                s.state = State::Done(outcome);
+                self.pending -= 1;
+                self.finished.push_back(token);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Takes a finished operation out of the table, freeing its token.
+    pub fn take(&mut self, token: OpId) -> Option<Finished<T>> {
+        let (idx, generation) = split(token);
+        let slot = self.slots.get_mut(idx)?;
+        if slot.generation != generation || !matches!(slot.state, State::Done(_)) {
+            return None;
+        }
+        let state = std::mem::replace(&mut slot.state, State::Free { next_free: self.free_head });
+        // Skip 0 on wrap-around so that no token is ever 0.
+        slot.generation = slot.generation.wrapping_add(1).max(1);
+        self.free_head = idx as u32;
+        let State::Done(outcome) = state else { unreachable!("checked above") };
+        Some(Finished { token, qd: slot.qd, kind: slot.kind, outcome })
+    }
+
+    /// Takes the oldest finished operation that has not been taken yet.
+    pub fn take_next(&mut self) -> Option<Finished<T>> {
+        while let Some(token) = self.finished.pop_front() {
+            if let Some(f) = self.take(token) {
+                return Some(f);
+            }
+        }
+        None
+    }
+
+    /// True if some finished operation waits to be taken.
+    pub fn any_done(&mut self) -> bool {
+        while let Some(&token) = self.finished.front() {
+            if self.is_done(token) {
+                return true;
+            }
+            self.finished.pop_front();
+        }
+        false
+    }
+
+    /// Operations still pending.
+    pub fn pending(&self) -> usize {
+        self.pending
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_is_consumed_once() {
+        let mut t = TokenTable::<()>::new();
+        let a = t.issue(3, OpKind::Push);
+        assert_ne!(a, 0);
+        assert!(t.take(a).is_none(), "pending tokens cannot be taken");
+        assert!(t.complete(a, ()));
+        assert!(!t.complete(a, ()), "double completion is refused");
+        let f = t.take(a).unwrap();
+        assert_eq!((f.qd, f.kind), (3, OpKind::Push));
+        assert!(t.take(a).is_none());
+        assert!(!t.is_live(a));
+    }
+
+    #[test]
+    fn reused_slot_does_not_answer_for_old_token() {
+        let mut t = TokenTable::<()>::new();
+        let a = t.issue(1, OpKind::Pop);
+        t.complete(a, ());
+        t.take(a).unwrap();
+        let b = t.issue(2, OpKind::Pop);
+        assert_eq!(a & 0xffff_ffff, b & 0xffff_ffff, "slot is reused");
+        assert_ne!(a, b);
+        t.complete(b, ());
+        assert!(t.take(a).is_none());
+        assert!(t.take(b).is_some());
+    }
+
+    #[test]
+    fn forged_tokens_are_not_live() {
+        let mut t = TokenTable::<()>::new();
+        let a = t.issue(1, OpKind::Pop);
+        for forged in [0, a + 1, a ^ (1 << 40), u64::MAX, a & 0xffff_ffff] {
+            assert!(!t.is_live(forged), "{forged:#x}");
+        }
+    }
+
+    #[test]
+    fn take_next_follows_completion_order_and_skips_taken() {
+        let mut t = TokenTable::<()>::new();
+        let a = t.issue(1, OpKind::Pop);
+        let b = t.issue(1, OpKind::Pop);
+        let c = t.issue(1, OpKind::Pop);
+        t.complete(c, ());
+        t.complete(a, ());
+        t.complete(b, ());
+        t.take(a).unwrap();
+        assert_eq!(t.take_next().unwrap().token, c);
+        assert_eq!(t.take_next().unwrap().token, b);
+        assert!(t.take_next().is_none());
+        assert_eq!(t.pending(), 0);
+    }
+}

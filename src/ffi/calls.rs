@@ -1,0 +1,221 @@
+//! `demi_init` and the socket calls of `include/demi/libos.h`.
+#![allow(clippy::missing_safety_doc)]
+
+use super::types::{demi_args, demi_qtoken_t, demi_sgarray_t};
+use super::{boundary, input, libos, output, put, sockaddr_in, to_c_addr, INIT, LIBOS};
+use crate::error::fail;
+use crate::LibOs;
+use libc::{c_int, c_void, sockaddr, socklen_t};
+
+/// Largest option value passed through get/setsockopt.
+const MAX_OPTLEN: usize = 256;
+
+/// Starts the libOS named by `LIBOS` (default catnap). `args` may be NULL;
+/// its fields are accepted and not used.
+#[no_mangle]
+pub extern "C" fn demi_init(args: *const demi_args) -> c_int {
+    let _ = args;
+    boundary("demi_init", || {
+        crate::init_logging();
+        let _guard = INIT.lock().unwrap_or_else(|e| e.into_inner());
+        if LIBOS.get().is_some() {
+            return fail(libc::EEXIST, "demi_init was already called");
+        }
+        let name = crate::config::libos_from_env();
+        let os = LibOs::new(&name).inspect_err(|e| log::error!("demi_init: LIBOS={name}: {e}"))?;
+        log::info!("demi_init: libOS {name} is up");
+        let _ = LIBOS.set(os);
+        Ok(())
+    })
+}
+
+#[no_mangle]
+pub extern "C" fn demi_socket(qd_out: *mut c_int, domain: c_int, ty: c_int, protocol: c_int) -> c_int {
+    boundary("demi_socket", || {
+        let out = output(qd_out, "qd_out is NULL")?;
+        let qd = libos()?.socket_raw(domain, ty, protocol)?;
+        // SAFETY: out was checked non-null; the caller provides storage for an int.
+        unsafe { put(out, qd) };
+        Ok(())
+    })
+}
+
+/// # Safety
+/// `addr` must be NULL or readable for `size` bytes.
+#[no_mangle]
+pub unsafe extern "C" fn demi_bind(qd: c_int, addr: *const sockaddr, size: socklen_t) -> c_int {
+    boundary("demi_bind", || {
+        // SAFETY: forwarded from this function's contract.
+        let a = unsafe { sockaddr_in(addr, size) }?;
+        libos()?.bind(qd, a)
+    })
+}
+
+#[no_mangle]
+pub extern "C" fn demi_listen(qd: c_int, backlog: c_int) -> c_int {
+    boundary("demi_listen", || libos()?.listen(qd, backlog))
+}
+
+#[no_mangle]
+pub extern "C" fn demi_accept(qt_out: *mut demi_qtoken_t, qd: c_int) -> c_int {
+    boundary("demi_accept", || {
+        let out = output(qt_out, "qt_out is NULL")?;
+        let qt = libos()?.accept(qd)?;
+        // SAFETY: out was checked non-null.
+        unsafe { put(out, qt) };
+        Ok(())
+    })
+}
+
+/// # Safety
+/// `addr` must be NULL or readable for `size` bytes.
+#[no_mangle]
+pub unsafe extern "C" fn demi_connect(qt_out: *mut demi_qtoken_t, qd: c_int, addr: *const sockaddr, size: socklen_t) -> c_int {
+    boundary("demi_connect", || {
+        let out = output(qt_out, "qt_out is NULL")?;
+        let os = libos()?;
+        // SAFETY: forwarded from this function's contract.
+        let a = unsafe { sockaddr_in(addr, size) };
+        // An unknown descriptor is EBADF whatever the address says.
+        let a = match a {
+            Err(e) => {
+                os.local_addr(qd)?;
+                return Err(e);
+            }
+            Ok(a) => a,
+        };
+        let qt = os.connect(qd, a)?;
+        // SAFETY: out was checked non-null.
+        unsafe { put(out, qt) };
+        Ok(())
+    })
+}
+
+#[no_mangle]
+pub extern "C" fn demi_close(qd: c_int) -> c_int {
+    boundary("demi_close", || libos()?.close(qd))
+}
+
+/// # Safety
+/// `sga` must be NULL or point to a readable `demi_sgarray_t` whose segment
+/// is readable for `sgaseg_len` bytes until the push completes.
+#[no_mangle]
+pub unsafe extern "C" fn demi_push(qt_out: *mut demi_qtoken_t, qd: c_int, sga: *const demi_sgarray_t) -> c_int {
+    boundary("demi_push", || {
+        let out = output(qt_out, "qt_out is NULL")?;
+        let os = libos()?;
+        // SAFETY: forwarded from this function's contract.
+        let sga = unsafe { input(sga, "sga is NULL") }?;
+        let qt = os.run(|e| {
+            e.local_addr(qd)?; // EBADF before looking at the sga
+            // SAFETY: forwarded from this function's contract.
+            let buf = unsafe { super::sga::to_buffer(e, sga) }?;
+            e.push(qd, buf, None)
+        })?;
+        // SAFETY: out was checked non-null.
+        unsafe { put(out, qt) };
+        Ok(())
+    })
+}
+
+/// # Safety
+/// As `demi_push`, and `addr` must be NULL or readable for `size` bytes.
+#[no_mangle]
+pub unsafe extern "C" fn demi_pushto(
+    qt_out: *mut demi_qtoken_t,
+    qd: c_int,
+    sga: *const demi_sgarray_t,
+    addr: *const sockaddr,
+    size: socklen_t,
+) -> c_int {
+    boundary("demi_pushto", || {
+        let out = output(qt_out, "qt_out is NULL")?;
+        let os = libos()?;
+        let qt = os.run(|e| {
+            e.local_addr(qd)?; // EBADF first
+            // SAFETY: forwarded from this function's contract.
+            let to = unsafe { sockaddr_in(addr, size) }?;
+            // SAFETY: forwarded from this function's contract.
+            let sga = unsafe { input(sga, "sga is NULL") }?;
+            // SAFETY: forwarded from this function's contract.
+            let buf = unsafe { super::sga::to_buffer(e, sga) }?;
+            e.push(qd, buf, Some(to))
+        })?;
+        // SAFETY: out was checked non-null.
+        unsafe { put(out, qt) };
+        Ok(())
+    })
+}
+
+#[no_mangle]
+pub extern "C" fn demi_pop(qt_out: *mut demi_qtoken_t, qd: c_int) -> c_int {
+    boundary("demi_pop", || {
+        let out = output(qt_out, "qt_out is NULL")?;
+        let qt = libos()?.pop(qd)?;
+        // SAFETY: out was checked non-null.
+        unsafe { put(out, qt) };
+        Ok(())
+    })
+}
+
+/// # Safety
+/// `optval` must be NULL or readable for `optlen` bytes.
+#[no_mangle]
+pub unsafe extern "C" fn demi_setsockopt(qd: c_int, level: c_int, optname: c_int, optval: *const c_void, optlen: socklen_t) -> c_int {
+    boundary("demi_setsockopt", || {
+        let os = libos()?;
+        if optval.is_null() {
+            return fail(libc::EINVAL, "optval is NULL");
+        }
+        if optlen as usize > MAX_OPTLEN {
+            return fail(libc::EINVAL, "optlen is too large");
+        }
+        // SAFETY: optval is non-null and the caller vouches for optlen bytes.
+        let val = unsafe { std::slice::from_raw_parts(optval.cast::<u8>(), optlen as usize) };
+        os.setsockopt(qd, level, optname, val)
+    })
+}
+
+/// # Safety
+/// `optval` must be NULL or writable for `*optlen` bytes; `optlen` NULL or valid.
+#[no_mangle]
+pub unsafe extern "C" fn demi_getsockopt(qd: c_int, level: c_int, optname: c_int, optval: *mut c_void, optlen: *mut socklen_t) -> c_int {
+    boundary("demi_getsockopt", || {
+        let os = libos()?;
+        let optval = output(optval, "optval is NULL")?;
+        let optlen = output(optlen, "optlen is NULL")?;
+        // SAFETY: optlen was checked non-null.
+        let room = unsafe { optlen.read_unaligned() } as usize;
+        let mut tmp = [0u8; MAX_OPTLEN];
+        let n = os.getsockopt(qd, level, optname, &mut tmp[..room.min(MAX_OPTLEN)])?;
+        // SAFETY: optval is non-null and writable for room >= n bytes.
+        unsafe { std::ptr::copy_nonoverlapping(tmp.as_ptr(), optval.cast::<u8>(), n) };
+        // SAFETY: optlen was checked non-null.
+        unsafe { put(optlen, n as socklen_t) };
+        Ok(())
+    })
+}
+
+/// # Safety
+/// `addr` must be NULL or writable for `*addrlen` bytes; `addrlen` NULL or valid.
+#[no_mangle]
+pub unsafe extern "C" fn demi_getpeername(qd: c_int, addr: *mut sockaddr, addrlen: *mut socklen_t) -> c_int {
+    boundary("demi_getpeername", || {
+        let os = libos()?;
+        let addr = output(addr, "addr is NULL")?;
+        let addrlen = output(addrlen, "addrlen is NULL")?;
+        let peer = os.peer_addr(qd)?;
+        let sin = to_c_addr(peer);
+        let full = std::mem::size_of::<libc::sockaddr_in>();
+        // SAFETY: addrlen was checked non-null.
+        let room = unsafe { addrlen.read_unaligned() } as usize;
+        // As getpeername(2): truncate to the room given, report the full size.
+        // SAFETY: addr is non-null and writable for room bytes; we copy at most that.
+        unsafe {
+            std::ptr::copy_nonoverlapping((&sin as *const libc::sockaddr_in).cast::<u8>(), addr.cast::<u8>(), room.min(full));
+            put(addrlen, full as socklen_t);
+        }
+        Ok(())
+    })
+}
+

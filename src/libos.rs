@@ -1,0 +1,287 @@
+//! [`LibOs`]: the safe, thread-safe handle applications and the C ABI use.
+//!
+//! Threading model: one engine per `LibOs`, behind a mutex. Any thread may
+//! call any method; calls are serialised. A waiter busy-polls for the spin
+//! time with the lock taken only briefly per round, then releases the lock and
+//! sleeps on the backend's descriptor plus a per-thread eventfd, so other
+//! threads keep issuing and polling while it sleeps. Whoever completes an
+//! operation wakes the sleepers.
+
+use crate::backend::SockType;
+use crate::buffer::Buffer;
+use crate::engine::{Engine, QDesc, QResult, QToken};
+use crate::error::{fail, Result};
+use crate::sys::{self, EventFd};
+use std::net::SocketAddrV4;
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+struct Shared {
+    engine: Mutex<State>,
+    spin: Duration,
+}
+
+struct State {
+    engine: Engine,
+    /// Eventfds of threads sleeping in a wait.
+    sleepers: Vec<RawFd>,
+}
+
+thread_local! {
+    static WAKER: Option<EventFd> = EventFd::new().ok();
+}
+
+/// A running libOS (see the module docs for the threading model).
+#[derive(Clone)]
+pub struct LibOs {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for LibOs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LibOs").finish_non_exhaustive()
+    }
+}
+
+impl LibOs {
+    /// Starts the libOS named `name` ("catnap", "catmint", "catnip").
+    pub fn new(name: &str) -> Result<LibOs> {
+        let backend = crate::config::make_backend(name)?;
+        Ok(Self::with_engine(Engine::new(backend), crate::config::spin_time()?))
+    }
+
+    /// Starts the libOS named by the `LIBOS` environment variable.
+    pub fn from_env() -> Result<LibOs> {
+        Self::new(&crate::config::libos_from_env())
+    }
+
+    /// Wraps an engine (custom backends, tests).
+    pub fn with_engine(engine: Engine, spin: Duration) -> LibOs {
+        LibOs { shared: Arc::new(Shared { engine: Mutex::new(State { engine, sleepers: Vec::new() }), spin }) }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock was caught at the C boundary; the
+        // engine's invariants hold between calls, so carry on.
+        self.shared.engine.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Runs `f` on the engine and wakes sleeping waiters if it finished work.
+    pub(crate) fn run<R>(&self, f: impl FnOnce(&mut Engine) -> R) -> R {
+        let mut st = self.lock();
+        let r = f(&mut st.engine);
+        if st.engine.take_fresh() > 0 {
+            wake(&st.sleepers);
+        }
+        r
+    }
+
+    /// The libOS's name.
+    pub fn name(&self) -> &'static str {
+        self.run(|e| e.libos_name())
+    }
+
+    /// Creates a socket (`AF_INET`, stream or datagram).
+    pub fn socket(&self, ty: SockType) -> Result<QDesc> {
+        self.run(|e| e.open(ty))
+    }
+
+    /// Creates a socket from socket(2)-style numbers.
+    pub fn socket_raw(&self, domain: i32, ty: i32, protocol: i32) -> Result<QDesc> {
+        self.run(|e| e.socket(domain, ty, protocol))
+    }
+
+    pub fn bind(&self, qd: QDesc, addr: SocketAddrV4) -> Result<()> {
+        self.run(|e| e.bind(qd, addr))
+    }
+
+    /// The local address of a bound socket.
+    pub fn local_addr(&self, qd: QDesc) -> Result<Option<SocketAddrV4>> {
+        self.run(|e| e.local_addr(qd))
+    }
+
+    pub fn listen(&self, qd: QDesc, backlog: i32) -> Result<()> {
+        self.run(|e| e.listen(qd, backlog))
+    }
+
+    pub fn accept(&self, qd: QDesc) -> Result<QToken> {
+        self.run(|e| e.accept(qd))
+    }
+
+    pub fn connect(&self, qd: QDesc, to: SocketAddrV4) -> Result<QToken> {
+        self.run(|e| e.connect(qd, to))
+    }
+
+    /// Pushes the whole of `buf` (shared, not copied: the memory stays alive
+    /// until the push completes, whatever the caller does with its clone).
+    pub fn push(&self, qd: QDesc, buf: &Buffer) -> Result<QToken> {
+        self.run(|e| e.push(qd, buf.clone(), None))
+    }
+
+    /// Pushes a datagram to `to`.
+    pub fn pushto(&self, qd: QDesc, buf: &Buffer, to: SocketAddrV4) -> Result<QToken> {
+        self.run(|e| e.push(qd, buf.clone(), Some(to)))
+    }
+
+    pub fn pop(&self, qd: QDesc) -> Result<QToken> {
+        self.run(|e| e.pop(qd))
+    }
+
+    pub fn close(&self, qd: QDesc) -> Result<()> {
+        self.run(|e| e.close(qd))
+    }
+
+    pub fn setsockopt(&self, qd: QDesc, level: i32, name: i32, val: &[u8]) -> Result<()> {
+        self.run(|e| e.setsockopt(qd, level, name, val))
+    }
+
+    pub fn getsockopt(&self, qd: QDesc, level: i32, name: i32, val: &mut [u8]) -> Result<usize> {
+        self.run(|e| e.getsockopt(qd, level, name, val))
+    }
+
+    pub fn peer_addr(&self, qd: QDesc) -> Result<SocketAddrV4> {
+        self.run(|e| e.peer_addr(qd))
+    }
+
+    /// Allocates `len` bytes the libOS can push without copying.
+    pub fn sgaalloc(&self, len: usize) -> Result<Buffer> {
+        if len == 0 {
+            return fail(libc::EINVAL, "cannot allocate zero bytes");
+        }
+        self.run(|e| e.alloc(len))
+    }
+
+    /// A pushable buffer holding a copy of `data`.
+    pub fn buffer_from(&self, data: &[u8]) -> Result<Buffer> {
+        let mut b = self.sgaalloc(data.len())?;
+        b.as_mut_slice().expect("fresh buffer is unshared").copy_from_slice(data);
+        Ok(b)
+    }
+
+    /// Waits for `qt`. `None` waits forever; a zero timeout polls once.
+    /// ETIMEDOUT leaves the operation pending; EINVAL means `qt` is not live.
+    pub fn wait(&self, qt: QToken, timeout: Option<Duration>) -> Result<QResult> {
+        self.wait_until(timeout, |e| e.take(qt).transpose())
+    }
+
+    /// Waits for the first of `qts` to finish; returns its index and result.
+    pub fn wait_any(&self, qts: &[QToken], timeout: Option<Duration>) -> Result<(usize, QResult)> {
+        if qts.is_empty() {
+            return fail(libc::EINVAL, "no tokens to wait for");
+        }
+        self.wait_until(timeout, |e| {
+            for (i, &qt) in qts.iter().enumerate() {
+                match e.take(qt) {
+                    Ok(Some(r)) => return Some(Ok((i, r))),
+                    Ok(None) => {}
+                    Err(err) => return Some(Err(err)),
+                }
+            }
+            None
+        })
+    }
+
+    /// Waits until at least one operation finished, then takes up to `max`
+    /// finished operations in completion order.
+    pub fn wait_next_n(&self, max: usize, timeout: Option<Duration>) -> Result<Vec<QResult>> {
+        if max == 0 {
+            return fail(libc::EINVAL, "max must be positive");
+        }
+        self.wait_until(timeout, |e| {
+            if !e.any_done() {
+                return None;
+            }
+            Some(Ok(std::iter::from_fn(|| e.take_next()).take(max).collect()))
+        })
+    }
+
+    /// The wait loop shared by every `wait*`: `ready` returns `Some` once the
+    /// wait is over. Spins for the spin time, then sleeps on the backend's
+    /// descriptor and this thread's eventfd, without holding the lock.
+    pub(crate) fn wait_until<R>(
+        &self,
+        timeout: Option<Duration>,
+        mut ready: impl FnMut(&mut Engine) -> Option<Result<R>>,
+    ) -> Result<R> {
+        // First round without reading the clock: the common case is done.
+        {
+            let mut st = self.lock();
+            let r = round(&mut st, &mut ready);
+            if let Some(r) = r {
+                return r;
+            }
+        }
+        if timeout == Some(Duration::ZERO) {
+            return fail(libc::ETIMEDOUT, "operation still pending");
+        }
+        let start = Instant::now();
+        let deadline = timeout.and_then(|t| start.checked_add(t));
+        let spin_until = start + self.shared.spin;
+        loop {
+            let mut st = self.lock();
+            if let Some(r) = round(&mut st, &mut ready) {
+                return r;
+            }
+            let now = Instant::now();
+            if deadline.is_some_and(|d| now >= d) {
+                return fail(libc::ETIMEDOUT, "operation still pending");
+            }
+            if now < spin_until {
+                drop(st);
+                std::hint::spin_loop();
+                continue;
+            }
+            let Some(dev_fd) = st.engine.arm() else {
+                // The device has no descriptor (DPDK): keep polling, but let
+                // other threads in.
+                drop(st);
+                std::thread::yield_now();
+                continue;
+            };
+            // Work that raced with arming is found by this last round.
+            if let Some(r) = round(&mut st, &mut ready) {
+                return r;
+            }
+            let Some(me) = WAKER.with(|w| w.as_ref().map(|w| w.as_raw_fd())) else {
+                drop(st);
+                std::thread::sleep(Duration::from_micros(100));
+                continue;
+            };
+            st.sleepers.push(me);
+            drop(st);
+            let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+            let slept = sys::wait_readable(&[dev_fd, me], left);
+            let mut st = self.lock();
+            if let Some(i) = st.sleepers.iter().position(|&fd| fd == me) {
+                st.sleepers.swap_remove(i);
+            }
+            WAKER.with(|w| w.as_ref().map(EventFd::drain));
+            slept?;
+        }
+    }
+}
+
+/// One poll round: check, poll, check again; wakes sleepers if work finished.
+fn round<R>(st: &mut State, ready: &mut impl FnMut(&mut Engine) -> Option<Result<R>>) -> Option<Result<R>> {
+    let mut r = ready(&mut st.engine);
+    if r.is_none() {
+        st.engine.poll();
+        r = ready(&mut st.engine);
+    }
+    if st.engine.take_fresh() > 0 && !st.sleepers.is_empty() {
+        wake(&st.sleepers);
+    }
+    r
+}
+
+fn wake(sleepers: &[RawFd]) {
+    for &fd in sleepers {
+        let one: u64 = 1;
+        // SAFETY: fd is the live eventfd of a thread that is sleeping in
+        // wait_until (it removes itself under the lock before it can exit);
+        // we write 8 bytes from a live u64.
+        #[allow(unsafe_code)]
+        let _ = unsafe { libc::write(fd, (&one as *const u64).cast(), 8) };
+    }
+}
