@@ -1,0 +1,54 @@
+# demi: build, test, demo, install. See README.md.
+SHELL := /bin/bash
+PREFIX ?= /usr/local
+CARGO ?= cargo
+BUILD := build
+CFLAGS_TEST := -std=c11 -Wall -Wextra -Werror -Wpedantic -O1 -g
+DEPS_CORE := build-essential pkg-config iproute2 procps
+
+.PHONY: all deps build test test-rust test-c demo examples install bench clean fmt lint
+
+all: build examples
+
+deps:
+	@scripts/install-deps $(DEPS_CORE)
+	@command -v cargo >/dev/null || { echo "cargo is missing: install Rust with rustup (https://rustup.rs)"; exit 1; }
+
+build: deps
+	$(CARGO) build --release --all-targets
+
+examples: build
+	@mkdir -p $(BUILD)/examples
+	for ex in tcp-pingpong udp-pingpong; do \
+	  cc $(CFLAGS_TEST) -Iinclude examples/c/$$ex.c -o $(BUILD)/examples/$$ex \
+	     -Ltarget/release -ldemi -Wl,-rpath,$(CURDIR)/target/release || exit 1; \
+	done
+
+test: build examples
+	$(CARGO) test --release -- --test-threads=2
+	@echo "make test: all suites passed"
+
+demo: examples
+	@scripts/demo
+
+install: build
+	install -d $(DESTDIR)$(PREFIX)/lib $(DESTDIR)$(PREFIX)/include/demi $(DESTDIR)$(PREFIX)/lib/pkgconfig
+	install -m 0644 target/release/libdemi.a $(DESTDIR)$(PREFIX)/lib/
+	install -m 0755 target/release/libdemi.so $(DESTDIR)$(PREFIX)/lib/
+	install -m 0644 include/demi/*.h $(DESTDIR)$(PREFIX)/include/demi/
+	sed -e 's|@PREFIX@|$(PREFIX)|g' -e 's|@VERSION@|$(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)|' \
+	    demi.pc.in > $(DESTDIR)$(PREFIX)/lib/pkgconfig/demi.pc
+
+bench: build
+	$(CARGO) bench --bench engine
+
+fmt:
+	$(CARGO) fmt --all
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --all-targets -- -D warnings
+
+clean:
+	$(CARGO) clean
+	rm -rf $(BUILD)
