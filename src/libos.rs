@@ -229,7 +229,9 @@ impl LibOs {
             }
             if now < spin_until {
                 drop(st);
-                std::hint::spin_loop();
+                // Yield rather than spin hard: on a busy machine the peer we wait
+                // for may need this very CPU (seen on 2-core VMs: RTT = 2 x spin).
+                std::thread::yield_now();
                 continue;
             }
             let Some(dev_fd) = st.engine.arm() else {

@@ -49,6 +49,8 @@ pub struct TokenTable<T> {
     /// targeted wait already took; those are skipped.
     finished: VecDeque<OpId>,
     pending: usize,
+    /// Slots in the Done state.
+    done: usize,
 }
 
 fn split(token: OpId) -> (usize, u32) {
@@ -57,7 +59,7 @@ fn split(token: OpId) -> (usize, u32) {
 
 impl<T> TokenTable<T> {
     pub fn new() -> Self {
-        TokenTable { slots: Vec::new(), free_head: NONE, finished: VecDeque::new(), pending: 0 }
+        TokenTable { slots: Vec::new(), free_head: NONE, finished: VecDeque::new(), pending: 0, done: 0 }
     }
 
     /// Allocates a token for a new pending operation.
@@ -109,6 +111,7 @@ impl<T> TokenTable<T> {
             Some(s) if s.generation == generation && matches!(s.state, State::Pending) => {
                 s.state = State::Done(outcome);
                 self.pending -= 1;
+                self.done += 1;
                 self.finished.push_back(token);
                 true
             }
@@ -124,11 +127,24 @@ impl<T> TokenTable<T> {
             return None;
         }
         let state = std::mem::replace(&mut slot.state, State::Free { next_free: self.free_head });
+        let (qd, kind) = (slot.qd, slot.kind);
         // Skip 0 on wrap-around so that no token is ever 0.
         slot.generation = slot.generation.wrapping_add(1).max(1);
         self.free_head = idx as u32;
+        self.done -= 1;
+        // Tokens taken by targeted waits linger in `finished`; drop them from
+        // the front at once and compact now and then, so it stays bounded.
+        if self.finished.front() == Some(&token) {
+            self.finished.pop_front();
+        } else if self.finished.len() > 64 && self.finished.len() > 2 * self.done {
+            let slots = &self.slots;
+            self.finished.retain(|&t| {
+                let (i, g) = split(t);
+                slots[i].generation == g && matches!(slots[i].state, State::Done(_))
+            });
+        }
         let State::Done(outcome) = state else { unreachable!("checked above") };
-        Some(Finished { token, qd: slot.qd, kind: slot.kind, outcome })
+        Some(Finished { token, qd, kind, outcome })
     }
 
     /// Takes the oldest finished operation that has not been taken yet.
@@ -150,6 +166,11 @@ impl<T> TokenTable<T> {
             self.finished.pop_front();
         }
         false
+    }
+
+    /// Length of the completion-order queue (for tests: it must stay bounded).
+    pub fn finished_backlog(&self) -> usize {
+        self.finished.len()
     }
 
     /// Operations still pending.
@@ -188,6 +209,23 @@ mod tests {
         t.complete(b, ());
         assert!(t.take(a).is_none());
         assert!(t.take(b).is_some());
+    }
+
+    #[test]
+    fn targeted_waits_do_not_grow_the_completion_queue() {
+        let mut t = TokenTable::<()>::new();
+        let keep = t.issue(0, OpKind::Pop);
+        t.complete(keep, ());
+        for _ in 0..10_000 {
+            let a = t.issue(1, OpKind::Push);
+            let b = t.issue(1, OpKind::Push);
+            t.complete(a, ());
+            t.complete(b, ());
+            t.take(b).unwrap();
+            t.take(a).unwrap();
+        }
+        assert!(t.finished_backlog() <= 66, "backlog {}", t.finished_backlog());
+        assert_eq!(t.take_next().unwrap().token, keep);
     }
 
     #[test]
