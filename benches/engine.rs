@@ -184,12 +184,16 @@ fn catnap_rtt(rounds: usize, size: usize) -> Stats {
 fn main() {
     // `cargo bench` passes --bench; a filter argument is not supported.
     let rounds: usize = std::env::var("DEMI_BENCH_ROUNDS").ok().and_then(|s| s.parse().ok()).unwrap_or(20_000);
-    let (push, pop) = engine_cost(200_000);
+    let ops = std::env::var("DEMI_BENCH_OPS").ok().and_then(|s| s.parse().ok()).unwrap_or(200_000);
+    let (push, pop) = engine_cost(ops);
     println!("| engine cost (issue + complete + wait) | ns/op |");
     println!("|---|---|");
     println!("| push, 64 B, instant device | {push:.1} |");
     println!("| pop, 64 B, instant device | {pop:.1} |");
     println!();
+    if std::env::var_os("DEMI_BENCH_ENGINE_ONLY").is_some() {
+        return;
+    }
     // Alternate the two paths so drift on a noisy machine hits both.
     let mut base = Vec::new();
     let mut ours = Vec::new();

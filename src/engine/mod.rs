@@ -308,6 +308,9 @@ impl Engine {
 
     /// Turns backend outcomes into results, updating socket state.
     fn apply(&mut self) {
+        if self.out.0.is_empty() {
+            return;
+        }
         let mut out = std::mem::take(&mut self.out.0);
         for (op, outcome) in out.drain(..) {
             let Some((qd, kind)) = self.tokens.describe(op) else {
