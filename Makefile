@@ -6,7 +6,7 @@ BUILD := build
 CFLAGS_TEST := -std=c11 -Wall -Wextra -Werror -Wpedantic -O1 -g
 DEPS_CORE := build-essential pkg-config iproute2 procps
 
-.PHONY: all deps build test test-rust test-c demo examples install bench clean fmt lint
+.PHONY: all deps build test test-rust test-c demo examples install install-files bench clean fmt lint
 
 all: build examples
 
@@ -31,7 +31,13 @@ test: build examples
 demo: examples
 	@scripts/demo
 
-install: build
+install: build install-files
+
+# The copying half of install, without building: tests/c_abi.rs runs it from
+# inside `cargo test`, where a nested cargo build would wait on cargo's lock.
+install-files:
+	@test -f target/release/libdemi.so -a -f target/release/libdemi.a || \
+	  { echo "install-files: target/release/libdemi.{so,a} missing: run make build first"; exit 1; }
 	install -d $(DESTDIR)$(PREFIX)/lib $(DESTDIR)$(PREFIX)/include/demi $(DESTDIR)$(PREFIX)/lib/pkgconfig
 	install -m 0644 target/release/libdemi.a $(DESTDIR)$(PREFIX)/lib/
 	install -m 0755 target/release/libdemi.so $(DESTDIR)$(PREFIX)/lib/
