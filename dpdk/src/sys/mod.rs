@@ -412,6 +412,19 @@ impl Mbuf {
         }
     }
 
+    /// The data of the first segment, for writing; None if shared.
+    pub fn data_mut(&mut self) -> Option<&mut [u8]> {
+        if self.refcnt() != 1 {
+            return None;
+        }
+        // SAFETY: as in data(); refcnt is 1 and we hold &mut self, so no one
+        // else can read or write the buffer while the borrow lives.
+        Some(unsafe {
+            let p = ffi::shim_mbuf_data(self.0.as_ptr());
+            std::slice::from_raw_parts_mut(p, usize::from(ffi::shim_mbuf_data_len(self.0.as_ptr())))
+        })
+    }
+
     /// Sets the packet to `len` bytes at `headroom` bytes into the buffer and
     /// returns them for writing. None if it does not fit or is shared.
     pub fn frame_mut(&mut self, headroom: usize, len: usize) -> Option<&mut [u8]> {

@@ -278,7 +278,8 @@ mod tests {
 
     #[test]
     fn malformed_headers_are_rejected() {
-        let cases: [(&str, fn(&mut Vec<u8>)); 7] = [
+        type Mangle = fn(&mut Vec<u8>);
+        let cases: [(&str, Mangle); 7] = [
             ("truncated header", |b| b.truncate(19)),
             ("version 6", |b| b[0] = 0x65),
             ("ihl below 5", |b| b[0] = 0x44),
