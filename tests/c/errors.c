@@ -92,6 +92,14 @@ static void before_init(void)
 static void init_once(int argc, char **argv)
 {
     struct demi_args args = {.argc = argc, .argv = argv, .callback = NULL};
+    /* A failed demi_init leaves the process uninitialised; it may be retried. */
+    CHECK(setenv("LIBOS", "no-such-libos", 1) == 0, "setenv");
+    CHECK_RC(demi_init(&args), EINVAL);
+    CHECK(setenv("LIBOS", "catnap", 1) == 0 && setenv("DEMI_SPIN_US", "fifty", 1) == 0, "setenv");
+    CHECK_RC(demi_init(NULL), EINVAL);
+    CHECK(unsetenv("DEMI_SPIN_US") == 0, "unsetenv");
+    int qd;
+    CHECK_RC(demi_socket(&qd, AF_INET, SOCK_STREAM, 0), EPERM);
     CHECK_RC(demi_init(NULL), 0);
     CHECK_RC(demi_init(NULL), EEXIST);
     CHECK_RC(demi_init(&args), EEXIST);
@@ -230,6 +238,10 @@ static void connect_errors(void)
     /* ...and leaves the socket unconnected. */
     CHECK_RC(demi_push(&qt2, s, NULL), EINVAL); /* NULL sga is checked first */
     CHECK_RC(demi_pop(&qt2, s), ENOTCONN);
+    /* A failed socket does not connect again (use a new one): the kernel
+     * reports the second attempt as aborted. */
+    CHECK_RC(demi_connect(&qt, s, SA(&la), sizeof la), 0);
+    WAIT_FAILED(qt, ECONNABORTED);
     CHECK_RC(demi_close(s), 0);
 
     /* EALREADY while a connect is in progress, EISCONN once it is done.
@@ -245,6 +257,9 @@ static void connect_errors(void)
     WAIT_OPC(qt, DEMI_OPC_CONNECT);
     CHECK_RC(demi_connect(&qt2, s, SA(&la), sizeof la), EISCONN);
     CHECK_RC(demi_connect(&qt2, s, SA(&refused), sizeof refused), EISCONN);
+    /* A connected socket cannot be bound or listen. */
+    CHECK_RC(demi_bind(s, SA(&refused), sizeof refused), EINVAL);
+    CHECK_RC(demi_listen(s, 4), EINVAL);
     CHECK_RC(demi_close(s), 0);
     CHECK_RC(demi_close(l), 0);
 
@@ -345,6 +360,16 @@ static void push_pop_errors(void)
     CHECK_RC(demi_pushto(&qt, u, &null_sga, SA(&dest), sizeof dest), EINVAL);
     CHECK_EQ(qt, 77, "demi_pushto wrote qt_out although it failed");
 
+    /* Problems only the device sees complete the operation with an error. */
+    struct sockaddr_in port0 = loopback(0);
+    CHECK_RC(demi_pushto(&qt, u, &good, SA(&port0), sizeof port0), 0);
+    WAIT_FAILED(qt, EINVAL);
+    demi_sgarray_t too_big = PATTERN_SGA(70000, 2); /* UDP carries at most 65507 bytes */
+    CHECK_RC(demi_pushto(&qt, u, &too_big, SA(&dest), sizeof dest), 0);
+    WAIT_FAILED(qt, EMSGSIZE);
+    CHECK_RC(demi_sgafree(&too_big), 0);
+    qt = 77;
+
     /* demi_push: a datagram socket without a default peer has nowhere to send. */
     CHECK_RC(demi_push(&qt, NO_SUCH_QD, &good), EBADF);
     CHECK_RC(demi_push(&qt, u, &good), EDESTADDRREQ);
@@ -432,6 +457,12 @@ static void sga_errors(void)
     for (size_t i = 0; i < 100; i++)
         CHECK_EQ(((uint8_t *)b.sga_segs[0].sgaseg_buf)[i], pattern_byte(i, 4), "live sga memory intact");
     CHECK_RC(demi_sgafree(&b), 0);
+
+    /* Only sga_buf names the buffer: changed segment fields do not matter. */
+    demi_sgarray_t c = PATTERN_SGA(10, 5);
+    c.sga_segs[0].sgaseg_buf = (uint8_t *)c.sga_segs[0].sgaseg_buf + 3;
+    c.sga_segs[0].sgaseg_len = 2;
+    CHECK_RC(demi_sgafree(&c), 0);
 }
 
 static void wait_errors(void)
@@ -617,8 +648,37 @@ static void peer_reset_is_econnreset(void)
     CHECK_RC(demi_pop(&qt, s), 0);
     CHECK_RC(demi_close(c), 0);
     WAIT_FAILED(qt, ECONNRESET);
+    /* The connection is gone: pushes fail, and there is no peer any more. */
+    demi_sgarray_t sga = PATTERN_SGA(10, 1);
+    CHECK_RC(demi_push(&qt, s, &sga), 0);
+    WAIT_FAILED(qt, EPIPE);
+    CHECK_RC(demi_sgafree(&sga), 0);
+    struct sockaddr_in peer;
+    socklen_t plen = sizeof peer;
+    CHECK_RC(demi_getpeername(s, (struct sockaddr *)&peer, &plen), ENOTCONN);
     CHECK_RC(demi_close(s), 0);
     CHECK_RC(demi_close(l), 0);
+}
+
+/* A connected datagram socket learns that its peer's port is closed (an ICMP
+ * port unreachable): its pending pop fails with ECONNREFUSED. */
+static void udp_refused(void)
+{
+    int u, gone;
+    demi_qtoken_t qt, pop_qt;
+    CHECK_RC(demi_socket(&gone, AF_INET, SOCK_DGRAM, 0), 0);
+    struct sockaddr_in ga = BIND_FREE_PORT(gone);
+    CHECK_RC(demi_close(gone), 0);
+    CHECK_RC(demi_socket(&u, AF_INET, SOCK_DGRAM, 0), 0);
+    CHECK_RC(demi_connect(&qt, u, SA(&ga), sizeof ga), 0);
+    WAIT_OPC(qt, DEMI_OPC_CONNECT);
+    CHECK_RC(demi_pop(&pop_qt, u), 0);
+    demi_sgarray_t sga = PATTERN_SGA(10, 1);
+    CHECK_RC(demi_push(&qt, u, &sga), 0);
+    WAIT_OPC(qt, DEMI_OPC_PUSH);
+    WAIT_FAILED(pop_qt, ECONNREFUSED);
+    CHECK_RC(demi_sgafree(&sga), 0);
+    CHECK_RC(demi_close(u), 0);
 }
 
 int main(int argc, char **argv)
@@ -634,6 +694,7 @@ int main(int argc, char **argv)
     sockopt_errors();
     peer_close_is_eof();
     peer_reset_is_econnreset();
+    udp_refused();
     printf("errors: every error case returned exactly the errno wanted\n");
     return 0;
 }
