@@ -10,7 +10,11 @@ pub const DEFAULT_LIBOS: &str = "catnap";
 
 /// Names of the libOSes compiled into this build.
 pub fn built_libos_names() -> Vec<&'static str> {
-    vec!["catnap"]
+    #[allow(unused_mut)]
+    let mut names = vec!["catnap"];
+    #[cfg(feature = "catnip")]
+    names.push("catnip");
+    names
 }
 
 /// The libOS named by `LIBOS` (default catnap).
@@ -22,6 +26,8 @@ pub fn libos_from_env() -> String {
 pub fn make_backend(name: &str) -> Result<Box<dyn Backend>> {
     match name {
         "catnap" => Ok(Box::new(crate::catnap::Catnap::new()?)),
+        #[cfg(feature = "catnip")]
+        "catnip" => Ok(Box::new(crate::catnip::Catnip::new()?)),
         _ => Err(crate::engine::unknown_libos(name)),
     }
 }

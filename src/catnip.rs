@@ -1,0 +1,284 @@
+//! catnip: the libOS over DPDK with our own ARP/IPv4/UDP (crate `catnip`,
+//! folder dpdk/). Datagram sockets only.
+//!
+//! The device crate knows nothing of queue tokens; this adapter keeps the
+//! per-socket queues. A push hands the datagram to the stack at once and
+//! completes when the port took it, or later when ARP answered (or did not:
+//! EHOSTUNREACH). Buffers from `alloc` live in mbufs, so such pushes are not
+//! copied; popped buffers are the received mbufs' payloads, freed when the
+//! last reference to the buffer goes. DPDK has no file descriptor, so
+//! waiters busy-poll (`arm` returns None).
+
+use crate::backend::{Backend, Completions, OpId, Outcome, SockId, SockType};
+use crate::buffer::{Buffer, BufferOwner};
+use crate::error::{fail, Error, Result};
+use catnip::{Config, Event, Mbuf, Payload, RxPayload, SendStatus, Stack};
+use std::any::Any;
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddrV4;
+use std::os::fd::RawFd;
+use std::ptr::NonNull;
+use std::sync::Arc;
+
+/// Received datagrams kept per socket while nobody pops; more are dropped
+/// (and counted) so one idle socket cannot drain the mbuf pool.
+const RX_QUEUE_MAX: usize = 1024;
+
+/// An mbuf lent to the application by `alloc`: pushing a buffer that starts
+/// at its payload area sends it without a copy.
+struct TxMbuf(Mbuf);
+
+impl BufferOwner for TxMbuf {
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+}
+
+/// A received mbuf whose payload a pop handed out; dropping it frees the mbuf.
+struct RxMbuf(#[allow(dead_code)] Mbuf);
+
+impl BufferOwner for RxMbuf {
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+}
+
+#[derive(Default)]
+struct Sock {
+    /// Bound local port.
+    port: Option<u16>,
+    /// Default peer (connect).
+    peer: Option<SocketAddrV4>,
+    pops: VecDeque<OpId>,
+    received: VecDeque<(Buffer, SocketAddrV4)>,
+}
+
+/// The catnip backend.
+pub struct Catnip {
+    stack: Stack,
+    socks: Vec<Option<Sock>>,
+    free: Vec<usize>,
+    /// Pushes waiting for ARP or ring space, and their sockets.
+    queued: HashMap<OpId, SockId>,
+    events: Vec<Event>,
+    /// Datagrams dropped because their socket's queue was full.
+    drop_rx_queue_full: u64,
+}
+
+fn to_error(e: catnip::Error) -> Error {
+    Error::with(e.errno, format!("catnip: {}", e.message))
+}
+
+impl Catnip {
+    /// Starts DPDK and the stack from the environment (see dpdk/README.md).
+    pub fn new() -> Result<Catnip> {
+        let cfg = Config::from_env().map_err(to_error)?;
+        let stack = Stack::new(&cfg).map_err(to_error)?;
+        Ok(Catnip {
+            stack,
+            socks: Vec::new(),
+            free: Vec::new(),
+            queued: HashMap::new(),
+            events: Vec::with_capacity(64),
+            drop_rx_queue_full: 0,
+        })
+    }
+
+    fn sock(&mut self, s: SockId) -> Result<&mut Sock> {
+        match self.socks.get_mut(s) {
+            Some(Some(sock)) => Ok(sock),
+            _ => fail(libc::EBADF, "catnip: no such socket"),
+        }
+    }
+
+    /// The socket's port, binding an ephemeral one first if needed (as a
+    /// kernel does on the first send of an unbound UDP socket).
+    fn local_port(&mut self, s: SockId) -> Result<u16> {
+        if let Some(p) = self.sock(s)?.port {
+            return Ok(p);
+        }
+        let p = self.stack.bind(0, s as u32).map_err(|e| Error::new(e.errno(), "catnip: no ephemeral port left"))?;
+        self.sock(s)?.port = Some(p);
+        Ok(p)
+    }
+
+    fn deliver(&mut self, socket: u32, local_port: u16, from: SocketAddrV4, payload: RxPayload, out: &mut Completions) {
+        let Some(Some(sock)) = self.socks.get_mut(socket as usize) else { return };
+        if sock.port != Some(local_port) {
+            return;
+        }
+        let len = payload.bytes().len();
+        let ptr = NonNull::new(payload.bytes().as_ptr() as *mut u8).expect("mbuf data is never null");
+        let owner: Arc<dyn BufferOwner> = Arc::new(RxMbuf(payload.into_mbuf()));
+        // SAFETY: ptr..ptr+len lies in the mbuf's data, which stays valid and
+        // unused by anyone else while the RxMbuf owner holds the mbuf.
+        #[allow(unsafe_code)]
+        let buf = unsafe { Buffer::from_owner(ptr, len, owner) };
+        if let Some(op) = sock.pops.pop_front() {
+            out.complete(op, Outcome::Popped { buf, from: Some(from) });
+        } else if sock.received.len() < RX_QUEUE_MAX {
+            sock.received.push_back((buf, from));
+        } else {
+            self.drop_rx_queue_full += 1;
+        }
+    }
+}
+
+impl Drop for Catnip {
+    fn drop(&mut self) {
+        if self.drop_rx_queue_full > 0 {
+            log::info!("catnip: {} datagrams dropped on full socket queues", self.drop_rx_queue_full);
+        }
+    }
+}
+
+impl Backend for Catnip {
+    fn name(&self) -> &'static str {
+        "catnip"
+    }
+
+    fn socket(&mut self, ty: SockType) -> Result<SockId> {
+        if ty != SockType::Datagram {
+            return fail(libc::EPROTONOSUPPORT, "catnip serves UDP (SOCK_DGRAM) only");
+        }
+        let id = self.free.pop().unwrap_or_else(|| {
+            self.socks.push(None);
+            self.socks.len() - 1
+        });
+        self.socks[id] = Some(Sock::default());
+        Ok(id)
+    }
+
+    fn bind(&mut self, s: SockId, addr: SocketAddrV4) -> Result<SocketAddrV4> {
+        let ip = self.stack.ipv4();
+        if !addr.ip().is_unspecified() && *addr.ip() != ip {
+            return Err(Error::with(libc::EADDRNOTAVAIL, format!("catnip: {} is not our address ({ip})", addr.ip())));
+        }
+        if self.sock(s)?.port.is_some() {
+            return fail(libc::EINVAL, "catnip: socket is already bound");
+        }
+        let port = self.stack.bind(addr.port(), s as u32).map_err(|e| Error::new(e.errno(), "catnip: port in use"))?;
+        self.sock(s)?.port = Some(port);
+        Ok(SocketAddrV4::new(ip, port))
+    }
+
+    fn listen(&mut self, _s: SockId, _backlog: i32) -> Result<()> {
+        fail(libc::EOPNOTSUPP, "catnip serves datagram sockets only")
+    }
+
+    fn accept(&mut self, _s: SockId, _op: OpId, _out: &mut Completions) -> Result<()> {
+        fail(libc::EOPNOTSUPP, "catnip serves datagram sockets only")
+    }
+
+    fn connect(&mut self, s: SockId, to: SocketAddrV4, op: OpId, out: &mut Completions) -> Result<()> {
+        self.local_port(s)?;
+        self.sock(s)?.peer = Some(to);
+        out.complete(op, Outcome::Connected);
+        Ok(())
+    }
+
+    fn push(&mut self, s: SockId, buf: Buffer, to: Option<SocketAddrV4>, op: OpId, out: &mut Completions) -> Result<()> {
+        let Some(to) = to.or(self.sock(s)?.peer) else {
+            return fail(libc::EDESTADDRREQ, "catnip: no destination");
+        };
+        let port = self.local_port(s)?;
+        let payload = match buf.owner().as_any().downcast_ref::<TxMbuf>() {
+            Some(TxMbuf(mbuf)) => Payload::Mbuf { mbuf, data: buf.as_slice() },
+            None => Payload::Bytes(buf.as_slice()),
+        };
+        match self.stack.send(port, to, payload, op) {
+            Ok(SendStatus::Sent) => out.complete(op, Outcome::Pushed),
+            Ok(SendStatus::Queued) => {
+                self.queued.insert(op, s);
+            }
+            // Like a kernel UDP socket, the operation fails (EMSGSIZE,
+            // ENOBUFS...), not the call.
+            Err(e) => out.complete(op, Outcome::Failed(e.errno())),
+        }
+        Ok(())
+    }
+
+    fn pop(&mut self, s: SockId, op: OpId, out: &mut Completions) -> Result<()> {
+        let sock = self.sock(s)?;
+        match sock.received.pop_front() {
+            Some((buf, from)) => out.complete(op, Outcome::Popped { buf, from: Some(from) }),
+            None => sock.pops.push_back(op),
+        }
+        Ok(())
+    }
+
+    fn close(&mut self, s: SockId, out: &mut Completions) -> Result<()> {
+        let Some(sock) = self.socks.get_mut(s).and_then(Option::take) else {
+            return fail(libc::EBADF, "catnip: no such socket");
+        };
+        self.free.push(s);
+        if let Some(p) = sock.port {
+            self.stack.unbind(p);
+        }
+        for op in sock.pops {
+            out.complete(op, Outcome::Failed(libc::ECANCELED));
+        }
+        // A queued frame may still leave later; its completion is ours no more.
+        let cancelled: Vec<OpId> = self.queued.iter().filter(|(_, &qs)| qs == s).map(|(&op, _)| op).collect();
+        for op in cancelled {
+            self.queued.remove(&op);
+            out.complete(op, Outcome::Failed(libc::ECANCELED));
+        }
+        Ok(())
+    }
+
+    fn alloc(&mut self, len: usize) -> Result<Buffer> {
+        let Some(m) = self.stack.alloc_payload(len) else {
+            // Larger than a frame (the push will say EMSGSIZE) or no mbuf left.
+            return Ok(Buffer::heap(len));
+        };
+        let (start, _) = m.payload_area();
+        let ptr = NonNull::new(start as *mut u8).expect("mbuf buffers are never null");
+        // SAFETY: alloc_payload made ptr..ptr+len part of the mbuf's buffer;
+        // the TxMbuf owner keeps the mbuf (one reference) alive, and the
+        // stack only writes the headroom before ptr, never the payload.
+        #[allow(unsafe_code)]
+        let buf = unsafe { Buffer::from_owner(ptr, len, Arc::new(TxMbuf(m))) };
+        Ok(buf)
+    }
+
+    fn setsockopt(&mut self, s: SockId, _level: i32, _name: i32, _val: &[u8]) -> Result<()> {
+        self.sock(s)?;
+        fail(libc::ENOPROTOOPT, "catnip has no socket options")
+    }
+
+    fn getsockopt(&mut self, s: SockId, _level: i32, _name: i32, _val: &mut [u8]) -> Result<usize> {
+        self.sock(s)?;
+        fail(libc::ENOPROTOOPT, "catnip has no socket options")
+    }
+
+    fn peer_addr(&mut self, s: SockId) -> Result<SocketAddrV4> {
+        match self.sock(s)?.peer {
+            Some(p) => Ok(p),
+            None => fail(libc::ENOTCONN, "catnip: no default peer"),
+        }
+    }
+
+    fn poll(&mut self, out: &mut Completions) {
+        let mut events = std::mem::take(&mut self.events);
+        self.stack.poll(&mut events);
+        for ev in events.drain(..) {
+            match ev {
+                Event::Datagram { socket, local_port, from, payload } => {
+                    self.deliver(socket, local_port, from, payload, out)
+                }
+                Event::Sent { tag, errno } => {
+                    if self.queued.remove(&tag).is_some() {
+                        out.complete(tag, errno.map_or(Outcome::Pushed, Outcome::Failed));
+                    }
+                }
+            }
+        }
+        self.events = events;
+    }
+
+    fn arm(&mut self) -> Option<RawFd> {
+        // DPDK queues have no descriptor to sleep on: waiters keep polling.
+        None
+    }
+}
