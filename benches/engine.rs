@@ -150,7 +150,9 @@ fn catnap_rtt(rounds: usize, size: usize) -> Stats {
         os.setsockopt(qd, libc::IPPROTO_TCP, libc::TCP_NODELAY, &nodelay).unwrap();
         loop {
             let r = os.wait(os.pop(qd).unwrap(), None).unwrap();
-            let QValue::Pop { buf, .. } = r.value else { break };
+            let QValue::Pop { buf, .. } = r.value else {
+                break;
+            };
             if buf.is_empty() {
                 break;
             }
@@ -208,7 +210,9 @@ fn main() {
     };
     let (b50, b99, bm) = (med(&base, |s| s.p50), med(&base, |s| s.p99), med(&base, |s| s.mean));
     let (c50, c99, cm) = (med(&ours, |s| s.p50), med(&ours, |s| s.p99), med(&ours, |s| s.mean));
-    println!("| 64 B TCP ping-pong over loopback ({rounds} round trips x 3 runs, median run) | p50 µs | p99 µs | mean µs |");
+    println!(
+        "| 64 B TCP ping-pong over loopback ({rounds} round trips x 3 runs, median run) | p50 µs | p99 µs | mean µs |"
+    );
     println!("|---|---|---|---|");
     println!("| plain blocking sockets (baseline) | {b50:.1} | {b99:.1} | {bm:.1} |");
     println!("| catnap | {c50:.1} | {c99:.1} | {cm:.1} |");

@@ -78,7 +78,8 @@ pub trait Backend: Send {
     /// Starts sending `buf` (to `to` for datagrams without a default peer);
     /// completes with [`Outcome::Pushed`]. The backend keeps `buf` (and so the
     /// memory) until the device is done with it.
-    fn push(&mut self, s: SockId, buf: Buffer, to: Option<SocketAddrV4>, op: OpId, out: &mut Completions) -> Result<()>;
+    fn push(&mut self, s: SockId, buf: Buffer, to: Option<SocketAddrV4>, op: OpId, out: &mut Completions)
+        -> Result<()>;
 
     /// Starts receiving; completes with [`Outcome::Popped`].
     fn pop(&mut self, s: SockId, op: OpId, out: &mut Completions) -> Result<()>;

@@ -36,9 +36,10 @@ pub fn make_backend(name: &str) -> Result<Box<dyn Backend>> {
 /// names the variable.
 pub fn env_number(var: &str, default: u64) -> Result<u64> {
     match std::env::var(var) {
-        Ok(s) if !s.trim().is_empty() => s.trim().parse().map_err(|_| {
-            crate::error::Error::with(libc::EINVAL, format!("{var}={s:?} is not a non-negative integer"))
-        }),
+        Ok(s) if !s.trim().is_empty() => s
+            .trim()
+            .parse()
+            .map_err(|_| crate::error::Error::with(libc::EINVAL, format!("{var}={s:?} is not a non-negative integer"))),
         _ => Ok(default),
     }
 }

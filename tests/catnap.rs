@@ -29,7 +29,7 @@ fn tcp_one_mebibyte_message_arrives_intact() {
     let b = buf(&os, &msg);
     let push = os.push(c, &b).unwrap();
     drop(b); // free-protection: the push keeps the memory alive
-    // Pop concurrently with the push in flight (the kernel buffers less than 1 MiB).
+             // Pop concurrently with the push in flight (the kernel buffers less than 1 MiB).
     let got = pop_exact(&os, s, msg.len());
     assert!(matches!(wait_ok(&os, push).value, QValue::Push));
     assert!(got == msg, "1 MiB payload corrupted");

@@ -33,7 +33,9 @@ fn server(os: &LibOs, addr: SocketAddrV4) -> demi::Result<()> {
 fn serve(os: &LibOs, qd: QDesc) -> demi::Result<()> {
     loop {
         let popped = os.wait(os.pop(qd)?, None)?;
-        let QValue::Pop { buf, .. } = popped.value else { return Ok(()) };
+        let QValue::Pop { buf, .. } = popped.value else {
+            return Ok(());
+        };
         if buf.is_empty() {
             return Ok(());
         }

@@ -122,7 +122,9 @@ impl Catnap {
     fn progress_accepts(&mut self, s: SockId, out: &mut Completions) {
         loop {
             let Ok(sock) = self.sock(s) else { return };
-            let Some(&op) = sock.accepts.front() else { return };
+            let Some(&op) = sock.accepts.front() else {
+                return;
+            };
             match sys::accept(&sock.fd) {
                 Ok((fd, peer)) => {
                     sock.accepts.pop_front();
@@ -167,7 +169,9 @@ impl Catnap {
     }
 
     fn progress_pops(&mut self, s: SockId, out: &mut Completions) {
-        let Some(Some(sock)) = self.socks.get_mut(s) else { return };
+        let Some(Some(sock)) = self.socks.get_mut(s) else {
+            return;
+        };
         while let Some(&op) = sock.pops.front() {
             if sock.eof {
                 sock.pops.pop_front();
@@ -196,7 +200,8 @@ impl Catnap {
 }
 
 fn cancel(sock: Sock, out: &mut Completions) {
-    let ops = sock.accepts.into_iter().chain(sock.connect).chain(sock.pushes.into_iter().map(|p| p.op)).chain(sock.pops);
+    let ops =
+        sock.accepts.into_iter().chain(sock.connect).chain(sock.pushes.into_iter().map(|p| p.op)).chain(sock.pops);
     for op in ops {
         out.complete(op, Outcome::Failed(libc::ECANCELED));
     }
@@ -244,7 +249,14 @@ impl Backend for Catnap {
         Ok(())
     }
 
-    fn push(&mut self, s: SockId, buf: Buffer, to: Option<SocketAddrV4>, op: OpId, out: &mut Completions) -> Result<()> {
+    fn push(
+        &mut self,
+        s: SockId,
+        buf: Buffer,
+        to: Option<SocketAddrV4>,
+        op: OpId,
+        out: &mut Completions,
+    ) -> Result<()> {
         let sock = self.sock(s)?;
         // A stream socket sends to its peer; an address there is ignored.
         let to = if sock.ty == SockType::Datagram { to } else { None };

@@ -64,12 +64,8 @@ pub fn accept(fd: &OwnedFd) -> Result<(OwnedFd, SocketAddrV4)> {
     let mut sa = MaybeUninit::<libc::sockaddr_in>::zeroed();
     let mut len = SIN_LEN;
     // SAFETY: sa has room for SIN_LEN bytes and len says so.
-    let nfd = syscall!(accept4(
-        fd.as_raw_fd(),
-        sa.as_mut_ptr().cast(),
-        &mut len,
-        libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC
-    ))?;
+    let nfd =
+        syscall!(accept4(fd.as_raw_fd(), sa.as_mut_ptr().cast(), &mut len, libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC))?;
     // SAFETY: zeroed above and filled by the kernel.
     Ok((own(nfd), from_sockaddr(unsafe { sa.assume_init_ref() })))
 }
@@ -95,7 +91,8 @@ pub fn recv(fd: &OwnedFd, buf: &mut [u8]) -> Result<(usize, Option<SocketAddrV4>
     let mut sa = MaybeUninit::<libc::sockaddr_in>::zeroed();
     let mut len = SIN_LEN;
     // SAFETY: buf is a live mutable slice; sa has room for len bytes.
-    let n = syscall!(recvfrom(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0, sa.as_mut_ptr().cast(), &mut len))?;
+    let n =
+        syscall!(recvfrom(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0, sa.as_mut_ptr().cast(), &mut len))?;
     // SAFETY: zeroed above; the kernel filled it if it had an address.
     let sa = unsafe { sa.assume_init_ref() };
     let from = (sa.sin_family == libc::AF_INET as libc::sa_family_t).then(|| from_sockaddr(sa));

@@ -373,6 +373,9 @@ impl Drop for Engine {
 pub(crate) fn unknown_libos(name: &str) -> Error {
     Error::with(
         libc::EINVAL,
-        format!("unknown or not built libOS {name:?}; this build has: {}", crate::config::built_libos_names().join(", ")),
+        format!(
+            "unknown or not built libOS {name:?}; this build has: {}",
+            crate::config::built_libos_names().join(", ")
+        ),
     )
 }

@@ -70,7 +70,12 @@ pub extern "C" fn demi_accept(qt_out: *mut demi_qtoken_t, qd: c_int) -> c_int {
 /// # Safety
 /// `addr` must be NULL or readable for `size` bytes.
 #[no_mangle]
-pub unsafe extern "C" fn demi_connect(qt_out: *mut demi_qtoken_t, qd: c_int, addr: *const sockaddr, size: socklen_t) -> c_int {
+pub unsafe extern "C" fn demi_connect(
+    qt_out: *mut demi_qtoken_t,
+    qd: c_int,
+    addr: *const sockaddr,
+    size: socklen_t,
+) -> c_int {
     boundary("demi_connect", || {
         let out = output(qt_out, "qt_out is NULL")?;
         let os = libos()?;
@@ -108,7 +113,7 @@ pub unsafe extern "C" fn demi_push(qt_out: *mut demi_qtoken_t, qd: c_int, sga: *
         let sga = unsafe { input(sga, "sga is NULL") }?;
         let qt = os.run(|e| {
             e.local_addr(qd)?; // EBADF before looking at the sga
-            // SAFETY: forwarded from this function's contract.
+                               // SAFETY: forwarded from this function's contract.
             let buf = unsafe { super::sga::to_buffer(e, sga) }?;
             e.push(qd, buf, None)
         })?;
@@ -133,7 +138,7 @@ pub unsafe extern "C" fn demi_pushto(
         let os = libos()?;
         let qt = os.run(|e| {
             e.local_addr(qd)?; // EBADF first
-            // SAFETY: forwarded from this function's contract.
+                               // SAFETY: forwarded from this function's contract.
             let to = unsafe { sockaddr_in(addr, size) }?;
             // SAFETY: forwarded from this function's contract.
             let sga = unsafe { input(sga, "sga is NULL") }?;
@@ -161,7 +166,13 @@ pub extern "C" fn demi_pop(qt_out: *mut demi_qtoken_t, qd: c_int) -> c_int {
 /// # Safety
 /// `optval` must be NULL or readable for `optlen` bytes.
 #[no_mangle]
-pub unsafe extern "C" fn demi_setsockopt(qd: c_int, level: c_int, optname: c_int, optval: *const c_void, optlen: socklen_t) -> c_int {
+pub unsafe extern "C" fn demi_setsockopt(
+    qd: c_int,
+    level: c_int,
+    optname: c_int,
+    optval: *const c_void,
+    optlen: socklen_t,
+) -> c_int {
     boundary("demi_setsockopt", || {
         let os = libos()?;
         if optval.is_null() {
@@ -179,7 +190,13 @@ pub unsafe extern "C" fn demi_setsockopt(qd: c_int, level: c_int, optname: c_int
 /// # Safety
 /// `optval` must be NULL or writable for `*optlen` bytes; `optlen` NULL or valid.
 #[no_mangle]
-pub unsafe extern "C" fn demi_getsockopt(qd: c_int, level: c_int, optname: c_int, optval: *mut c_void, optlen: *mut socklen_t) -> c_int {
+pub unsafe extern "C" fn demi_getsockopt(
+    qd: c_int,
+    level: c_int,
+    optname: c_int,
+    optval: *mut c_void,
+    optlen: *mut socklen_t,
+) -> c_int {
     boundary("demi_getsockopt", || {
         let os = libos()?;
         let optval = output(optval, "optval is NULL")?;
@@ -212,10 +229,13 @@ pub unsafe extern "C" fn demi_getpeername(qd: c_int, addr: *mut sockaddr, addrle
         // As getpeername(2): truncate to the room given, report the full size.
         // SAFETY: addr is non-null and writable for room bytes; we copy at most that.
         unsafe {
-            std::ptr::copy_nonoverlapping((&sin as *const libc::sockaddr_in).cast::<u8>(), addr.cast::<u8>(), room.min(full));
+            std::ptr::copy_nonoverlapping(
+                (&sin as *const libc::sockaddr_in).cast::<u8>(),
+                addr.cast::<u8>(),
+                room.min(full),
+            );
             put(addrlen, full as socklen_t);
         }
         Ok(())
     })
 }
-

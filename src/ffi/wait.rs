@@ -1,6 +1,8 @@
 //! `demi_wait`, `demi_timedwait`, `demi_wait_any`, `demi_wait_next_n`.
 
-use super::types::{demi_accept_result_t, demi_opcode_t, demi_qr_value_t, demi_qresult_t, demi_qtoken_t, demi_sgarray_t};
+use super::types::{
+    demi_accept_result_t, demi_opcode_t, demi_qr_value_t, demi_qresult_t, demi_qtoken_t, demi_sgarray_t,
+};
 use super::{boundary, input, libos, output, put, to_c_addr};
 use crate::engine::{Engine, QResult, QValue};
 use crate::error::{fail, Result};
@@ -13,7 +15,9 @@ use std::time::Duration;
 /// `t` must be NULL or point to a readable timespec.
 unsafe fn relative(t: *const timespec) -> Result<Option<Duration>> {
     // SAFETY: forwarded from this function's contract.
-    let Some(t) = (unsafe { t.as_ref() }) else { return Ok(None) };
+    let Some(t) = (unsafe { t.as_ref() }) else {
+        return Ok(None);
+    };
     if t.tv_sec < 0 || !(0..1_000_000_000).contains(&t.tv_nsec) {
         return fail(libc::EINVAL, "timeout has a negative or out-of-range field");
     }
@@ -69,9 +73,15 @@ pub unsafe extern "C" fn demi_wait(qr_out: *mut demi_qresult_t, qt: demi_qtoken_
 /// # Safety
 /// As `demi_wait`.
 #[no_mangle]
-pub unsafe extern "C" fn demi_timedwait(qr_out: *mut demi_qresult_t, qt: demi_qtoken_t, abstime: *const timespec) -> c_int {
+pub unsafe extern "C" fn demi_timedwait(
+    qr_out: *mut demi_qresult_t,
+    qt: demi_qtoken_t,
+    abstime: *const timespec,
+) -> c_int {
     // SAFETY: forwarded from this function's contract.
-    let Ok(abs) = (unsafe { relative(abstime) }) else { return libc::EINVAL };
+    let Ok(abs) = (unsafe { relative(abstime) }) else {
+        return libc::EINVAL;
+    };
     let Some(abs) = abs else {
         // SAFETY: forwarded from this function's contract.
         return unsafe { demi_wait(qr_out, qt, std::ptr::null()) };
