@@ -12,6 +12,8 @@ pub const DEFAULT_LIBOS: &str = "catnap";
 pub fn built_libos_names() -> Vec<&'static str> {
     #[allow(unused_mut)]
     let mut names = vec!["catnap"];
+    #[cfg(feature = "catmint")]
+    names.push("catmint");
     #[cfg(feature = "catnip")]
     names.push("catnip");
     names
@@ -26,6 +28,8 @@ pub fn libos_from_env() -> String {
 pub fn make_backend(name: &str) -> Result<Box<dyn Backend>> {
     match name {
         "catnap" => Ok(Box::new(crate::catnap::Catnap::new()?)),
+        #[cfg(feature = "catmint")]
+        "catmint" => Ok(Box::new(crate::catmint::Catmint::new()?)),
         #[cfg(feature = "catnip")]
         "catnip" => Ok(Box::new(crate::catnip::Catnip::new()?)),
         _ => Err(crate::engine::unknown_libos(name)),

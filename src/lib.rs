@@ -29,6 +29,8 @@
 pub mod backend;
 pub mod buffer;
 mod catnap;
+#[cfg(feature = "catmint")]
+mod catmint;
 #[cfg(feature = "catnip")]
 mod catnip;
 pub mod config;

@@ -1,0 +1,820 @@
+//! catmint: demi's RDMA transport over rdma-core (librdmacm + libibverbs).
+//!
+//! It knows nothing of queue tokens. A [`Catmint`] owns an rdma_cm event
+//! channel, one PD/CQ/completion channel per RDMA device, a registered-memory
+//! [`Pool`], and sockets: RC streams set up by rdma_cm. Requests carry an
+//! opaque [`Tag`]; [`Catmint::poll`] reports what finished as `(Tag, Done)`.
+//! Nothing blocks: rdma_cm is driven from `poll` (rping's order: resources
+//! and pre-posted receives before connect/accept), and [`Catmint::arm`]
+//! returns one descriptor to sleep on.
+//!
+//! Resource cleanup follows ownership (see `verbs` and `cm`): dropping a
+//! socket destroys its QP and id, then recycles its buffers.
+
+mod cm;
+mod pool;
+mod rc;
+mod sys;
+mod verbs;
+pub mod wire;
+
+pub use pool::{Block, Pool};
+pub use sys::{Error, Result};
+
+use cm::{CmEvent, CmId, CqCell, EventChannel, PortSpace};
+use pool::Notify;
+use rc::{Rc, RcConfig};
+use std::collections::VecDeque;
+use std::net::SocketAddrV4;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use sys::ffi;
+use verbs::{CompChannel, Cq, DeviceList, Pd};
+use wire::Hello;
+
+/// The caller's name for one request.
+pub type Tag = u64;
+
+/// A socket of a [`Catmint`].
+pub type SockId = usize;
+
+/// Bytes to send. `bytes()` must not move when the value moves (it points to
+/// memory owned elsewhere), and must stay valid while the value lives.
+pub trait Payload: Send + Sync {
+    fn bytes(&self) -> &[u8];
+    /// The memory key on device `dev` if the bytes are registered memory of
+    /// this transport (else they are copied into registered memory once).
+    fn lkey(&self, dev: usize) -> Option<u32>;
+}
+
+impl Payload for Block {
+    fn bytes(&self) -> &[u8] {
+        self.as_slice()
+    }
+    fn lkey(&self, dev: usize) -> Option<u32> {
+        Some(Block::lkey(self, dev))
+    }
+}
+
+/// How a request ended.
+pub enum Done {
+    Accepted {
+        sock: SockId,
+        peer: SocketAddrV4,
+    },
+    Connected,
+    Sent,
+    /// A message; `None` is end of file (the peer closed in order).
+    Received {
+        msg: Option<Block>,
+        from: Option<SocketAddrV4>,
+    },
+    Failed(i32),
+}
+
+/// Tunables.
+#[derive(Clone, Copy, Debug)]
+pub struct Config {
+    /// Receives granted to each peer (receive depth).
+    pub credits: u32,
+    /// Size of each receive buffer; larger messages are segmented.
+    pub buf_size: usize,
+    /// Send queue depth.
+    pub sq_depth: u32,
+    /// Largest send (header included) posted inline.
+    pub inline: u32,
+    /// Bound on address/route resolution and connection setup.
+    pub timeout: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config { credits: 32, buf_size: 32 << 10, sq_depth: 128, inline: 128, timeout: Duration::from_secs(3) }
+    }
+}
+
+struct Device {
+    ctx: *mut ffi::ibv_context,
+    pd: Arc<Pd>,
+    cq: Arc<CqCell>,
+}
+
+enum Sock {
+    Idle {
+        id: CmId,
+        bound: Option<SocketAddrV4>,
+    },
+    Resolving {
+        id: CmId,
+        bound: Option<SocketAddrV4>,
+        tag: Tag,
+        deadline: Instant,
+    },
+    Connecting {
+        ep: Rc,
+        bound: Option<SocketAddrV4>,
+        tag: Tag,
+        deadline: Instant,
+    },
+    Connected(Rc),
+    Listening(Listener),
+    /// Accepted by us, waiting for ESTABLISHED; not visible to the caller yet.
+    Incoming {
+        ep: Rc,
+        listener: SockId,
+        peer: SocketAddrV4,
+        deadline: Instant,
+    },
+    /// Closed by the caller; waits for its FIN to go out.
+    Closing {
+        ep: Rc,
+        deadline: Instant,
+    },
+    /// Lost its id after a failed connect and could not get a new one.
+    Broken,
+}
+
+struct Listener {
+    /// Kept for its lifetime: dropping it stops listening.
+    _id: CmId,
+    backlog: usize,
+    ready: VecDeque<(SockId, SocketAddrV4)>,
+    accepts: VecDeque<Tag>,
+    handshaking: usize,
+}
+
+struct Entry {
+    generation: u32,
+    sock: Option<Sock>,
+}
+
+const IDX_BITS: u32 = 24;
+const IDX_MASK: u64 = (1 << IDX_BITS) - 1;
+
+/// The RDMA transport (see the crate docs).
+pub struct Catmint {
+    // Sockets first: dropping them destroys QPs before CQs and PDs go.
+    socks: Vec<Entry>,
+    free: Vec<usize>,
+    /// Ids and endpoints to drop once the event about them is acknowledged
+    /// (rdma_destroy_id waits for its events' acks).
+    graveyard: Vec<Sock>,
+    devices: Vec<Device>,
+    pool: Pool,
+    notify: Arc<Notify>,
+    channel: Arc<EventChannel>,
+    epoll: OwnedFd,
+    cfg: Config,
+    wcs: Vec<ffi::ibv_wc>,
+    keys: Vec<u64>,
+    timed: usize,
+    _devices: Arc<DeviceList>,
+}
+
+// SAFETY: the raw context pointers are rdma-core objects usable from any
+// thread; Catmint is used by one thread at a time (&mut self).
+unsafe impl Send for Catmint {}
+
+impl Catmint {
+    /// Opens every RDMA device. ENODEV when there is none.
+    pub fn new(cfg: Config) -> Result<Catmint> {
+        let list = DeviceList::open()?;
+        let channel = EventChannel::new()?;
+        // SAFETY: epoll_create1 has no pointer arguments.
+        let efd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+        if efd < 0 {
+            return Err(Error::last("epoll_create1"));
+        }
+        // SAFETY: efd was just returned to us.
+        let epoll = unsafe { OwnedFd::from_raw_fd(efd) };
+        epoll_add(&epoll, channel.fd())?;
+        let mut devices = Vec::new();
+        for ctx in list.contexts() {
+            let pd = Pd::new(ctx, list.clone())?;
+            let comp = CompChannel::new(ctx, list.clone())?;
+            epoll_add(&epoll, comp.fd())?;
+            let cq = Cq::new(ctx, comp, 4096)?;
+            log::info!("catmint: device {}", verbs::device_name(ctx));
+            devices.push(Device { ctx, pd, cq: Arc::new(Mutex::new(cq)) });
+        }
+        let pool = Pool::new(devices.iter().map(|d| d.pd.clone()).collect());
+        // SAFETY: ibv_wc is plain data.
+        let wcs = (0..32).map(|_| unsafe { std::mem::zeroed() }).collect();
+        Ok(Catmint {
+            socks: Vec::new(),
+            free: Vec::new(),
+            graveyard: Vec::new(),
+            devices,
+            pool,
+            notify: Arc::new(Notify::default()),
+            channel,
+            epoll,
+            cfg,
+            wcs,
+            keys: Vec::new(),
+            timed: 0,
+            _devices: list,
+        })
+    }
+
+    /// Names of the devices in use.
+    pub fn device_names(&self) -> Vec<String> {
+        self.devices.iter().map(|d| verbs::device_name(d.ctx)).collect()
+    }
+
+    /// Registered memory for sends without a copy.
+    pub fn alloc(&self, len: usize) -> Result<Block> {
+        self.pool.alloc(len)
+    }
+
+    fn key_of(&self, s: SockId) -> u64 {
+        ((self.socks[s].generation as u64 & 0xff) << IDX_BITS) | s as u64
+    }
+
+    fn lookup(&self, key: u64) -> Option<SockId> {
+        let s = (key & IDX_MASK) as usize;
+        let e = self.socks.get(s)?;
+        (e.sock.is_some() && (e.generation as u64 & 0xff) == (key >> IDX_BITS) & 0xff).then_some(s)
+    }
+
+    fn insert_with(&mut self, make: impl FnOnce(u64) -> Result<Sock>) -> Result<SockId> {
+        let s = self.free.pop().unwrap_or_else(|| {
+            self.socks.push(Entry { generation: 0, sock: None });
+            self.socks.len() - 1
+        });
+        if s as u64 > IDX_MASK {
+            return Err(Error::new("socket table", libc::EMFILE));
+        }
+        self.socks[s].generation = self.socks[s].generation.wrapping_add(1);
+        let key = self.key_of(s);
+        match make(key) {
+            Ok(sock) => {
+                self.socks[s].sock = Some(sock);
+                Ok(s)
+            }
+            Err(e) => {
+                self.free.push(s);
+                Err(e)
+            }
+        }
+    }
+
+    fn take(&mut self, s: SockId) -> Option<Sock> {
+        let sock = self.socks.get_mut(s)?.sock.take();
+        if sock.is_some() {
+            self.free.push(s);
+        }
+        sock
+    }
+
+    fn sock_mut(&mut self, s: SockId) -> Result<&mut Sock> {
+        self.socks.get_mut(s).and_then(|e| e.sock.as_mut()).ok_or(Error::new("catmint socket", libc::EBADF))
+    }
+
+    /// A new stream (RC) socket.
+    pub fn stream_socket(&mut self) -> Result<SockId> {
+        let channel = self.channel.clone();
+        self.insert_with(|key| Ok(Sock::Idle { id: CmId::new(&channel, PortSpace::Tcp, key)?, bound: None }))
+    }
+
+    pub fn bind(&mut self, s: SockId, addr: SocketAddrV4) -> Result<SocketAddrV4> {
+        match self.sock_mut(s)? {
+            Sock::Idle { id, bound } => {
+                id.bind(addr).map_err(|e| match e.errno {
+                    // No RDMA device has this address.
+                    libc::ENODEV => Error::new(e.call, libc::EADDRNOTAVAIL),
+                    _ => e,
+                })?;
+                let local = id.local_addr().unwrap_or(addr);
+                *bound = Some(local);
+                Ok(local)
+            }
+            _ => Err(Error::new("bind", libc::EINVAL)),
+        }
+    }
+
+    pub fn listen(&mut self, s: SockId, backlog: i32) -> Result<()> {
+        let sock = self.take(s).ok_or(Error::new("listen", libc::EBADF))?;
+        let (result, sock) = match sock {
+            Sock::Idle { id, bound } => match id.listen(backlog) {
+                Ok(()) => (
+                    Ok(()),
+                    Sock::Listening(Listener {
+                        _id: id,
+                        backlog: backlog.max(1) as usize,
+                        ready: VecDeque::new(),
+                        accepts: VecDeque::new(),
+                        handshaking: 0,
+                    }),
+                ),
+                Err(e) => (Err(e), Sock::Idle { id, bound }),
+            },
+            Sock::Listening(mut l) => {
+                l.backlog = backlog.max(1) as usize;
+                (Ok(()), Sock::Listening(l))
+            }
+            other => (Err(Error::new("listen", libc::EINVAL)), other),
+        };
+        self.put_back(s, sock);
+        result
+    }
+
+    /// Re-inserts a socket taken with `take` under the same id.
+    fn put_back(&mut self, s: SockId, sock: Sock) {
+        if let Some(i) = self.free.iter().rposition(|&f| f == s) {
+            self.free.swap_remove(i);
+        }
+        self.socks[s].sock = Some(sock);
+    }
+
+    pub fn accept(&mut self, s: SockId, tag: Tag, out: &mut Vec<(Tag, Done)>) -> Result<()> {
+        let Sock::Listening(l) = self.sock_mut(s)? else { return Err(Error::new("accept", libc::EINVAL)) };
+        l.accepts.push_back(tag);
+        Self::match_accepts(l, out);
+        Ok(())
+    }
+
+    fn match_accepts(l: &mut Listener, out: &mut Vec<(Tag, Done)>) {
+        while !l.accepts.is_empty() && !l.ready.is_empty() {
+            let tag = l.accepts.pop_front().expect("checked");
+            let (sock, peer) = l.ready.pop_front().expect("checked");
+            out.push((tag, Done::Accepted { sock, peer }));
+        }
+    }
+
+    pub fn connect(&mut self, s: SockId, to: SocketAddrV4, tag: Tag) -> Result<()> {
+        let timeout_ms = self.cfg.timeout.as_millis().min(i32::MAX as u128) as i32;
+        let deadline = Instant::now() + self.cfg.timeout;
+        let sock = self.take(s).ok_or(Error::new("connect", libc::EBADF))?;
+        let (result, sock) = match sock {
+            // A bound id resolves from its own address.
+            Sock::Idle { id, bound } => match id.resolve_addr(None, to, timeout_ms) {
+                Ok(()) => {
+                    self.timed += 1;
+                    (Ok(()), Sock::Resolving { id, bound, tag, deadline })
+                }
+                Err(e) => (Err(e), Sock::Idle { id, bound }),
+            },
+            other => (Err(Error::new("connect", libc::EINVAL)), other),
+        };
+        self.put_back(s, sock);
+        result
+    }
+
+    pub fn send(&mut self, s: SockId, data: Box<dyn Payload>, tag: Tag, out: &mut Vec<(Tag, Done)>) -> Result<()> {
+        match self.sock_mut(s)? {
+            Sock::Connected(ep) => {
+                ep.send(tag, data, out);
+                Ok(())
+            }
+            _ => Err(Error::new("send", libc::ENOTCONN)),
+        }
+    }
+
+    pub fn recv(&mut self, s: SockId, tag: Tag, out: &mut Vec<(Tag, Done)>) -> Result<()> {
+        match self.sock_mut(s)? {
+            Sock::Connected(ep) => {
+                ep.recv(tag, out);
+                Ok(())
+            }
+            _ => Err(Error::new("recv", libc::ENOTCONN)),
+        }
+    }
+
+    pub fn peer_addr(&mut self, s: SockId) -> Result<SocketAddrV4> {
+        match self.sock_mut(s)? {
+            Sock::Connected(ep) => ep.id().peer_addr().ok_or(Error::new("peer_addr", libc::ENOTCONN)),
+            _ => Err(Error::new("peer_addr", libc::ENOTCONN)),
+        }
+    }
+
+    /// Closes a socket: its pending requests finish with ECANCELED. A healthy
+    /// connection sends FIN (end of file for the peer) before disconnecting.
+    pub fn close(&mut self, s: SockId, out: &mut Vec<(Tag, Done)>) -> Result<()> {
+        let sock = self.take(s).ok_or(Error::new("close", libc::EBADF))?;
+        match sock {
+            Sock::Idle { .. } | Sock::Broken => {}
+            Sock::Resolving { tag, .. } | Sock::Connecting { tag, .. } => {
+                self.timed -= 1;
+                out.push((tag, Done::Failed(libc::ECANCELED)));
+            }
+            Sock::Incoming { .. } => self.timed -= 1,
+            Sock::Closing { ep, deadline } => self.put_back(s, Sock::Closing { ep, deadline }),
+            Sock::Listening(l) => {
+                for tag in l.accepts {
+                    out.push((tag, Done::Failed(libc::ECANCELED)));
+                }
+                for (child, _) in l.ready {
+                    let _ = self.close(child, out);
+                }
+            }
+            Sock::Connected(mut ep) => {
+                ep.cancel(out);
+                if ep.send_fin() {
+                    self.timed += 1;
+                    self.put_back(s, Sock::Closing { ep, deadline: Instant::now() + Duration::from_secs(1) });
+                } else {
+                    ep.id().disconnect();
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Moves everything forward without blocking; appends what finished.
+    pub fn poll(&mut self, out: &mut Vec<(Tag, Done)>) {
+        self.poll_cm(out);
+        self.poll_cqs(out);
+        let mut keys = std::mem::take(&mut self.keys);
+        self.notify.take(&mut keys);
+        for key in keys.drain(..) {
+            if let Some(s) = self.lookup(key) {
+                if let Some(Sock::Connected(ep)) = &mut self.socks[s].sock {
+                    if ep.repost_returns() {
+                        ep.progress_sends(out);
+                    }
+                }
+            }
+        }
+        self.keys = keys;
+        if self.timed > 0 {
+            self.check_timers(out);
+        }
+        self.graveyard.clear();
+    }
+
+    /// Arms CQ notification; returns the descriptor to sleep on.
+    pub fn arm(&mut self) -> RawFd {
+        for d in &self.devices {
+            d.cq.lock().unwrap_or_else(|e| e.into_inner()).arm();
+        }
+        self.epoll.as_raw_fd()
+    }
+
+    fn poll_cqs(&mut self, out: &mut Vec<(Tag, Done)>) {
+        for d in 0..self.devices.len() {
+            let cq = self.devices[d].cq.clone();
+            let mut cq = cq.lock().unwrap_or_else(|e| e.into_inner());
+            cq.drain_channel();
+            loop {
+                let n = cq.poll(&mut self.wcs);
+                for i in 0..n {
+                    let wc = &self.wcs[i];
+                    let Some(s) = self.lookup(wc.wr_id >> 32) else { continue };
+                    match &mut self.socks[s].sock {
+                        Some(Sock::Connected(ep) | Sock::Connecting { ep, .. } | Sock::Incoming { ep, .. }) => {
+                            ep.on_completion(wc, out)
+                        }
+                        // Whatever a closing endpoint reports was already cancelled.
+                        Some(Sock::Closing { ep, .. }) => ep.on_completion(wc, &mut Vec::new()),
+                        _ => {}
+                    }
+                }
+                if n < self.wcs.len() {
+                    break;
+                }
+            }
+        }
+    }
+
+    fn poll_cm(&mut self, out: &mut Vec<(Tag, Done)>) {
+        loop {
+            let ev = match self.channel.next() {
+                Ok(Some(ev)) => ev,
+                Ok(None) => return,
+                Err(e) => {
+                    log::error!("catmint: {e}");
+                    return;
+                }
+            };
+            self.on_cm_event(&ev, out);
+            drop(ev);
+            // Only now may ids the event named be destroyed.
+            self.graveyard.clear();
+        }
+    }
+
+    fn device_of(&self, ctx: *mut ffi::ibv_context) -> Option<usize> {
+        self.devices.iter().position(|d| d.ctx == ctx)
+    }
+
+    fn rc_config(&self) -> RcConfig {
+        RcConfig {
+            credits: self.cfg.credits,
+            buf_size: self.cfg.buf_size,
+            sq_depth: self.cfg.sq_depth,
+            inline: self.cfg.inline,
+        }
+    }
+
+    fn new_endpoint(&self, id: CmId, key: u64) -> std::result::Result<Rc, (Error, Option<CmId>)> {
+        let Some(dev) = self.device_of(id.verbs()) else {
+            return Err((Error::new("rdma_cm id on an unknown device", libc::ENODEV), Some(id)));
+        };
+        let d = &self.devices[dev];
+        Rc::new(id, dev, &d.pd, &d.cq, &self.pool, self.rc_config(), key, &self.notify).map_err(|e| (e, None))
+    }
+
+    fn on_cm_event(&mut self, ev: &CmEvent, out: &mut Vec<(Tag, Done)>) {
+        use ffi::rdma_cm_event_type::*;
+        let kind = ev.kind();
+        log::debug!("catmint: cm event {} status {}", ev.name(), ev.status());
+        if kind == RDMA_CM_EVENT_CONNECT_REQUEST {
+            return self.on_connect_request(ev);
+        }
+        let Some(s) = self.lookup(ev.key()) else { return };
+        let Some(sock) = self.take(s) else { return };
+        let sock = match (kind, sock) {
+            (RDMA_CM_EVENT_ADDR_RESOLVED, Sock::Resolving { id, bound, tag, deadline }) => {
+                let ms = self.cfg.timeout.as_millis().min(i32::MAX as u128) as i32;
+                match id.resolve_route(ms) {
+                    Ok(()) => Sock::Resolving { id, bound, tag, deadline },
+                    Err(e) => self.connect_failed(s, id, bound, tag, e.errno, out),
+                }
+            }
+            (RDMA_CM_EVENT_ROUTE_RESOLVED, Sock::Resolving { id, bound, tag, deadline }) => {
+                let key = self.key_of(s);
+                match self.new_endpoint(id, key) {
+                    Ok(ep) => {
+                        let hello = ep.hello().emit();
+                        match ep.id().connect(&mut conn_param(&hello)) {
+                            Ok(()) => Sock::Connecting { ep, bound, tag, deadline },
+                            Err(e) => self.connect_failed_ep(s, ep, bound, tag, e.errno, out),
+                        }
+                    }
+                    Err((e, Some(id))) => self.connect_failed(s, id, bound, tag, e.errno, out),
+                    Err((e, None)) => self.connect_failed_fresh(s, bound, tag, e.errno, out),
+                }
+            }
+            (RDMA_CM_EVENT_ESTABLISHED, Sock::Connecting { mut ep, bound, tag, .. }) => {
+                match Hello::parse(&ev.private_data()) {
+                    Some(h) => {
+                        self.timed -= 1;
+                        ep.established(h);
+                        out.push((tag, Done::Connected));
+                        Sock::Connected(ep)
+                    }
+                    None => {
+                        ep.id().disconnect();
+                        self.connect_failed_ep(s, ep, bound, tag, libc::EPROTO, out)
+                    }
+                }
+            }
+            (RDMA_CM_EVENT_ESTABLISHED, Sock::Incoming { ep, listener, peer, .. }) => {
+                self.timed -= 1;
+                match self.socks.get_mut(listener).and_then(|e| e.sock.as_mut()) {
+                    Some(Sock::Listening(l)) => {
+                        l.handshaking -= 1;
+                        l.ready.push_back((s, peer));
+                        Self::match_accepts(l, out);
+                        Sock::Connected(ep)
+                    }
+                    // The listener closed meanwhile.
+                    _ => {
+                        ep.id().disconnect();
+                        self.graveyard.push(Sock::Connected(ep));
+                        return;
+                    }
+                }
+            }
+            (
+                RDMA_CM_EVENT_REJECTED
+                | RDMA_CM_EVENT_ADDR_ERROR
+                | RDMA_CM_EVENT_ROUTE_ERROR
+                | RDMA_CM_EVENT_UNREACHABLE
+                | RDMA_CM_EVENT_CONNECT_ERROR,
+                sock,
+            ) => {
+                let errno = connect_errno(kind, ev.status());
+                match sock {
+                    Sock::Resolving { id, bound, tag, .. } => self.connect_failed(s, id, bound, tag, errno, out),
+                    Sock::Connecting { ep, bound, tag, .. } => self.connect_failed_ep(s, ep, bound, tag, errno, out),
+                    Sock::Incoming { ep, listener, .. } => {
+                        self.timed -= 1;
+                        if let Some(Sock::Listening(l)) = self.socks.get_mut(listener).and_then(|e| e.sock.as_mut()) {
+                            l.handshaking -= 1;
+                        }
+                        self.graveyard.push(Sock::Connected(ep));
+                        return;
+                    }
+                    Sock::Connected(mut ep) => {
+                        ep.disconnected(out);
+                        Sock::Connected(ep)
+                    }
+                    other => other,
+                }
+            }
+            (RDMA_CM_EVENT_DISCONNECTED, Sock::Connected(mut ep)) => {
+                ep.disconnected(out);
+                ep.id().disconnect();
+                Sock::Connected(ep)
+            }
+            (RDMA_CM_EVENT_DISCONNECTED, Sock::Closing { ep, .. }) => {
+                self.timed -= 1;
+                self.graveyard.push(Sock::Closing { ep, deadline: Instant::now() });
+                return;
+            }
+            (_, sock) => sock,
+        };
+        self.put_back(s, sock);
+    }
+
+    fn on_connect_request(&mut self, ev: &CmEvent) {
+        let lkey = ev.key();
+        let ok = match self.lookup(lkey).and_then(|l| self.socks[l].sock.as_ref().map(|s| (l, s))) {
+            Some((l, Sock::Listening(li))) if li.ready.len() + li.handshaking < li.backlog => Some(l),
+            _ => None,
+        };
+        let hello = Hello::parse(&ev.private_data());
+        let (Some(listener), Some(peer_hello)) = (ok, hello) else {
+            // No room, no listener, or not a catmint peer: refuse, and destroy
+            // the child id once the event is acknowledged.
+            // SAFETY: the child id of a CONNECT_REQUEST is ours to own.
+            if let Ok(id) = unsafe { CmId::adopt(ev.id(), &self.channel, 0) } {
+                id.reject();
+                self.graveyard.push(Sock::Idle { id, bound: None });
+            }
+            return;
+        };
+        let channel = self.channel.clone();
+        let raw_child = ev.id();
+        let result = self.insert_with(|key| {
+            // SAFETY: the child id of a CONNECT_REQUEST is ours to own.
+            let id = unsafe { CmId::adopt(raw_child, &channel, key) }?;
+            let peer = id.peer_addr().unwrap_or(SocketAddrV4::new(0.into(), 0));
+            Ok(Sock::Idle { id, bound: Some(peer) })
+        });
+        let Ok(s) = result else {
+            // SAFETY: as above; insert_with failed before adopting it.
+            if let Ok(id) = unsafe { CmId::adopt(raw_child, &self.channel, 0) } {
+                id.reject();
+                self.graveyard.push(Sock::Idle { id, bound: None });
+            }
+            return;
+        };
+        let Some(Sock::Idle { id, bound }) = self.take(s) else { unreachable!("just inserted") };
+        let peer = bound.expect("set above");
+        let key = self.key_of(s);
+        match self.new_endpoint(id, key) {
+            Ok(mut ep) => {
+                ep.established(peer_hello);
+                let hello = ep.hello().emit();
+                if let Err(e) = ep.id().accept(&mut conn_param(&hello)) {
+                    log::warn!("catmint: accept from {peer}: {e}");
+                    ep.id().reject();
+                    self.graveyard.push(Sock::Connected(ep));
+                    return;
+                }
+                if let Some(Sock::Listening(l)) = self.socks[listener].sock.as_mut() {
+                    l.handshaking += 1;
+                }
+                self.timed += 1;
+                let deadline = Instant::now() + self.cfg.timeout;
+                self.put_back(s, Sock::Incoming { ep, listener, peer, deadline });
+            }
+            Err((e, id)) => {
+                log::warn!("catmint: connection from {peer}: {e}");
+                if let Some(id) = id {
+                    id.reject();
+                    self.graveyard.push(Sock::Idle { id, bound: None });
+                }
+            }
+        }
+    }
+
+    /// A connect failed on an id that never got a QP: report, and leave the
+    /// socket idle with a fresh id so it may connect again.
+    fn connect_failed(
+        &mut self,
+        s: SockId,
+        id: CmId,
+        bound: Option<SocketAddrV4>,
+        tag: Tag,
+        errno: i32,
+        out: &mut Vec<(Tag, Done)>,
+    ) -> Sock {
+        self.graveyard.push(Sock::Idle { id, bound: None });
+        self.connect_failed_fresh(s, bound, tag, errno, out)
+    }
+
+    fn connect_failed_ep(
+        &mut self,
+        s: SockId,
+        ep: Rc,
+        bound: Option<SocketAddrV4>,
+        tag: Tag,
+        errno: i32,
+        out: &mut Vec<(Tag, Done)>,
+    ) -> Sock {
+        self.graveyard.push(Sock::Connected(ep));
+        self.connect_failed_fresh(s, bound, tag, errno, out)
+    }
+
+    fn connect_failed_fresh(
+        &mut self,
+        s: SockId,
+        bound: Option<SocketAddrV4>,
+        tag: Tag,
+        errno: i32,
+        out: &mut Vec<(Tag, Done)>,
+    ) -> Sock {
+        self.timed -= 1;
+        out.push((tag, Done::Failed(errno)));
+        let key = self.key_of(s);
+        match CmId::new(&self.channel, PortSpace::Tcp, key) {
+            Ok(id) => {
+                // Re-bind to the address the old id had (its port is free again
+                // once the old id is destroyed, so bind the address only).
+                if let Some(b) = bound {
+                    let _ = id.bind(SocketAddrV4::new(*b.ip(), 0));
+                }
+                Sock::Idle { id, bound }
+            }
+            Err(e) => {
+                log::error!("catmint: {e}");
+                Sock::Broken
+            }
+        }
+    }
+
+    fn check_timers(&mut self, out: &mut Vec<(Tag, Done)>) {
+        let now = Instant::now();
+        for s in 0..self.socks.len() {
+            let expired = match &self.socks[s].sock {
+                Some(
+                    Sock::Resolving { deadline, .. }
+                    | Sock::Connecting { deadline, .. }
+                    | Sock::Incoming { deadline, .. },
+                ) => now >= *deadline,
+                Some(Sock::Closing { ep, deadline }) => now >= *deadline || ep.sends_drained() || ep.is_broken(),
+                _ => false,
+            };
+            if !expired {
+                continue;
+            }
+            match self.take(s) {
+                Some(Sock::Resolving { id, bound, tag, .. }) => {
+                    let sock = self.connect_failed(s, id, bound, tag, libc::ETIMEDOUT, out);
+                    self.put_back(s, sock);
+                }
+                Some(Sock::Connecting { ep, bound, tag, .. }) => {
+                    let sock = self.connect_failed_ep(s, ep, bound, tag, libc::ETIMEDOUT, out);
+                    self.put_back(s, sock);
+                }
+                Some(Sock::Incoming { ep, listener, .. }) => {
+                    self.timed -= 1;
+                    if let Some(Sock::Listening(l)) = self.socks.get_mut(listener).and_then(|e| e.sock.as_mut()) {
+                        l.handshaking -= 1;
+                    }
+                    ep.id().disconnect();
+                    self.graveyard.push(Sock::Connected(ep));
+                }
+                Some(Sock::Closing { ep, .. }) => {
+                    self.timed -= 1;
+                    ep.id().disconnect();
+                    self.graveyard.push(Sock::Connected(ep));
+                }
+                Some(other) => self.put_back(s, other),
+                None => {}
+            }
+        }
+    }
+}
+
+fn conn_param(hello: &[u8]) -> ffi::rdma_conn_param {
+    ffi::rdma_conn_param {
+        private_data: hello.as_ptr().cast(),
+        private_data_len: hello.len() as u8,
+        responder_resources: 1,
+        initiator_depth: 1,
+        flow_control: 0,
+        // Transport retries hide packet loss; RNR retries are a safety net our
+        // credits should never need.
+        retry_count: 7,
+        rnr_retry_count: 7,
+        srq: 0,
+        qp_num: 0,
+    }
+}
+
+/// The errno of a failed connection event.
+fn connect_errno(kind: ffi::rdma_cm_event_type::Type, status: i32) -> i32 {
+    use ffi::rdma_cm_event_type::*;
+    match kind {
+        RDMA_CM_EVENT_REJECTED => libc::ECONNREFUSED,
+        _ if status == -libc::ETIMEDOUT => libc::ETIMEDOUT,
+        _ if status == -libc::ENETUNREACH => libc::ENETUNREACH,
+        RDMA_CM_EVENT_CONNECT_ERROR => libc::ECONNREFUSED,
+        _ => libc::EHOSTUNREACH,
+    }
+}
+
+fn epoll_add(epoll: &OwnedFd, fd: RawFd) -> Result<()> {
+    let mut ev = libc::epoll_event { events: libc::EPOLLIN as u32, u64: fd as u64 };
+    // SAFETY: both descriptors are open; ev is a live epoll_event.
+    if unsafe { libc::epoll_ctl(epoll.as_raw_fd(), libc::EPOLL_CTL_ADD, fd, &mut ev) } < 0 {
+        return Err(Error::last("epoll_ctl"));
+    }
+    Ok(())
+}

@@ -1,0 +1,291 @@
+//! Registered memory: chunks registered with every device's PD, carved into
+//! power-of-four size classes. A [`Block`] is one allocation; dropping it gives
+//! the memory back to its home: the pool, or the receive ring of the endpoint
+//! it came from (which re-posts it).
+
+use crate::sys::Result;
+use crate::verbs::{Mr, Pd};
+use std::alloc::Layout;
+use std::ptr::NonNull;
+use std::sync::{Arc, Mutex};
+
+/// Size classes; larger allocations get a chunk of their own.
+const CLASSES: [usize; 7] = [256, 1 << 10, 4 << 10, 16 << 10, 64 << 10, 256 << 10, 1 << 20];
+const DEDICATED: u8 = u8::MAX;
+
+/// Memory registered with every PD.
+pub struct Chunk {
+    base: NonNull<u8>,
+    layout: Layout,
+    mrs: Vec<Mr>,
+}
+
+// SAFETY: the chunk owns its memory; access is coordinated by Slot ownership.
+unsafe impl Send for Chunk {}
+// SAFETY: as above.
+unsafe impl Sync for Chunk {}
+
+impl Chunk {
+    fn new(len: usize, pds: &[Arc<Pd>]) -> Result<Arc<Chunk>> {
+        let layout =
+            Layout::from_size_align(len.max(1), 4096).map_err(|_| crate::Error::new("layout", libc::ENOMEM))?;
+        // SAFETY: layout has a non-zero size.
+        let base = NonNull::new(unsafe { std::alloc::alloc_zeroed(layout) })
+            .ok_or(crate::Error::new("alloc", libc::ENOMEM))?;
+        let mut chunk = Chunk { base, layout, mrs: Vec::with_capacity(pds.len()) };
+        for pd in pds {
+            // SAFETY: the memory lives until the chunk drops, after its MRs.
+            chunk.mrs.push(unsafe { Mr::register(pd, base.as_ptr(), layout.size()) }?);
+        }
+        Ok(Arc::new(chunk))
+    }
+}
+
+impl Drop for Chunk {
+    fn drop(&mut self) {
+        self.mrs.clear();
+        // SAFETY: allocated in Chunk::new with this layout; MRs are gone.
+        unsafe { std::alloc::dealloc(self.base.as_ptr(), self.layout) };
+    }
+}
+
+/// A piece of a chunk: raw registered memory with no home of its own.
+pub struct Slot {
+    ptr: NonNull<u8>,
+    cap: usize,
+    class: u8,
+    chunk: Arc<Chunk>,
+}
+
+// SAFETY: a Slot is the only handle to its piece of memory.
+unsafe impl Send for Slot {}
+// SAFETY: as above.
+unsafe impl Sync for Slot {}
+
+impl Slot {
+    pub fn ptr(&self) -> *mut u8 {
+        self.ptr.as_ptr()
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.cap
+    }
+
+    /// The key of this memory for device `dev`.
+    pub fn lkey(&self, dev: usize) -> u32 {
+        self.chunk.mrs[dev].lkey()
+    }
+}
+
+pub(crate) struct PoolShared {
+    pds: Vec<Arc<Pd>>,
+    free: Vec<Mutex<Vec<Slot>>>,
+}
+
+impl PoolShared {
+    fn give_back(&self, slot: Slot) {
+        if slot.class != DEDICATED {
+            self.free[slot.class as usize].lock().unwrap_or_else(|e| e.into_inner()).push(slot);
+        }
+        // A dedicated chunk is freed with its last slot.
+    }
+}
+
+/// The registered-memory allocator.
+#[derive(Clone)]
+pub struct Pool {
+    shared: Arc<PoolShared>,
+}
+
+impl Pool {
+    pub fn new(pds: Vec<Arc<Pd>>) -> Pool {
+        let free = CLASSES.iter().map(|_| Mutex::new(Vec::new())).collect();
+        Pool { shared: Arc::new(PoolShared { pds, free }) }
+    }
+
+    /// A slot of at least `len` bytes.
+    pub fn slot(&self, len: usize) -> Result<Slot> {
+        let Some(class) = CLASSES.iter().position(|&c| c >= len) else {
+            let chunk = Chunk::new(len, &self.shared.pds)?;
+            return Ok(Slot { ptr: chunk.base, cap: len, class: DEDICATED, chunk });
+        };
+        let mut free = self.shared.free[class].lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(s) = free.pop() {
+            return Ok(s);
+        }
+        // Carve a new chunk into slots of this class.
+        let size = CLASSES[class];
+        let chunk_len = (size * 8).max(256 << 10);
+        let chunk = Chunk::new(chunk_len, &self.shared.pds)?;
+        for i in 1..chunk_len / size {
+            // SAFETY: i * size < chunk_len, inside the allocation.
+            let ptr = unsafe { NonNull::new_unchecked(chunk.base.as_ptr().add(i * size)) };
+            free.push(Slot { ptr, cap: size, class: class as u8, chunk: chunk.clone() });
+        }
+        Ok(Slot { ptr: chunk.base, cap: size, class: class as u8, chunk })
+    }
+
+    /// A block of `len` bytes that returns to the pool when dropped.
+    pub fn alloc(&self, len: usize) -> Result<Block> {
+        let slot = self.slot(len)?;
+        Ok(Block { slot: Some(slot), off: 0, len, home: Home::Pool(self.shared.clone()) })
+    }
+
+    /// Gives a slot back to the free list.
+    pub fn recycle(&self, slot: Slot) {
+        self.shared.give_back(slot);
+    }
+
+    pub(crate) fn shared(&self) -> &Arc<PoolShared> {
+        &self.shared
+    }
+}
+
+/// Tells the poll loop which endpoints have buffers to re-post, so it need
+/// not look at every endpoint on every poll.
+#[derive(Default)]
+pub struct Notify {
+    pending: std::sync::atomic::AtomicBool,
+    keys: Mutex<Vec<u64>>,
+}
+
+impl Notify {
+    fn push(&self, key: u64) {
+        self.keys.lock().unwrap_or_else(|e| e.into_inner()).push(key);
+        self.pending.store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Endpoint keys with returns since the last call (cheap when none).
+    pub fn take(&self, into: &mut Vec<u64>) {
+        if self.pending.swap(false, std::sync::atomic::Ordering::Acquire) {
+            into.append(&mut self.keys.lock().unwrap_or_else(|e| e.into_inner()));
+        }
+    }
+}
+
+/// Where a receive buffer goes when the application is done with it.
+pub(crate) struct RingReturn {
+    inner: Mutex<RingInner>,
+    pool: Arc<PoolShared>,
+    notify: Arc<Notify>,
+    key: u64,
+}
+
+struct RingInner {
+    open: bool,
+    returned: Vec<(u32, Slot)>,
+}
+
+impl RingReturn {
+    pub(crate) fn new(pool: &Pool, notify: &Arc<Notify>, key: u64) -> Arc<RingReturn> {
+        Arc::new(RingReturn {
+            inner: Mutex::new(RingInner { open: true, returned: Vec::new() }),
+            pool: pool.shared().clone(),
+            notify: notify.clone(),
+            key,
+        })
+    }
+
+    fn give_back(&self, index: u32, slot: Slot) {
+        let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        if g.open {
+            g.returned.push((index, slot));
+            if g.returned.len() == 1 {
+                self.notify.push(self.key);
+            }
+        } else {
+            drop(g);
+            self.pool.give_back(slot);
+        }
+    }
+
+    /// Buffers given back since the last call (to re-post).
+    pub(crate) fn take(&self, into: &mut Vec<(u32, Slot)>) {
+        let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        into.append(&mut g.returned);
+    }
+
+    /// True if buffers wait to be re-posted (cheap check for the poll loop).
+    pub(crate) fn has_returns(&self) -> bool {
+        !self.inner.lock().unwrap_or_else(|e| e.into_inner()).returned.is_empty()
+    }
+
+    /// The endpoint is gone: later returns go straight to the pool.
+    pub(crate) fn close(&self) {
+        let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        g.open = false;
+        for (_, s) in g.returned.drain(..) {
+            self.pool.give_back(s);
+        }
+    }
+}
+
+enum Home {
+    Pool(Arc<PoolShared>),
+    Ring(Arc<RingReturn>, u32),
+}
+
+/// One allocation of registered memory: bytes `off..off+len` of its slot.
+pub struct Block {
+    slot: Option<Slot>,
+    off: usize,
+    len: usize,
+    home: Home,
+}
+
+impl Block {
+    /// A received buffer that goes back to `ring` (slot `index`) on drop.
+    pub(crate) fn received(slot: Slot, off: usize, len: usize, ring: &Arc<RingReturn>, index: u32) -> Block {
+        Block { slot: Some(slot), off, len, home: Home::Ring(ring.clone(), index) }
+    }
+
+    fn slot(&self) -> &Slot {
+        self.slot.as_ref().expect("a live block has its slot")
+    }
+
+    pub fn as_ptr(&self) -> *mut u8 {
+        // SAFETY: off <= capacity by construction.
+        unsafe { self.slot().ptr().add(self.off) }
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn as_slice(&self) -> &[u8] {
+        // SAFETY: off+len is inside the slot, which this block owns.
+        unsafe { std::slice::from_raw_parts(self.as_ptr(), self.len) }
+    }
+
+    pub fn as_mut_slice(&mut self) -> &mut [u8] {
+        // SAFETY: as above, and &mut self makes the access unique.
+        unsafe { std::slice::from_raw_parts_mut(self.as_ptr(), self.len) }
+    }
+
+    /// The memory key for device `dev`.
+    pub fn lkey(&self, dev: usize) -> u32 {
+        self.slot().lkey(dev)
+    }
+
+    /// True if `ptr..ptr+len` lies inside this block.
+    pub fn contains(&self, ptr: *const u8, len: usize) -> bool {
+        let start = self.as_ptr() as usize;
+        let p = ptr as usize;
+        p >= start && p.checked_add(len).is_some_and(|end| end <= start + self.len)
+    }
+}
+
+impl Drop for Block {
+    fn drop(&mut self) {
+        if let Some(slot) = self.slot.take() {
+            match &self.home {
+                Home::Pool(p) => p.give_back(slot),
+                Home::Ring(r, i) => r.give_back(*i, slot),
+            }
+        }
+    }
+}

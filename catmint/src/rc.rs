@@ -1,0 +1,535 @@
+//! A connected RC endpoint: message-preserving sends and receives with
+//! credit-based flow control.
+//!
+//! Flow control: we keep `credits + 2` receives posted and grant the peer
+//! `credits`. Each data segment uses one credit; re-posted buffers are
+//! reported back in the header of our next segment, or, if we have nothing to
+//! send (or are starved ourselves), in a header-only CREDIT message that uses
+//! one of the two reserved receives. At most one CREDIT message is
+//! outstanding: the peer acknowledges it (ACK flag) after re-posting the
+//! receive it used. The other reserved receive takes the FIN of an orderly
+//! close. So a sender never sends into a peer without a posted receive.
+
+use crate::cm::CmId;
+use crate::pool::{Block, Pool, RingReturn, Slot};
+use crate::sys::{ffi, Error, Result};
+use crate::wire::{flag, Header, Hello, HDR_LEN};
+use crate::{Done, Payload, Tag};
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+/// Receives kept posted beyond the granted credits (CREDIT and FIN).
+pub const RESERVED: u32 = 2;
+
+/// wr_id layout: endpoint key (32 bits) | send bit | sequence or index.
+pub const WR_SEND: u64 = 1 << 31;
+const WR_LOW: u64 = WR_SEND - 1;
+
+/// Tunables of an endpoint.
+#[derive(Clone, Copy, Debug)]
+pub struct RcConfig {
+    pub credits: u32,
+    pub buf_size: usize,
+    pub sq_depth: u32,
+    pub inline: u32,
+}
+
+struct Pending {
+    tag: Tag,
+    /// Shared with the inflight entries of the segments already posted, so a
+    /// cancelled message stays alive until the device is done with it.
+    data: Arc<dyn Payload>,
+    off: usize,
+}
+
+struct Inflight {
+    seq: u64,
+    /// The push this WR finishes (its last segment), if any.
+    tag: Option<Tag>,
+    /// Keeps the payload memory alive until the WR completes.
+    _keep: Option<Arc<dyn Payload>>,
+}
+
+/// One connected (or connecting) RC queue pair.
+pub struct Rc {
+    id: Option<CmId>,
+    pub dev: usize,
+    key: u64,
+    cfg: RcConfig,
+    pool: Pool,
+    // Receive side.
+    posted: Vec<Option<Slot>>,
+    ring: Arc<RingReturn>,
+    returns: Vec<(u32, Slot)>,
+    to_return: u32,
+    owe_ack: bool,
+    partial: Option<(Block, usize)>,
+    ready: VecDeque<Block>,
+    pops: VecDeque<Tag>,
+    eof: bool,
+    error: Option<i32>,
+    // Send side.
+    credits: u32,
+    credit_msg_out: bool,
+    fin_sent: bool,
+    peer_seg: usize,
+    max_inline: u32,
+    sends: VecDeque<Pending>,
+    inflight: VecDeque<Inflight>,
+    seq: u64,
+    hdrs: Block,
+}
+
+impl Rc {
+    /// Creates the QP on the id's device and pre-posts receives (before
+    /// connect or accept, as rping does).
+    pub fn new(
+        mut id: CmId,
+        dev: usize,
+        pd: &Arc<crate::verbs::Pd>,
+        cq: &Arc<crate::cm::CqCell>,
+        pool: &Pool,
+        cfg: RcConfig,
+        key: u64,
+        notify: &Arc<crate::pool::Notify>,
+    ) -> Result<Rc> {
+        let recv = cfg.credits + RESERVED;
+        // SAFETY: ibv_qp_init_attr is plain data; all-zero is a valid start.
+        let mut attr: ffi::ibv_qp_init_attr = unsafe { std::mem::zeroed() };
+        attr.qp_type = ffi::ibv_qp_type::IBV_QPT_RC;
+        attr.cap.max_send_wr = cfg.sq_depth;
+        attr.cap.max_recv_wr = recv;
+        attr.cap.max_send_sge = 2;
+        attr.cap.max_recv_sge = 1;
+        attr.cap.max_inline_data = cfg.inline;
+        id.create_qp(pd, cq, &mut attr)?;
+        let hdrs = pool.alloc(cfg.sq_depth as usize * HDR_LEN)?;
+        let mut ep = Rc {
+            id: Some(id),
+            dev,
+            key,
+            cfg,
+            pool: pool.clone(),
+            posted: (0..recv).map(|_| None).collect(),
+            ring: RingReturn::new(pool, notify, key),
+            returns: Vec::new(),
+            to_return: 0,
+            owe_ack: false,
+            partial: None,
+            ready: VecDeque::new(),
+            pops: VecDeque::new(),
+            eof: false,
+            error: None,
+            credits: 0,
+            credit_msg_out: false,
+            fin_sent: false,
+            peer_seg: 0,
+            max_inline: attr.cap.max_inline_data,
+            sends: VecDeque::new(),
+            inflight: VecDeque::new(),
+            seq: 0,
+            hdrs,
+        };
+        for i in 0..recv {
+            let slot = pool.slot(cfg.buf_size)?;
+            ep.post_recv(i, slot)?;
+        }
+        Ok(ep)
+    }
+
+    pub fn id(&self) -> &CmId {
+        self.id.as_ref().expect("endpoint has its id until dropped")
+    }
+
+    /// What we tell the peer in the CM private data.
+    pub fn hello(&self) -> Hello {
+        Hello { credits: self.cfg.credits.min(u16::MAX as u32) as u16, buf_size: self.cfg.buf_size as u32 }
+    }
+
+    /// Applies the peer's hello: initial credits and its segment size.
+    pub fn established(&mut self, peer: Hello) {
+        self.credits = peer.credits as u32;
+        self.peer_seg = peer.buf_size as usize - HDR_LEN;
+    }
+
+    pub fn is_broken(&self) -> bool {
+        self.error.is_some()
+    }
+
+    fn post_recv(&mut self, index: u32, slot: Slot) -> Result<()> {
+        let mut sge =
+            ffi::ibv_sge { addr: slot.ptr() as u64, length: slot.capacity() as u32, lkey: slot.lkey(self.dev) };
+        let mut wr = ffi::ibv_recv_wr {
+            wr_id: self.key << 32 | index as u64,
+            next: std::ptr::null_mut(),
+            sg_list: &mut sge,
+            num_sge: 1,
+        };
+        let mut bad = std::ptr::null_mut();
+        // SAFETY: the QP is live; sge points at registered memory that stays
+        // owned by `posted` until the completion hands it back.
+        let rc = unsafe { ffi::ibv_post_recv(self.id().qp(), &mut wr, &mut bad) };
+        if rc != 0 {
+            self.pool_back(slot);
+            return Err(Error::new("ibv_post_recv", rc));
+        }
+        self.posted[index as usize] = Some(slot);
+        Ok(())
+    }
+
+    fn pool_back(&self, slot: Slot) {
+        self.pool.recycle(slot);
+    }
+
+    /// Queues a message.
+    pub fn send(&mut self, tag: Tag, data: Box<dyn Payload>, out: &mut Vec<(Tag, Done)>) {
+        if let Some(e) = self.error {
+            out.push((tag, Done::Failed(e)));
+            return;
+        }
+        if self.fin_sent {
+            out.push((tag, Done::Failed(libc::EPIPE)));
+            return;
+        }
+        // Memory the device cannot read is copied into registered memory once.
+        let data: Arc<dyn Payload> = if data.lkey(self.dev).is_some() {
+            Arc::from(data)
+        } else {
+            match self.pool.alloc(data.bytes().len()) {
+                Ok(mut b) => {
+                    b.as_mut_slice().copy_from_slice(data.bytes());
+                    Arc::new(b)
+                }
+                Err(e) => {
+                    out.push((tag, Done::Failed(e.errno)));
+                    return;
+                }
+            }
+        };
+        self.sends.push_back(Pending { tag, data, off: 0 });
+        self.progress_sends(out);
+    }
+
+    /// Queues a pop.
+    pub fn recv(&mut self, tag: Tag, out: &mut Vec<(Tag, Done)>) {
+        self.pops.push_back(tag);
+        self.deliver(out);
+    }
+
+    /// Posts as many queued segments as credits and send-queue room allow.
+    pub fn progress_sends(&mut self, out: &mut Vec<(Tag, Done)>) {
+        while self.error.is_none() && self.credits > 0 && self.sq_room() {
+            let Some(p) = self.sends.front_mut() else { break };
+            let total = p.data.bytes().len();
+            let seg = (total - p.off).min(self.peer_seg);
+            let last = p.off + seg == total;
+            let addr = p.data.bytes()[p.off..].as_ptr() as u64;
+            let lkey = p.data.lkey(self.dev).expect("copied to registered memory when queued");
+            let tag = p.tag;
+            let keep = p.data.clone();
+            p.off += seg;
+            if last {
+                self.sends.pop_front();
+            }
+            let mut flags = if last { flag::LAST } else { 0 };
+            if self.owe_ack {
+                flags |= flag::ACK;
+                self.owe_ack = false;
+            }
+            let credits = self.take_returns();
+            let hdr = Header { total: total as u32, credits, flags };
+            if let Err(e) = self.post_send(hdr, Some((addr, seg as u32, lkey)), last, last.then_some(tag), Some(keep)) {
+                self.fail(e.errno, out);
+                return;
+            }
+            self.credits -= 1;
+        }
+        self.maybe_credit_message();
+    }
+
+    fn take_returns(&mut self) -> u16 {
+        let n = self.to_return.min(u16::MAX as u32);
+        self.to_return -= n;
+        n as u16
+    }
+
+    fn sq_room(&self) -> bool {
+        (self.inflight.len() as u32) < self.cfg.sq_depth
+    }
+
+    /// Posts one WR: header plus an optional payload SGE.
+    fn post_send(
+        &mut self,
+        hdr: Header,
+        payload: Option<(u64, u32, u32)>,
+        signal_end: bool,
+        tag: Option<Tag>,
+        keep: Option<Arc<dyn Payload>>,
+    ) -> Result<()> {
+        let seq = self.seq;
+        let slot = (seq % self.cfg.sq_depth as u64) as usize * HDR_LEN;
+        hdr.emit(&mut self.hdrs.as_mut_slice()[slot..slot + HDR_LEN]);
+        let mut sges = [
+            ffi::ibv_sge {
+                addr: self.hdrs.as_ptr() as u64 + slot as u64,
+                length: HDR_LEN as u32,
+                lkey: self.hdrs.lkey(self.dev),
+            },
+            ffi::ibv_sge { addr: 0, length: 0, lkey: 0 },
+        ];
+        let mut num = 1;
+        if let Some((addr, len, lkey)) = payload {
+            sges[1] = ffi::ibv_sge { addr, length: len, lkey };
+            num = 2;
+        }
+        let bytes = HDR_LEN as u32 + payload.map_or(0, |p| p.1);
+        // Signal message ends, and every 16th WR so the send queue drains.
+        let signaled = signal_end || seq % 16 == 15 || self.inflight.len() as u32 + 1 >= self.cfg.sq_depth;
+        let mut send_flags = 0;
+        if signaled {
+            send_flags |= ffi::ibv_send_flags::IBV_SEND_SIGNALED.0;
+        }
+        if bytes <= self.max_inline {
+            send_flags |= ffi::ibv_send_flags::IBV_SEND_INLINE.0;
+        }
+        // SAFETY: ibv_send_wr is plain data; zero is a valid start.
+        let mut wr: ffi::ibv_send_wr = unsafe { std::mem::zeroed() };
+        wr.wr_id = self.key << 32 | WR_SEND | (seq & WR_LOW);
+        wr.sg_list = sges.as_mut_ptr();
+        wr.num_sge = num;
+        wr.opcode = ffi::ibv_wr_opcode::IBV_WR_SEND;
+        wr.send_flags = send_flags;
+        let mut bad = std::ptr::null_mut();
+        // SAFETY: the QP is live; the SGEs point at registered memory kept
+        // alive by `hdrs` and by `keep`/the queued payload until completion.
+        let rc = unsafe { ffi::ibv_post_send(self.id().qp(), &mut wr, &mut bad) };
+        if rc != 0 {
+            return Err(Error::new("ibv_post_send", rc));
+        }
+        self.seq += 1;
+        self.inflight.push_back(Inflight { seq, tag, _keep: keep });
+        Ok(())
+    }
+
+    /// Returns credits in a header-only message when they pile up and no data
+    /// will carry them soon.
+    fn maybe_credit_message(&mut self) {
+        let threshold = (self.cfg.credits / 4).max(1);
+        let idle_or_starved = self.sends.is_empty() || self.credits == 0;
+        if self.error.is_some() || self.fin_sent || self.credit_msg_out || self.peer_seg == 0 {
+            return;
+        }
+        if self.to_return >= threshold && idle_or_starved && self.sq_room() {
+            let mut flags = flag::CREDIT;
+            if self.owe_ack {
+                flags |= flag::ACK;
+            }
+            let credits = self.to_return.min(u16::MAX as u32) as u16;
+            if self.post_send(Header { total: 0, credits, flags }, None, false, None, None).is_ok() {
+                self.to_return -= credits as u32;
+                self.owe_ack = false;
+                self.credit_msg_out = true;
+            }
+        }
+    }
+
+    /// Re-posts buffers the application gave back; returns true if any.
+    pub fn repost_returns(&mut self) -> bool {
+        if !self.ring.has_returns() {
+            return false;
+        }
+        let mut returns = std::mem::take(&mut self.returns);
+        self.ring.take(&mut returns);
+        for (i, slot) in returns.drain(..) {
+            if self.error.is_some() {
+                self.pool_back(slot);
+            } else if self.post_recv(i, slot).is_ok() {
+                self.to_return += 1;
+            }
+        }
+        self.returns = returns;
+        true
+    }
+
+    /// Handles a completion for this endpoint.
+    pub fn on_completion(&mut self, wc: &ffi::ibv_wc, out: &mut Vec<(Tag, Done)>) {
+        let ok = wc.status == ffi::ibv_wc_status::IBV_WC_SUCCESS;
+        if wc.wr_id & WR_SEND != 0 {
+            self.on_send_done(wc.wr_id & WR_LOW, ok, out);
+            if !ok {
+                self.fail(libc::ECONNRESET, out);
+            }
+        } else {
+            let index = (wc.wr_id & WR_LOW) as u32;
+            let Some(slot) = self.posted.get_mut(index as usize).and_then(Option::take) else { return };
+            if ok {
+                self.on_recv(index, slot, wc.byte_len as usize, out);
+            } else {
+                self.pool_back(slot);
+                self.fail(libc::ECONNRESET, out);
+            }
+        }
+        self.progress_sends(out);
+        self.deliver(out);
+    }
+
+    fn on_send_done(&mut self, low: u64, ok: bool, out: &mut Vec<(Tag, Done)>) {
+        // A signaled completion also retires the unsignaled WRs before it.
+        while let Some(w) = self.inflight.pop_front() {
+            if let Some(tag) = w.tag {
+                out.push((tag, if ok { Done::Sent } else { Done::Failed(libc::ECONNRESET) }));
+            }
+            if w.seq & WR_LOW == low {
+                break;
+            }
+        }
+    }
+
+    fn on_recv(&mut self, index: u32, slot: Slot, len: usize, out: &mut Vec<(Tag, Done)>) {
+        // SAFETY: the device wrote `len` bytes into this slot, which we own again.
+        let bytes = unsafe { std::slice::from_raw_parts(slot.ptr(), len.min(slot.capacity())) };
+        let Some(h) = Header::parse(bytes) else {
+            log::error!("catmint: malformed segment of {len} bytes; closing the connection");
+            self.pool_back(slot);
+            self.fail(libc::EPROTO, out);
+            return;
+        };
+        self.credits += h.credits as u32;
+        if h.flags & flag::ACK != 0 {
+            self.credit_msg_out = false;
+        }
+        if h.flags & (flag::CREDIT | flag::FIN) != 0 {
+            // Reserved receive: re-post at once, owe the peer nothing but an ACK.
+            if h.flags & flag::FIN != 0 {
+                self.eof = true;
+            } else {
+                self.owe_ack = true;
+            }
+            if let Err(e) = self.post_recv(index, slot) {
+                self.fail(e.errno, out);
+            }
+            self.maybe_credit_message();
+            return;
+        }
+        let payload = len - HDR_LEN;
+        let total = h.total as usize;
+        if self.partial.is_none() && h.flags & flag::LAST != 0 && payload == total {
+            // The common case: hand the receive buffer itself to the application.
+            self.ready.push_back(Block::received(slot, HDR_LEN, payload, &self.ring, index));
+            return;
+        }
+        // A segment of a larger message: copy it out and re-post at once.
+        if self.partial.is_none() {
+            match self.pool.alloc(total) {
+                Ok(b) => self.partial = Some((b, 0)),
+                Err(e) => {
+                    self.pool_back(slot);
+                    self.fail(e.errno, out);
+                    return;
+                }
+            }
+        }
+        let (block, filled) = self.partial.as_mut().expect("set above");
+        if *filled + payload > block.len() {
+            self.pool_back(slot);
+            self.fail(libc::EPROTO, out);
+            return;
+        }
+        block.as_mut_slice()[*filled..*filled + payload].copy_from_slice(&bytes[HDR_LEN..len]);
+        *filled += payload;
+        let done = h.flags & flag::LAST != 0;
+        if let Err(e) = self.post_recv(index, slot) {
+            self.fail(e.errno, out);
+            return;
+        }
+        self.to_return += 1;
+        if done {
+            let (block, _) = self.partial.take().expect("set above");
+            self.ready.push_back(block);
+        }
+    }
+
+    /// Matches received messages with waiting pops.
+    pub fn deliver(&mut self, out: &mut Vec<(Tag, Done)>) {
+        while let Some(&tag) = self.pops.front() {
+            if let Some(msg) = self.ready.pop_front() {
+                out.push((tag, Done::Received { msg: Some(msg), from: None }));
+            } else if self.eof {
+                out.push((tag, Done::Received { msg: None, from: None }));
+            } else if let Some(e) = self.error {
+                out.push((tag, Done::Failed(e)));
+            } else {
+                return;
+            }
+            self.pops.pop_front();
+        }
+    }
+
+    /// The connection is gone (disconnect, fatal completion): fail what waits.
+    pub fn fail(&mut self, errno: i32, out: &mut Vec<(Tag, Done)>) {
+        if self.error.is_none() {
+            self.error = Some(errno);
+        }
+        for p in self.sends.drain(..) {
+            out.push((p.tag, Done::Failed(errno)));
+        }
+        self.deliver(out);
+    }
+
+    /// The peer disconnected. Without a FIN first, that is a reset.
+    pub fn disconnected(&mut self, out: &mut Vec<(Tag, Done)>) {
+        let errno = if self.eof { libc::EPIPE } else { libc::ECONNRESET };
+        self.fail(errno, out);
+        // Sends already posted will flush; fail them now rather than wait
+        // (their memory stays held until the QP is gone).
+        for w in self.inflight.iter_mut() {
+            if let Some(tag) = w.tag.take() {
+                out.push((tag, Done::Failed(libc::ECONNRESET)));
+            }
+        }
+    }
+
+    /// Cancels everything the application still waits for (close).
+    pub fn cancel(&mut self, out: &mut Vec<(Tag, Done)>) {
+        for p in self.sends.drain(..) {
+            out.push((p.tag, Done::Failed(libc::ECANCELED)));
+        }
+        for w in self.inflight.iter_mut() {
+            if let Some(tag) = w.tag.take() {
+                out.push((tag, Done::Failed(libc::ECANCELED)));
+            }
+        }
+        for tag in self.pops.drain(..) {
+            out.push((tag, Done::Failed(libc::ECANCELED)));
+        }
+    }
+
+    /// Starts an orderly close: sends FIN if the connection is healthy.
+    /// Returns true if a FIN is in flight (wait for it before disconnecting).
+    pub fn send_fin(&mut self) -> bool {
+        if self.error.is_some() || self.fin_sent || self.peer_seg == 0 || !self.sq_room() {
+            return false;
+        }
+        let credits = self.take_returns();
+        let flags = flag::FIN | if self.owe_ack { flag::ACK } else { 0 };
+        self.fin_sent = self.post_send(Header { total: 0, credits, flags }, None, true, None, None).is_ok();
+        self.fin_sent
+    }
+
+    /// True once every posted send has completed.
+    pub fn sends_drained(&self) -> bool {
+        self.inflight.is_empty()
+    }
+}
+
+impl Drop for Rc {
+    fn drop(&mut self) {
+        // Destroy the QP first so the device no longer writes into posted
+        // buffers, then recycle them.
+        drop(self.id.take());
+        self.ring.close();
+        for slot in self.posted.drain(..).flatten() {
+            self.pool.recycle(slot);
+        }
+    }
+}

@@ -1,0 +1,218 @@
+//! The catmint libOS: demi's engine over the `catmint` RDMA transport.
+//!
+//! Buffers from `alloc` are registered memory (pushed without a copy); a pop
+//! hands out the receive buffer itself, which is re-posted when freed.
+//! Socket options are kept per socket and read back, but RDMA has no use for
+//! them: catmint always sends at once (as with TCP_NODELAY) and sizes its
+//! buffers from `DEMI_RDMA_*`.
+#![allow(unsafe_code)]
+
+use crate::backend::{Backend, Completions, OpId, Outcome, SockId, SockType};
+use crate::buffer::{Buffer, BufferOwner};
+use crate::config::env_number;
+use crate::error::{fail, Error, Result};
+use catmint::{Block, Catmint as Transport, Done, Payload};
+use std::any::Any;
+use std::collections::HashMap;
+use std::net::SocketAddrV4;
+use std::os::fd::RawFd;
+use std::ptr::NonNull;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Keeps a catmint block alive behind a demi [`Buffer`].
+struct BlockOwner(Block);
+
+impl BufferOwner for BlockOwner {
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+}
+
+fn to_buffer(block: Block) -> Buffer {
+    let len = block.len();
+    let ptr = NonNull::new(block.as_ptr()).expect("blocks are never null");
+    // SAFETY: the block owns ptr..ptr+len and lives as long as the owner.
+    unsafe { Buffer::from_owner(ptr, len, Arc::new(BlockOwner(block))) }
+}
+
+/// A demi buffer as catmint payload: registered if it views a catmint block.
+struct BufferPayload(Buffer);
+
+impl Payload for BufferPayload {
+    fn bytes(&self) -> &[u8] {
+        self.0.as_slice()
+    }
+
+    fn lkey(&self, dev: usize) -> Option<u32> {
+        let owner = self.0.owner().as_any().downcast_ref::<BlockOwner>()?;
+        owner.0.contains(self.0.as_ptr(), self.0.len()).then(|| owner.0.lkey(dev))
+    }
+}
+
+fn err(e: catmint::Error) -> Error {
+    Error::with(e.errno, e.to_string())
+}
+
+/// The catmint backend.
+pub struct Catmint {
+    t: Transport,
+    done: Vec<(u64, Done)>,
+    options: HashMap<(SockId, i32, i32), Vec<u8>>,
+}
+
+impl Catmint {
+    /// Opens the RDMA devices; ENODEV when the machine has none.
+    pub fn new() -> Result<Catmint> {
+        let d = catmint::Config::default();
+        let cfg = catmint::Config {
+            credits: env_number("DEMI_RDMA_RECV_DEPTH", d.credits as u64)?.clamp(1, 4096) as u32,
+            buf_size: env_number("DEMI_RDMA_BUF_SIZE", d.buf_size as u64)?.clamp(64, 1 << 24) as usize,
+            sq_depth: env_number("DEMI_RDMA_SQ_DEPTH", d.sq_depth as u64)?.clamp(4, 16384) as u32,
+            inline: env_number("DEMI_RDMA_INLINE", d.inline as u64)?.min(1024) as u32,
+            timeout: Duration::from_millis(env_number("DEMI_RDMA_TIMEOUT_MS", d.timeout.as_millis() as u64)?.max(1)),
+        };
+        let t = Transport::new(cfg).map_err(|e| {
+            if e.errno == libc::ENODEV {
+                Error::new(
+                    libc::ENODEV,
+                    "catmint: no RDMA device (this kernel has no RDMA, or no device is set up); \
+                     run the program under rxe-setup/rxe-run for soft-RoCE",
+                )
+            } else {
+                err(e)
+            }
+        })?;
+        log::info!("catmint: devices {:?}, {cfg:?}", t.device_names());
+        Ok(Catmint { t, done: Vec::new(), options: HashMap::new() })
+    }
+
+    /// Hands finished requests to the engine.
+    fn flush(&mut self, out: &mut Completions) {
+        for (op, done) in self.done.drain(..) {
+            let outcome = match done {
+                Done::Accepted { sock, peer } => Outcome::Accepted { sock, peer },
+                Done::Connected => Outcome::Connected,
+                Done::Sent => Outcome::Pushed,
+                Done::Received { msg: Some(block), from } => Outcome::Popped { buf: to_buffer(block), from },
+                Done::Received { msg: None, from } => Outcome::Popped { buf: Buffer::heap(0), from },
+                Done::Failed(errno) => Outcome::Failed(errno),
+            };
+            out.complete(op, outcome);
+        }
+    }
+}
+
+impl Backend for Catmint {
+    fn name(&self) -> &'static str {
+        "catmint"
+    }
+
+    fn socket(&mut self, ty: SockType) -> Result<SockId> {
+        match ty {
+            SockType::Stream => self.t.stream_socket().map_err(err),
+            SockType::Datagram => fail(libc::EPROTONOSUPPORT, "catmint: datagram sockets are not built yet"),
+        }
+    }
+
+    fn bind(&mut self, s: SockId, addr: SocketAddrV4) -> Result<SocketAddrV4> {
+        self.t.bind(s, addr).map_err(err)
+    }
+
+    fn listen(&mut self, s: SockId, backlog: i32) -> Result<()> {
+        self.t.listen(s, backlog).map_err(err)
+    }
+
+    fn accept(&mut self, s: SockId, op: OpId, out: &mut Completions) -> Result<()> {
+        self.t.accept(s, op, &mut self.done).map_err(err)?;
+        self.flush(out);
+        Ok(())
+    }
+
+    fn connect(&mut self, s: SockId, to: SocketAddrV4, op: OpId, out: &mut Completions) -> Result<()> {
+        // Address errors (no route, no device for the source) surface as a
+        // failed connect, as in catnap.
+        if let Err(e) = self.t.connect(s, to, op) {
+            out.complete(op, Outcome::Failed(e.errno));
+        }
+        Ok(())
+    }
+
+    fn push(
+        &mut self,
+        s: SockId,
+        buf: Buffer,
+        _to: Option<SocketAddrV4>,
+        op: OpId,
+        out: &mut Completions,
+    ) -> Result<()> {
+        self.t.send(s, Box::new(BufferPayload(buf)), op, &mut self.done).map_err(err)?;
+        self.flush(out);
+        Ok(())
+    }
+
+    fn pop(&mut self, s: SockId, op: OpId, out: &mut Completions) -> Result<()> {
+        self.t.recv(s, op, &mut self.done).map_err(err)?;
+        self.flush(out);
+        Ok(())
+    }
+
+    fn close(&mut self, s: SockId, out: &mut Completions) -> Result<()> {
+        self.options.retain(|k, _| k.0 != s);
+        let r = self.t.close(s, &mut self.done).map_err(err);
+        self.flush(out);
+        r
+    }
+
+    fn alloc(&mut self, len: usize) -> Result<Buffer> {
+        Ok(to_buffer(self.t.alloc(len).map_err(err)?))
+    }
+
+    fn setsockopt(&mut self, s: SockId, level: i32, name: i32, val: &[u8]) -> Result<()> {
+        check_option(level, name)?;
+        self.options.insert((s, level, name), val.to_vec());
+        Ok(())
+    }
+
+    fn getsockopt(&mut self, s: SockId, level: i32, name: i32, val: &mut [u8]) -> Result<usize> {
+        check_option(level, name)?;
+        let stored = self.options.get(&(s, level, name)).cloned().unwrap_or_else(|| default_option(level, name));
+        let n = stored.len().min(val.len());
+        val[..n].copy_from_slice(&stored[..n]);
+        Ok(n)
+    }
+
+    fn peer_addr(&mut self, s: SockId) -> Result<SocketAddrV4> {
+        self.t.peer_addr(s).map_err(err)
+    }
+
+    fn poll(&mut self, out: &mut Completions) {
+        self.t.poll(&mut self.done);
+        self.flush(out);
+    }
+
+    fn arm(&mut self) -> Option<RawFd> {
+        Some(self.t.arm())
+    }
+}
+
+/// The options catmint accepts (kept, without effect on RDMA).
+fn check_option(level: i32, name: i32) -> Result<()> {
+    match (level, name) {
+        (
+            libc::SOL_SOCKET,
+            libc::SO_REUSEADDR | libc::SO_LINGER | libc::SO_RCVBUF | libc::SO_SNDBUF | libc::SO_KEEPALIVE,
+        )
+        | (libc::IPPROTO_TCP, libc::TCP_NODELAY) => Ok(()),
+        _ => fail(libc::ENOPROTOOPT, "catmint: option not supported"),
+    }
+}
+
+fn default_option(level: i32, name: i32) -> Vec<u8> {
+    match (level, name) {
+        // RDMA sends at once: the effect of TCP_NODELAY.
+        (libc::IPPROTO_TCP, libc::TCP_NODELAY) => 1i32.to_ne_bytes().to_vec(),
+        (libc::SOL_SOCKET, libc::SO_LINGER) => vec![0; 8],
+        _ => 0i32.to_ne_bytes().to_vec(),
+    }
+}
