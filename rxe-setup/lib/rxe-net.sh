@@ -13,20 +13,31 @@ RXE_DEV1=rxe1
 RXE_NET0=veth0
 RXE_NET1=veth1
 RXE_UNDO=()
+RXE_UNDO_SHOW=()
 # Set to 1 (host mode) to print each change to stderr before making it.
 : "${RXE_VERBOSE_CHANGES:=0}"
 
 # rxe_change UNDO-CMD -- CMD...: run CMD; on success remember UNDO-CMD
-# (a string evaluated at teardown) so it can be reverted.
+# (a string evaluated at teardown) so it can be reverted. If set, RXE_SHOW
+# and RXE_UNDO_TEXT are printed instead of CMD and UNDO-CMD.
 rxe_change() {
     local undo=$1
     shift
     [[ ${1-} == -- ]] && shift
     if [[ $RXE_VERBOSE_CHANGES == 1 ]]; then
-        printf 'rxe-run: host: %s\n' "$*" >&2
+        printf 'rxe-run: host: %s\n' "${RXE_SHOW:-$*}" >&2
     fi
     "$@" || return
     RXE_UNDO+=("$undo")
+    RXE_UNDO_SHOW+=("${RXE_UNDO_TEXT:-$undo}")
+}
+
+# rxe_do CMD...: a change that goes away with the veth pair; only printed.
+rxe_do() {
+    if [[ $RXE_VERBOSE_CHANGES == 1 ]]; then
+        printf 'rxe-run: host: %s\n' "$*" >&2
+    fi
+    "$@"
 }
 
 # Write a sysctl through /proc (no procps needed) and remember the old value.
@@ -35,7 +46,8 @@ rxe_sysctl() {
     file=/proc/sys/${key//.//}
     old=$(<"$file") || return
     [[ $old == "$val" ]] && return 0
-    rxe_change "rxe_write_file $file $old" -- rxe_write_file "$file" "$val"
+    RXE_SHOW="sysctl $key=$val (was $old)" RXE_UNDO_TEXT="sysctl $key=$old" \
+        rxe_change "rxe_write_file $file $old" -- rxe_write_file "$file" "$val"
 }
 
 rxe_write_file() {
@@ -74,12 +86,12 @@ rxe_net_up() {
     rxe_change "ip link del $RXE_NET0" -- \
         ip link add "$RXE_NET0" type veth peer name "$RXE_NET1" || return
     for d in "$RXE_NET0" "$RXE_NET1"; do
-        ip link set dev "$d" mtu "$mtu" || return
+        rxe_do ip link set dev "$d" mtu "$mtu" || return
     done
-    ip addr add "$RXE_ADDR0/24" dev "$RXE_NET0" || return
-    ip addr add "$RXE_ADDR1/24" dev "$RXE_NET1" || return
-    ip link set dev "$RXE_NET0" up || return
-    ip link set dev "$RXE_NET1" up || return
+    rxe_do ip addr add "$RXE_ADDR0/24" dev "$RXE_NET0" || return
+    rxe_do ip addr add "$RXE_ADDR1/24" dev "$RXE_NET1" || return
+    rxe_do ip link set dev "$RXE_NET0" up || return
+    rxe_do ip link set dev "$RXE_NET1" up || return
 
     # Both addresses are local, so the kernel would short-cut through lo.
     # Accept packets "from ourselves" and skip reverse-path checks so the
@@ -92,10 +104,10 @@ rxe_net_up() {
     # Locally generated packets between the two addresses use the veth.
     rxe_change "ip rule del pref 10" -- \
         ip rule add pref 10 from "$RXE_ADDR1" to "$RXE_ADDR0" iif lo lookup 100 || return
-    ip route add "$RXE_ADDR0" dev "$RXE_NET1" src "$RXE_ADDR1" table 100 || return
+    rxe_do ip route add "$RXE_ADDR0" dev "$RXE_NET1" src "$RXE_ADDR1" table 100 || return
     rxe_change "ip rule del pref 11" -- \
         ip rule add pref 11 from "$RXE_ADDR0" to "$RXE_ADDR1" iif lo lookup 101 || return
-    ip route add "$RXE_ADDR1" dev "$RXE_NET0" src "$RXE_ADDR0" table 101 || return
+    rxe_do ip route add "$RXE_ADDR1" dev "$RXE_NET0" src "$RXE_ADDR0" table 101 || return
 
     # The local table normally sits at priority 0, ahead of everything;
     # move it behind our two rules (add the new one first: never without).
@@ -130,10 +142,11 @@ rxe_net_down() {
     local i rc=0
     for ((i = ${#RXE_UNDO[@]} - 1; i >= 0; i--)); do
         if [[ $RXE_VERBOSE_CHANGES == 1 ]]; then
-            printf 'rxe-run: host: restore: %s\n' "${RXE_UNDO[i]}" >&2
+            printf 'rxe-run: host: restore: %s\n' "${RXE_UNDO_SHOW[i]}" >&2
         fi
         eval "${RXE_UNDO[i]}" || rc=1
     done
     RXE_UNDO=()
+    RXE_UNDO_SHOW=()
     return "$rc"
 }

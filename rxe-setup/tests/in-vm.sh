@@ -1,0 +1,203 @@
+#!/bin/bash
+# The checks that need the two rxe devices, run inside ONE rxe-run (one VM
+# boot). Prints "ok - NAME" or "not ok - NAME" (details indented below) for
+# each check; tests/run.sh counts them. Every server and client is bounded
+# by timeout(1), and servers are reaped before the next check starts.
+set -uo pipefail
+
+A0=${DEMI_RXE_ADDR0:-10.77.0.1}
+A1=${DEMI_RXE_ADDR1:-10.77.0.2}
+D0=${DEMI_RXE_DEV0:-rxe0}
+D1=${DEMI_RXE_DEV1:-rxe1}
+LOGS=$(mktemp -d /tmp/rxe-in-vm.XXXXXX)
+SERVER_PID=
+
+cleanup() {
+    [[ -n $SERVER_PID ]] && kill "$SERVER_PID" 2>/dev/null
+    ip rule del pref 9 2>/dev/null
+    tc qdisc del dev veth1 root 2>/dev/null
+    rm -rf "$LOGS"
+}
+trap cleanup EXIT
+
+pass() { printf 'ok - %s\n' "$1"; }
+fail() {
+    printf 'not ok - %s\n' "$1"
+    shift
+    (($#)) && printf '    %s\n' "$@"
+    return 0
+}
+# Indent a log file under a failure line.
+show() { sed 's/^/    | /' "$1" 2>/dev/null | tail -n 15; }
+
+# ---- counters: what went over the veth wire and what each rxe sent
+declare -A C
+read_counters() {
+    C[v0]=$(<"/sys/class/net/veth0/statistics/tx_packets")
+    C[v1]=$(<"/sys/class/net/veth1/statistics/tx_packets")
+    C[r0]=$(<"/sys/class/infiniband/$D0/ports/1/hw_counters/sent_pkts")
+    C[r1]=$(<"/sys/class/infiniband/$D1/ports/1/hw_counters/sent_pkts")
+}
+declare -A B
+snap() {
+    read_counters
+    local k
+    for k in "${!C[@]}"; do B[$k]=${C[$k]}; done
+}
+# The client side (rxe1) must have sent packets and veth1 must have carried
+# at least as many; the server side likewise on rxe0/veth0. If the traffic
+# had taken rxe's internal loopback, the veth counters would stay still.
+wire_ok() {
+    read_counters
+    local r1=$((C[r1] - B[r1])) v1=$((C[v1] - B[v1])) r0=$((C[r0] - B[r0])) v0=$((C[v0] - B[v0]))
+    WIRE="rxe1 sent $r1, veth1 tx $v1; rxe0 sent $r0, veth0 tx $v0"
+    ((r1 >= 2 && v1 >= r1 && r0 >= 1 && v0 >= r0))
+}
+
+# Wait (bounded) until an rdma_cm id is listening, so the client does not
+# race the server's start.
+wait_listen() {
+    local i
+    for ((i = 0; i < 100; i++)); do
+        rdma resource show cm_id 2>/dev/null | grep -q 'state LISTEN' && return 0
+        kill -0 "$SERVER_PID" 2>/dev/null || return 1
+        sleep 0.1
+    done
+    return 1
+}
+
+start_server() {
+    local log=$1
+    shift
+    timeout 60 "$@" >"$log" 2>&1 &
+    SERVER_PID=$!
+    wait_listen
+}
+
+# Returns the server's exit status (timeout(1) bounds it).
+reap_server() {
+    local rc=0
+    wait "$SERVER_PID" || rc=$?
+    SERVER_PID=
+    return "$rc"
+}
+
+# ------------------------------------------------------------ the checks
+
+if [[ $A0 == 10.77.0.1 && $A1 == 10.77.0.2 && $D0 == rxe0 && $D1 == rxe1 ]]; then
+    pass "DEMI_RXE_ADDR0/ADDR1/DEV0/DEV1 are set"
+else
+    fail "DEMI_RXE_ADDR0/ADDR1/DEV0/DEV1 are set" "got $A0 $A1 $D0 $D1"
+fi
+
+links=$(rdma link show 2>&1)
+if grep -q "^link $D0/1 state ACTIVE .*netdev veth0" <<<"$links" &&
+    grep -q "^link $D1/1 state ACTIVE .*netdev veth1" <<<"$links"; then
+    pass "rdma link shows $D0 (veth0) and $D1 (veth1) ACTIVE"
+else
+    fail "rdma link shows $D0 (veth0) and $D1 (veth1) ACTIVE" "$links"
+fi
+
+route=$(ip route get "$A0" from "$A1" 2>&1)
+if [[ $route == *"dev veth1"* ]]; then
+    pass "a packet from $A1 to $A0 is routed over veth1"
+else
+    fail "a packet from $A1 to $A0 is routed over veth1" "$route"
+fi
+
+# rping: RC, RDMA read/write; -V verifies the data; client bound to A1.
+name="rping -V from $A1 to $A0 crosses the veth wire"
+snap
+if start_server "$LOGS/rping-s" rping -s -a "$A0" -C 5 -v; then
+    crc=0
+    timeout 30 rping -c -a "$A0" -I "$A1" -C 5 -S 64 -V -v >"$LOGS/rping-c" 2>&1 || crc=$?
+    src=0
+    reap_server || src=$?
+    pings=$(grep -c 'ping data' "$LOGS/rping-c")
+    if ((crc == 0 && src == 0 && pings == 5)) && wire_ok; then
+        pass "$name ($pings pings; $WIRE)"
+    else
+        fail "$name" "client rc=$crc server rc=$src pings=$pings; ${WIRE:-}" "client:" "$(show "$LOGS/rping-c")" "server:" "$(show "$LOGS/rping-s")"
+    fi
+else
+    fail "$name" "rping server did not start listening" "$(show "$LOGS/rping-s")"
+    reap_server
+fi
+
+# ucmatose (RC) and udaddy (UD): rdma_cm connection, sends both ways.
+for tool in ucmatose udaddy; do
+    [[ $tool == ucmatose ]] && kind=RC || kind=UD
+    name="$tool ($kind) from $A1 to $A0 exchanges data over the veth wire"
+    WIRE=
+    snap
+    if start_server "$LOGS/$tool-s" "$tool" -b "$A0" -C 10; then
+        crc=0
+        timeout 30 "$tool" -s "$A0" -b "$A1" -C 10 >"$LOGS/$tool-c" 2>&1 || crc=$?
+        src=0
+        reap_server || src=$?
+        if ((crc == 0 && src == 0)) &&
+            grep -q 'data transfers complete' "$LOGS/$tool-c" &&
+            grep -q 'data transfers complete' "$LOGS/$tool-s" && wire_ok; then
+            pass "$name ($WIRE)"
+        else
+            fail "$name" "client rc=$crc server rc=$src; ${WIRE:-}" "client:" "$(show "$LOGS/$tool-c")" "server:" "$(show "$LOGS/$tool-s")"
+        fi
+    else
+        fail "$name" "$tool server did not start listening" "$(show "$LOGS/$tool-s")"
+        reap_server
+    fi
+done
+
+# perftest 4.5 gives rdma_cm no source address with -R, so its client
+# would take rxe0's loopback; this rule (removed again at once) sends an
+# unbound connection to A0 out through veth1 from A1, i.e. from rxe1.
+steer_on() { ip rule add pref 9 to "$A0" iif lo lookup 100; }
+steer_off() { ip rule del pref 9 2>/dev/null || true; }
+
+# Runs ib_send_lat -R with the given extra arguments; sets LAT_LINE.
+send_lat() {
+    local log=$LOGS/lat-c
+    LAT_LINE=
+    steer_on
+    if ! start_server "$LOGS/lat-s" ib_send_lat -R -d "$D0" "$@"; then
+        steer_off
+        reap_server
+        return 1
+    fi
+    local crc=0
+    timeout 60 ib_send_lat -R -d "$D1" "$@" "$A0" >"$log" 2>&1 || crc=$?
+    steer_off
+    reap_server || return
+    ((crc == 0)) || return "$crc"
+    grep -q "GID: .*:10:77:00:02" "$log" || return 1
+    LAT_LINE=$(grep -A1 't_typical' "$log" | tail -n 1 | tr -s ' \t' ' ')
+    [[ $LAT_LINE =~ ^\ ?[0-9]+\ [0-9]+\ [0-9.]+ ]]
+}
+
+name="ib_send_lat -R runs from $D1 ($A1) to $D0 ($A0) over the wire"
+snap
+WIRE=
+if send_lat -s 64 -n 200 && wire_ok; then
+    pass "$name (bytes iters t_min t_max t_typical ...: $LAT_LINE; $WIRE)"
+else
+    fail "$name" "${WIRE:-}" "client:" "$(show "$LOGS/lat-c")" "server:" "$(show "$LOGS/lat-s")"
+fi
+
+# The point of the wire: netem on veth1 must slow this path down. 2 ms one
+# way shows up as >= 1 ms in ib_send_lat's half-round-trip figure.
+name="tc netem delay on veth1 slows the $A1 -> $A0 path"
+if ! modprobe sch_netem 2>"$LOGS/netem" || ! tc qdisc add dev veth1 root netem delay 2ms 2>>"$LOGS/netem"; then
+    fail "$name" "could not add netem:" "$(show "$LOGS/netem")"
+else
+    if send_lat -s 64 -n 20; then
+        typical=$(awk '{print $5}' <<<"$LAT_LINE")
+        if awk -v t="$typical" 'BEGIN { exit !(t >= 1000) }'; then
+            pass "$name (t_typical $typical us with 2 ms netem delay)"
+        else
+            fail "$name" "t_typical $typical us, expected >= 1000" "$LAT_LINE"
+        fi
+    else
+        fail "$name" "ib_send_lat failed under netem" "$(show "$LOGS/lat-c")"
+    fi
+    tc qdisc del dev veth1 root 2>/dev/null
+fi
