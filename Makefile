@@ -43,7 +43,12 @@ install-files:
 	install -m 0755 target/release/libdemi.so $(DESTDIR)$(PREFIX)/lib/
 	install -m 0644 include/demi/*.h $(DESTDIR)$(PREFIX)/include/demi/
 	sed -e 's|@PREFIX@|$(PREFIX)|g' -e 's|@VERSION@|$(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)|' \
-	    demi.pc.in > $(DESTDIR)$(PREFIX)/lib/pkgconfig/demi.pc
+	    -e 's|@LIBS_PRIVATE@|$(LIBS_PRIVATE)|' demi.pc.in > $(DESTDIR)$(PREFIX)/lib/pkgconfig/demi.pc
+
+# What a static link of libdemi.a needs besides it: the system libraries the
+# shared library was linked with (they follow the cargo features built, e.g.
+# DPDK for catnip and rdma-core for catmint), as -l flags for demi.pc.
+LIBS_PRIVATE = $(shell readelf -d target/release/libdemi.so | sed -n 's/.*(NEEDED).*\[lib\(.*\)\.so.*\]/-l\1/p' | grep -v '^-lld-linux' | tr '\n' ' ')
 
 bench: build
 	$(CARGO) bench --bench engine

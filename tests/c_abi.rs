@@ -26,12 +26,8 @@ const RUN_LIMIT: Duration = Duration::from_secs(60);
 
 /// Flags every C test is compiled with.
 const WARNINGS: &[&str] = &["-Wall", "-Wextra", "-Werror", "-Wpedantic"];
-const SANITIZERS: &[&str] = &[
-    "-g",
-    "-fsanitize=address,undefined",
-    "-fno-sanitize-recover=all",
-    "-fno-omit-frame-pointer",
-];
+const SANITIZERS: &[&str] =
+    &["-g", "-fsanitize=address,undefined", "-fno-sanitize-recover=all", "-fno-omit-frame-pointer"];
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -77,11 +73,32 @@ enum Link {
     Static,
 }
 
-/// Compiles one C source into `out_dir()/name`, panicking with the
-/// compiler's output if it fails.
-fn compile(source: &str, name: &str, lang: Lang, link: Link) -> PathBuf {
+/// A compiled C program. Its file name carries this process's id, so tests
+/// running at the same time (here or in another `cargo test`) never
+/// overwrite each other's binaries. It is deleted when dropped, unless the
+/// test is failing (then it stays for debugging).
+struct Binary(PathBuf);
+
+impl std::ops::Deref for Binary {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for Binary {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+}
+
+/// Compiles one C source into `out_dir()/<name>-<pid>`, panicking with the
+/// compiler's output if it fails. `name` must be unique among the tests.
+fn compile(source: &str, name: &str, lang: Lang, link: Link) -> Binary {
     let lib = lib_dir();
-    let out = out_dir().join(name);
+    let out = out_dir().join(format!("{name}-{}", std::process::id()));
     let mut cmd = match lang {
         Lang::C => {
             let mut c = Command::new("cc");
@@ -110,19 +127,11 @@ fn compile(source: &str, name: &str, lang: Lang, link: Link) -> PathBuf {
         }
         Link::Static => {
             cmd.arg(format!("-L{}", lib.display()));
-            cmd.args([
-                "-Wl,-Bstatic",
-                "-ldemi",
-                "-Wl,-Bdynamic",
-                "-lpthread",
-                "-ldl",
-                "-lm",
-            ]);
+            cmd.args(["-Wl,-Bstatic", "-ldemi", "-Wl,-Bdynamic"]);
+            cmd.args(system_libs(&lib));
         }
     }
-    let o = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run the compiler for {source}: {e}"));
+    let o = cmd.output().unwrap_or_else(|e| panic!("cannot run the compiler for {source}: {e}"));
     assert!(
         o.status.success(),
         "compiling {source} failed:\n{:?}\n{}{}",
@@ -130,7 +139,25 @@ fn compile(source: &str, name: &str, lang: Lang, link: Link) -> PathBuf {
         String::from_utf8_lossy(&o.stdout),
         String::from_utf8_lossy(&o.stderr)
     );
-    out
+    Binary(out)
+}
+
+/// The system libraries a static link of libdemi.a needs: those libdemi.so
+/// was linked with (its DT_NEEDED entries, which follow the cargo features
+/// built: DPDK, rdma-core...), as `-l` flags. `make install` writes the same
+/// list into demi.pc's Libs.private.
+fn system_libs(lib: &Path) -> Vec<String> {
+    let o = Command::new("readelf").arg("-d").arg(lib.join("libdemi.so")).output().expect("run readelf (binutils)");
+    assert!(o.status.success(), "readelf -d libdemi.so: {}", String::from_utf8_lossy(&o.stderr));
+    let text = String::from_utf8_lossy(&o.stdout);
+    let libs: Vec<String> = text
+        .lines()
+        .filter(|l| l.contains("(NEEDED)"))
+        .filter_map(|l| Some(l.split_once('[')?.1.split_once(']')?.0.to_owned()))
+        .filter_map(|soname| Some(format!("-l{}", soname.strip_prefix("lib")?.split_once(".so")?.0)))
+        .collect();
+    assert!(libs.iter().any(|l| l == "-lc"), "unexpected readelf output:\n{text}");
+    libs
 }
 
 /// What a finished program did.
@@ -142,10 +169,7 @@ struct Ran {
 
 impl Ran {
     fn show(&self) -> String {
-        format!(
-            "exit: {}\n--- stdout ---\n{}--- stderr ---\n{}",
-            self.status, self.stdout, self.stderr
-        )
+        format!("exit: {}\n--- stdout ---\n{}--- stderr ---\n{}", self.status, self.stdout, self.stderr)
     }
 
     fn assert_ok(&self, what: &str) {
@@ -154,11 +178,8 @@ impl Ran {
 
     /// LeakSanitizer could not run at all (not a leak: an environment limit).
     fn lsan_unavailable(&self) -> bool {
-        self.stderr
-            .contains("LeakSanitizer has encountered a fatal error")
-            || self
-                .stderr
-                .contains("LeakSanitizer does not work under ptrace")
+        self.stderr.contains("LeakSanitizer has encountered a fatal error")
+            || self.stderr.contains("LeakSanitizer does not work under ptrace")
     }
 }
 
@@ -168,34 +189,24 @@ fn c_env(cmd: &mut Command, leaks: bool) {
     cmd.env("LIBOS", "catnap");
     cmd.env(
         "ASAN_OPTIONS",
-        format!(
-            "detect_leaks={}:abort_on_error=0:detect_stack_use_after_return=1",
-            u8::from(leaks)
-        ),
+        format!("detect_leaks={}:abort_on_error=0:detect_stack_use_after_return=1", u8::from(leaks)),
     );
     cmd.env("UBSAN_OPTIONS", "print_stacktrace=1:halt_on_error=1");
 }
 
 fn spawn(bin: &Path, args: &[&str], leaks: bool, extra_env: &[(&str, &str)]) -> Child {
     let mut cmd = Command::new(bin);
-    cmd.args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    cmd.args(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
     c_env(&mut cmd, leaks);
     for (k, v) in extra_env {
         cmd.env(k, v);
     }
-    cmd.spawn()
-        .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()))
+    cmd.spawn().unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()))
 }
 
 /// Reads a pipe to the end on a thread (so a chatty child never blocks on a
 /// full pipe), line by line: each line also goes to `lines` if given.
-fn drain(
-    pipe: impl Read + Send + 'static,
-    lines: Option<mpsc::Sender<String>>,
-) -> std::thread::JoinHandle<String> {
+fn drain(pipe: impl Read + Send + 'static, lines: Option<mpsc::Sender<String>>) -> std::thread::JoinHandle<String> {
     std::thread::spawn(move || {
         let mut all = String::new();
         let mut r = BufReader::new(pipe);
@@ -228,22 +239,13 @@ fn finish(
             // Child::kill sends SIGKILL to this child's pid only.
             let _ = child.kill();
             let s = child.wait().expect("wait after kill");
-            let mut ran = Ran {
-                status: s,
-                stdout: out.join().unwrap(),
-                stderr: err.join().unwrap(),
-            };
-            ran.stderr
-                .push_str(&format!("\n[killed after {} s]\n", limit.as_secs()));
+            let mut ran = Ran { status: s, stdout: out.join().unwrap(), stderr: err.join().unwrap() };
+            ran.stderr.push_str(&format!("\n[killed after {} s]\n", limit.as_secs()));
             panic!("a C program ran too long\n{}", ran.show());
         }
         std::thread::sleep(Duration::from_millis(10));
     };
-    Ran {
-        status,
-        stdout: out.join().unwrap(),
-        stderr: err.join().unwrap(),
-    }
+    Ran { status, stdout: out.join().unwrap(), stderr: err.join().unwrap() }
 }
 
 fn run_once(bin: &Path, args: &[&str], leaks: bool) -> Ran {
@@ -258,10 +260,7 @@ fn run_once(bin: &Path, args: &[&str], leaks: bool) -> Ran {
 fn run(bin: &Path, args: &[&str]) -> Ran {
     let ran = run_once(bin, args, true);
     if !ran.status.success() && ran.lsan_unavailable() {
-        eprintln!(
-            "note: LeakSanitizer cannot run here; rerunning {} with detect_leaks=0",
-            bin.display()
-        );
+        eprintln!("note: LeakSanitizer cannot run here; rerunning {} with detect_leaks=0", bin.display());
         return run_once(bin, args, false);
     }
     ran
@@ -270,8 +269,7 @@ fn run(bin: &Path, args: &[&str]) -> Ran {
 /// A loopback port that is free for both TCP and UDP right now.
 fn free_port() -> u16 {
     for _ in 0..100 {
-        let tcp =
-            TcpListener::bind(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0)).expect("bind a TCP probe");
+        let tcp = TcpListener::bind(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0)).expect("bind a TCP probe");
         let port = tcp.local_addr().unwrap().port();
         if UdpSocket::bind(SocketAddrV4::new(Ipv4Addr::LOCALHOST, port)).is_ok() {
             return port;
@@ -280,91 +278,46 @@ fn free_port() -> u16 {
     panic!("no port free for both TCP and UDP");
 }
 
-fn compile_and_run(
-    source: &str,
-    name: &str,
-    lang: Lang,
-    link: Link,
-    args: &[&str],
-    want_stdout: &str,
-) -> Ran {
+fn compile_and_run(source: &str, name: &str, lang: Lang, link: Link, args: &[&str], want_stdout: &str) -> Ran {
     let bin = compile(source, name, lang, link);
     let ran = run(&bin, args);
-    ran.assert_ok(source);
-    assert!(
-        ran.stdout.contains(want_stdout),
-        "{source}: stdout lacks {want_stdout:?}\n{}",
-        ran.show()
-    );
-    assert!(
-        !ran.stderr.contains("runtime error"),
-        "{source}: UBSan report\n{}",
-        ran.show()
-    );
+    check_passed(source, &ran, want_stdout);
     ran
+}
+
+/// A test program passed: exit 0, its success line, no UBSan report.
+fn check_passed(source: &str, ran: &Ran, want_stdout: &str) {
+    ran.assert_ok(source);
+    assert!(ran.stdout.contains(want_stdout), "{source}: stdout lacks {want_stdout:?}\n{}", ran.show());
+    assert!(!ran.stderr.contains("runtime error"), "{source}: UBSan report\n{}", ran.show());
 }
 
 #[test]
 fn layout() {
-    let ran = compile_and_run(
-        "tests/c/layout.c",
-        "layout",
-        Lang::C,
-        Link::Shared,
-        &[],
-        "layout: all",
-    );
+    let ran = compile_and_run("tests/c/layout.c", "layout", Lang::C, Link::Shared, &[], "layout: all");
     // Spot-check that the facts were really printed, not just the summary.
-    assert!(
-        ran.stdout.contains("sizeof(demi_qresult_t)"),
-        "{}",
-        ran.show()
-    );
+    assert!(ran.stdout.contains("sizeof(demi_qresult_t)"), "{}", ran.show());
 }
 
 #[test]
 fn errors() {
-    compile_and_run(
-        "tests/c/errors.c",
-        "errors",
-        Lang::C,
-        Link::Shared,
-        &[],
-        "errors: every error case",
-    );
+    compile_and_run("tests/c/errors.c", "errors", Lang::C, Link::Shared, &[], "errors: every error case");
 }
 
 #[test]
 fn pingpong() {
-    compile_and_run(
-        "tests/c/pingpong.c",
-        "pingpong",
-        Lang::C,
-        Link::Shared,
-        &[],
-        "pingpong: all exchanges verified",
-    );
+    compile_and_run("tests/c/pingpong.c", "pingpong", Lang::C, Link::Shared, &[], "pingpong: all exchanges verified");
 }
 
 #[test]
 fn pingpong_linked_statically() {
-    let ran = compile_and_run(
-        "tests/c/pingpong.c",
-        "pingpong-static",
-        Lang::C,
-        Link::Static,
-        &[],
-        "pingpong: all exchanges verified",
-    );
+    let bin = compile("tests/c/pingpong.c", "pingpong-static", Lang::C, Link::Static);
     // Really static: the program does not load libdemi.so.
-    let bin = out_dir().join("pingpong-static");
-    let ldd = Command::new("ldd").arg(&bin).output().expect("run ldd");
+    let ldd = Command::new("ldd").arg(&*bin).output().expect("run ldd");
     let deps = String::from_utf8_lossy(&ldd.stdout);
-    assert!(
-        !deps.contains("libdemi"),
-        "statically linked program still loads libdemi:\n{deps}\n{}",
-        ran.show()
-    );
+    assert!(!deps.contains("libdemi"), "statically linked program still loads libdemi:\n{deps}");
+    let ran = run(&bin, &[]);
+    check_passed("tests/c/pingpong.c (static)", &ran, "pingpong: all exchanges verified");
 }
 
 #[test]
@@ -394,40 +347,50 @@ fn demikernel_compat_as_cxx() {
 }
 
 /// Runs an example's server and client as two processes over loopback and
-/// returns the client's output. The client starts once the server has
-/// printed `ready_word` (it is listening).
-fn run_example(name: &str, ready_word: &str, client_args: &[&str]) -> (Ran, Ran) {
-    let bin = compile(&format!("examples/c/{name}.c"), name, Lang::C, Link::Shared);
-    let addr = format!("127.0.0.1:{}", free_port());
+/// returns what both did. The client starts once the server has printed
+/// `ready_word` (it is listening). `bin_name` must be unique among the tests.
+fn run_example(name: &str, bin_name: &str, ready_word: &str, client_args: &[&str]) -> (Ran, Ran) {
+    let bin = compile(&format!("examples/c/{name}.c"), bin_name, Lang::C, Link::Shared);
 
-    let mut server = spawn(&bin, &["server", &addr, "--idle", "20"], true, &[]);
-    let (tx, rx) = mpsc::channel();
-    let s_out = drain(server.stdout.take().unwrap(), Some(tx));
-    let s_err = drain(server.stderr.take().unwrap(), None);
-    let ready = Instant::now() + Duration::from_secs(20);
-    loop {
-        match rx.recv_timeout(Duration::from_millis(100)) {
-            Ok(line) if line.contains(ready_word) => break,
-            Ok(_) => {}
-            Err(mpsc::RecvTimeoutError::Timeout) if Instant::now() < ready => {}
-            Err(_) => {
-                let _ = server.kill();
-                let ran = finish(server, s_out, s_err, RUN_LIMIT);
-                panic!("{name} server never became ready\n{}", ran.show());
+    // The port comes from free_port(), which closes its probe sockets; in the
+    // rare case something takes the port before the server binds it, try
+    // another one.
+    for attempt in 1..=3 {
+        let addr = format!("127.0.0.1:{}", free_port());
+        let mut server = spawn(&bin, &["server", &addr, "--idle", "20"], true, &[]);
+        let (tx, rx) = mpsc::channel();
+        let s_out = drain(server.stdout.take().unwrap(), Some(tx));
+        let s_err = drain(server.stderr.take().unwrap(), None);
+        let ready_by = Instant::now() + Duration::from_secs(20);
+        let ready = loop {
+            match rx.recv_timeout(Duration::from_millis(100)) {
+                Ok(line) if line.contains(ready_word) => break true,
+                Ok(_) => {}
+                Err(mpsc::RecvTimeoutError::Timeout) if Instant::now() < ready_by => {}
+                Err(_) => break false,
             }
+        };
+        if !ready {
+            let _ = server.kill();
+            let ran = finish(server, s_out, s_err, RUN_LIMIT);
+            if attempt < 3 && ran.stderr.contains("Address already in use") {
+                continue;
+            }
+            panic!("{name} server never became ready\n{}", ran.show());
         }
-    }
 
-    let mut args = vec!["client", addr.as_str()];
-    args.extend_from_slice(client_args);
-    let client = run(&bin, &args);
-    if !client.status.success() {
-        let _ = server.kill();
+        let mut args = vec!["client", addr.as_str()];
+        args.extend_from_slice(client_args);
+        let client = run(&bin, &args);
+        if !client.status.success() {
+            let _ = server.kill();
+        }
+        let server = finish(server, s_out, s_err, RUN_LIMIT);
+        client.assert_ok(&format!("{name} client"));
+        server.assert_ok(&format!("{name} server"));
+        return (client, server);
     }
-    let server = finish(server, s_out, s_err, RUN_LIMIT);
-    client.assert_ok(&format!("{name} client"));
-    server.assert_ok(&format!("{name} server"));
-    (client, server)
+    unreachable!("the loop returns or panics")
 }
 
 /// Checks the client's latency table: a header naming the columns and a row
@@ -436,59 +399,38 @@ fn check_latency_table(client: &Ran, count: u64) {
     let lines: Vec<&str> = client.stdout.lines().collect();
     let header = lines
         .iter()
-        .position(|l| {
-            ["min us", "p50 us", "p99 us", "max us", "mean us"]
-                .iter()
-                .all(|c| l.contains(c))
-        })
+        .position(|l| ["min us", "p50 us", "p99 us", "max us", "mean us"].iter().all(|c| l.contains(c)))
         .unwrap_or_else(|| panic!("no latency header\n{}", client.show()));
     let row: Vec<f64> = lines
         .get(header + 1)
         .unwrap_or_else(|| panic!("no latency row\n{}", client.show()))
         .split_whitespace()
-        .map(|x| {
-            x.parse()
-                .unwrap_or_else(|_| panic!("latency row has {x:?}\n{}", client.show()))
-        })
+        .map(|x| x.parse().unwrap_or_else(|_| panic!("latency row has {x:?}\n{}", client.show())))
         .collect();
     assert_eq!(row.len(), 6, "latency row\n{}", client.show());
     assert_eq!(row[0] as u64, count, "round trips\n{}", client.show());
     let (min, p50, p99, max) = (row[1], row[2], row[3], row[4]);
-    assert!(
-        0.0 < min && min <= p50 && p50 <= p99 && p99 <= max,
-        "latencies out of order\n{}",
-        client.show()
-    );
-    assert!(
-        client.stdout.contains("every byte verified"),
-        "{}",
-        client.show()
-    );
+    assert!(0.0 < min && min <= p50 && p50 <= p99 && p99 <= max, "latencies out of order\n{}", client.show());
+    assert!(client.stdout.contains("every byte verified"), "{}", client.show());
 }
 
 #[test]
 fn example_tcp_pingpong() {
     let (client, server) = run_example(
         "tcp-pingpong",
+        "tcp-pingpong",
         "listening",
         &["--count", "300", "--size", "1000", "--bind", "127.0.0.1"],
     );
     check_latency_table(&client, 300);
-    assert!(
-        server.stdout.contains("echoed 300000 bytes"),
-        "server totals\n{}",
-        server.show()
-    );
+    assert!(server.stdout.contains("echoed 300000 bytes"), "server totals\n{}", server.show());
 }
 
 #[test]
 fn example_tcp_pingpong_big_messages() {
     // Messages larger than the kernel's socket buffers: pops return pieces.
-    let (client, _) = run_example(
-        "tcp-pingpong",
-        "listening",
-        &["--count", "3", "--size", "3000000"],
-    );
+    let (client, _) =
+        run_example("tcp-pingpong", "tcp-pingpong-big", "listening", &["--count", "3", "--size", "3000000"]);
     check_latency_table(&client, 3);
 }
 
@@ -496,26 +438,18 @@ fn example_tcp_pingpong_big_messages() {
 fn example_udp_pingpong() {
     let (client, server) = run_example(
         "udp-pingpong",
+        "udp-pingpong",
         "ready",
         &["--count", "300", "--size", "1200", "--bind", "127.0.0.1"],
     );
     check_latency_table(&client, 300);
-    assert!(
-        server.stdout.contains("goodbye"),
-        "server stopped on the client's goodbye\n{}",
-        server.show()
-    );
+    assert!(server.stdout.contains("goodbye"), "server stopped on the client's goodbye\n{}", server.show());
 }
 
 #[test]
 fn example_usage_errors_exit_2() {
     for name in ["tcp-pingpong", "udp-pingpong"] {
-        let bin = compile(
-            &format!("examples/c/{name}.c"),
-            &format!("{name}-usage"),
-            Lang::C,
-            Link::Shared,
-        );
+        let bin = compile(&format!("examples/c/{name}.c"), &format!("{name}-usage"), Lang::C, Link::Shared);
         for args in [
             &["client"][..],
             &["client", "127.0.0.1"],
@@ -523,44 +457,20 @@ fn example_usage_errors_exit_2() {
             &["x", "127.0.0.1:1"],
         ] {
             let ran = run(&bin, args);
-            assert_eq!(
-                ran.status.code(),
-                Some(2),
-                "{name} {args:?}\n{}",
-                ran.show()
-            );
-            assert!(
-                ran.stderr.contains("usage:"),
-                "{name} {args:?}\n{}",
-                ran.show()
-            );
+            assert_eq!(ran.status.code(), Some(2), "{name} {args:?}\n{}", ran.show());
+            assert!(ran.stderr.contains("usage:"), "{name} {args:?}\n{}", ran.show());
         }
     }
 }
 
 #[test]
 fn example_client_without_server_fails() {
-    let bin = compile(
-        "examples/c/tcp-pingpong.c",
-        "tcp-pingpong-noserver",
-        Lang::C,
-        Link::Shared,
-    );
+    let bin = compile("examples/c/tcp-pingpong.c", "tcp-pingpong-noserver", Lang::C, Link::Shared);
     // A bound but not listening port refuses connections.
     let holder = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = holder.local_addr().unwrap();
     drop(holder);
-    let ran = run(
-        &bin,
-        &[
-            "client",
-            &addr.to_string(),
-            "--count",
-            "1",
-            "--timeout",
-            "5",
-        ],
-    );
+    let ran = run(&bin, &["client", &addr.to_string(), "--count", "1", "--timeout", "5"]);
     assert_eq!(ran.status.code(), Some(1), "{}", ran.show());
     assert!(ran.stderr.contains("connecting failed"), "{}", ran.show());
 }
@@ -601,10 +511,7 @@ fn installed_copy_builds_with_pkg_config() {
         "include/demi/types.h",
         "include/demi/cc.h",
     ] {
-        assert!(
-            prefix.join(f).is_file(),
-            "make install-files did not install {f}"
-        );
+        assert!(prefix.join(f).is_file(), "make install-files did not install {f}");
     }
 
     let pc_path = prefix.join("lib/pkgconfig");
@@ -615,73 +522,75 @@ fn installed_copy_builds_with_pkg_config() {
             .env("PKG_CONFIG_PATH", &pc_path)
             .output()
             .expect("run pkg-config (installed by make deps)");
-        assert!(
-            o.status.success(),
-            "pkg-config {args:?} demi failed: {}",
-            String::from_utf8_lossy(&o.stderr)
-        );
-        String::from_utf8(o.stdout)
-            .unwrap()
-            .split_whitespace()
-            .map(str::to_owned)
-            .collect()
+        assert!(o.status.success(), "pkg-config {args:?} demi failed: {}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8(o.stdout).unwrap().split_whitespace().map(str::to_owned).collect()
     };
     let cflags = pkg(&["--cflags"]);
     let libs = pkg(&["--libs"]);
-    assert!(
-        cflags
-            .iter()
-            .any(|f| f == &format!("-I{}/include", prefix.display())),
-        "cflags {cflags:?}"
-    );
+    assert!(cflags.iter().any(|f| f == &format!("-I{}/include", prefix.display())), "cflags {cflags:?}");
     assert!(libs.iter().any(|f| f == "-ldemi"), "libs {libs:?}");
-    assert_eq!(
-        pkg(&["--modversion"]),
-        vec![env!("CARGO_PKG_VERSION").to_string()]
-    );
+    assert_eq!(pkg(&["--modversion"]), vec![env!("CARGO_PKG_VERSION").to_string()]);
 
     // Build from the installed headers and library only: no -I of the source tree.
-    let bin = out_dir().join(format!("compat-installed-{}", std::process::id()));
-    let o = Command::new("cc")
-        .arg("-std=c11")
-        .args(WARNINGS)
-        .args(&cflags)
-        .arg(repo().join("tests/c/demikernel_compat.c"))
-        .arg("-o")
-        .arg(&bin)
-        .args(&libs)
-        .output()
-        .expect("run cc");
-    assert!(
-        o.status.success(),
-        "building against the installed copy failed:\n{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+    let build = |name: &str, libs: &[String]| -> Binary {
+        let bin = Binary(out_dir().join(format!("{name}-{}", std::process::id())));
+        let o = Command::new("cc")
+            .arg("-std=c11")
+            .args(WARNINGS)
+            .args(&cflags)
+            .arg(repo().join("tests/c/demikernel_compat.c"))
+            .arg("-o")
+            .arg(&*bin)
+            .args(libs)
+            .output()
+            .expect("run cc");
+        assert!(
+            o.status.success(),
+            "building against the installed copy failed ({libs:?}):\n{}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        bin
+    };
+    let run_installed = |bin: &Binary| -> String {
+        let mut child = Command::new(&**bin)
+            .arg(free_port().to_string())
+            .env("LIBOS", "catnap")
+            .env("LD_LIBRARY_PATH", prefix.join("lib"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start the program");
+        let out = drain(child.stdout.take().unwrap(), None);
+        let err = drain(child.stderr.take().unwrap(), None);
+        let ran = finish(child, out, err, RUN_LIMIT);
+        ran.assert_ok("program built against the installed copy");
+        assert!(ran.stdout.contains("TCP and UDP echo ok"), "{}", ran.show());
+        let ldd = Command::new("ldd").arg(&**bin).env("LD_LIBRARY_PATH", prefix.join("lib")).output().expect("ldd");
+        String::from_utf8_lossy(&ldd.stdout).into_owned()
+    };
 
-    let port = free_port().to_string();
-    let mut child = Command::new(&bin)
-        .arg(&port)
-        .env("LIBOS", "catnap")
-        .env("LD_LIBRARY_PATH", prefix.join("lib"))
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start the program");
-    let out = drain(child.stdout.take().unwrap(), None);
-    let err = drain(child.stderr.take().unwrap(), None);
-    let ran = finish(child, out, err, RUN_LIMIT);
-    ran.assert_ok("program built against the installed copy");
-    assert!(ran.stdout.contains("TCP and UDP echo ok"), "{}", ran.show());
-
-    // It really loaded the installed library.
-    let ldd = Command::new("ldd")
-        .arg(&bin)
-        .env("LD_LIBRARY_PATH", prefix.join("lib"))
-        .output()
-        .expect("run ldd");
-    let deps = String::from_utf8_lossy(&ldd.stdout);
+    // Linked dynamically: it loads the installed libdemi.so.
+    let shared = build("compat-installed", &libs);
+    let deps = run_installed(&shared);
     let want = format!("{}/lib/libdemi.so", prefix.display());
     assert!(deps.contains(&want), "ldd does not show {want}:\n{deps}");
+
+    // Linked statically with `pkg-config --static --libs`: demi.pc's
+    // Libs.private must name every system library libdemi.a needs.
+    let static_libs: Vec<String> =
+        pkg(&["--static", "--libs"])
+            .into_iter()
+            .flat_map(|f| {
+                if f == "-ldemi" {
+                    vec!["-Wl,-Bstatic".to_owned(), f, "-Wl,-Bdynamic".to_owned()]
+                } else {
+                    vec![f]
+                }
+            })
+            .collect();
+    let fixed = build("compat-installed-static", &static_libs);
+    let deps = run_installed(&fixed);
+    assert!(!deps.contains("libdemi"), "the static build still loads libdemi:\n{deps}");
     let _ = std::fs::remove_dir_all(&prefix);
 }
