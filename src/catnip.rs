@@ -177,7 +177,14 @@ impl Backend for Catnip {
         Ok(())
     }
 
-    fn push(&mut self, s: SockId, buf: Buffer, to: Option<SocketAddrV4>, op: OpId, out: &mut Completions) -> Result<()> {
+    fn push(
+        &mut self,
+        s: SockId,
+        buf: Buffer,
+        to: Option<SocketAddrV4>,
+        op: OpId,
+        out: &mut Completions,
+    ) -> Result<()> {
         let Some(to) = to.or(self.sock(s)?.peer) else {
             return fail(libc::EDESTADDRREQ, "catnip: no destination");
         };

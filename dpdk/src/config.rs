@@ -45,70 +45,51 @@ impl Config {
     /// Reads the configuration through `get` (tests pass a map).
     pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Config, Error> {
         let get = |k: &str| get(k).filter(|v| !v.trim().is_empty());
-        let eal_args = get("DEMI_DPDK_EAL")
-            .map(|s| s.split_whitespace().map(str::to_owned).collect())
-            .unwrap_or_default();
-        let local_ipv4 =
-            match get("DEMI_LOCAL_IPV4") {
-                None => return Err(Error::invalid(
+        let eal_args =
+            get("DEMI_DPDK_EAL").map(|s| s.split_whitespace().map(str::to_owned).collect()).unwrap_or_default();
+        let local_ipv4 = match get("DEMI_LOCAL_IPV4") {
+            None => {
+                return Err(Error::invalid(
                     "DEMI_LOCAL_IPV4 is not set (catnip needs its IPv4 address, e.g. 10.77.0.1)",
-                )),
-                Some(s) => match s.trim().parse::<Ipv4Addr>() {
-                    Ok(a) if !a.is_unspecified() && !a.is_broadcast() && !a.is_multicast() => a,
-                    _ => {
-                        return Err(Error::invalid(format!(
-                            "DEMI_LOCAL_IPV4={s:?} is not a unicast IPv4 address"
-                        )))
-                    }
-                },
-            };
+                ))
+            }
+            Some(s) => match s.trim().parse::<Ipv4Addr>() {
+                Ok(a) if !a.is_unspecified() && !a.is_broadcast() && !a.is_multicast() => a,
+                _ => return Err(Error::invalid(format!("DEMI_LOCAL_IPV4={s:?} is not a unicast IPv4 address"))),
+            },
+        };
         let local_mac = match get("DEMI_LOCAL_MAC") {
             None => None,
             Some(s) => match s.trim().parse::<EthernetAddress>() {
                 Ok(m) if m.is_unicast() => Some(m),
-                _ => {
-                    return Err(Error::invalid(format!(
-                        "DEMI_LOCAL_MAC={s:?} is not a unicast MAC address"
-                    )))
-                }
+                _ => return Err(Error::invalid(format!("DEMI_LOCAL_MAC={s:?} is not a unicast MAC address"))),
             },
         };
         let mtu = number(&get, "DEMI_MTU", 1500)?;
         if !(u64::from(MIN_MTU)..=u64::from(MAX_MTU)).contains(&mtu) {
-            return Err(Error::invalid(format!(
-                "DEMI_MTU={mtu} is outside {MIN_MTU}..={MAX_MTU}"
-            )));
+            return Err(Error::invalid(format!("DEMI_MTU={mtu} is outside {MIN_MTU}..={MAX_MTU}")));
         }
         let port = match get("DEMI_DPDK_PORT") {
             None => None,
             Some(_) => Some(number(&get, "DEMI_DPDK_PORT", 0).and_then(|p| {
-                u16::try_from(p)
-                    .map_err(|_| Error::invalid(format!("DEMI_DPDK_PORT={p} is not a port id")))
+                u16::try_from(p).map_err(|_| Error::invalid(format!("DEMI_DPDK_PORT={p} is not a port id")))
             })?),
         };
         let mbufs = number(&get, "DEMI_DPDK_MBUFS", 8191)?;
         if !(512..=1 << 20).contains(&mbufs) {
-            return Err(Error::invalid(format!(
-                "DEMI_DPDK_MBUFS={mbufs} is outside 512..=1048576"
-            )));
+            return Err(Error::invalid(format!("DEMI_DPDK_MBUFS={mbufs} is outside 512..=1048576")));
         }
         let arp_retries = number(&get, "DEMI_ARP_RETRIES", 3)?;
         if !(1..=100).contains(&arp_retries) {
-            return Err(Error::invalid(format!(
-                "DEMI_ARP_RETRIES={arp_retries} is outside 1..=100"
-            )));
+            return Err(Error::invalid(format!("DEMI_ARP_RETRIES={arp_retries} is outside 1..=100")));
         }
         let arp_retry = number(&get, "DEMI_ARP_RETRY_MS", 1000)?;
         if !(1..=60_000).contains(&arp_retry) {
-            return Err(Error::invalid(format!(
-                "DEMI_ARP_RETRY_MS={arp_retry} is outside 1..=60000"
-            )));
+            return Err(Error::invalid(format!("DEMI_ARP_RETRY_MS={arp_retry} is outside 1..=60000")));
         }
         let arp_ttl = number(&get, "DEMI_ARP_TTL_S", 60)?;
         if !(1..=86_400).contains(&arp_ttl) {
-            return Err(Error::invalid(format!(
-                "DEMI_ARP_TTL_S={arp_ttl} is outside 1..=86400"
-            )));
+            return Err(Error::invalid(format!("DEMI_ARP_TTL_S={arp_ttl} is outside 1..=86400")));
         }
         Ok(Config {
             eal_args,
@@ -128,10 +109,7 @@ impl Config {
 fn number(get: &impl Fn(&str) -> Option<String>, var: &str, default: u64) -> Result<u64, Error> {
     match get(var) {
         None => Ok(default),
-        Some(s) => s
-            .trim()
-            .parse()
-            .map_err(|_| Error::invalid(format!("{var}={s:?} is not a non-negative integer"))),
+        Some(s) => s.trim().parse().map_err(|_| Error::invalid(format!("{var}={s:?} is not a non-negative integer"))),
     }
 }
 
@@ -141,10 +119,7 @@ mod tests {
     use std::collections::HashMap;
 
     fn parse(vars: &[(&str, &str)]) -> Result<Config, Error> {
-        let m: HashMap<String, String> = vars
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
+        let m: HashMap<String, String> = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         Config::from_lookup(|k| m.get(k).cloned())
     }
 
@@ -152,20 +127,14 @@ mod tests {
     fn defaults_with_only_the_address() {
         let c = parse(&[("DEMI_LOCAL_IPV4", "10.77.0.1")]).unwrap();
         assert_eq!(c.local_ipv4, Ipv4Addr::new(10, 77, 0, 1));
-        assert_eq!(
-            (c.mtu, c.local_mac, c.port, c.arp_retries),
-            (1500, None, None, 3)
-        );
+        assert_eq!((c.mtu, c.local_mac, c.port, c.arp_retries), (1500, None, None, 3));
         assert!(c.eal_args.is_empty());
     }
 
     #[test]
     fn eal_args_split_on_whitespace() {
-        let c = parse(&[
-            ("DEMI_LOCAL_IPV4", "10.77.0.1"),
-            ("DEMI_DPDK_EAL", " -l 0\t--no-huge\n--vdev=net_null0 "),
-        ])
-        .unwrap();
+        let c = parse(&[("DEMI_LOCAL_IPV4", "10.77.0.1"), ("DEMI_DPDK_EAL", " -l 0\t--no-huge\n--vdev=net_null0 ")])
+            .unwrap();
         assert_eq!(c.eal_args, ["-l", "0", "--no-huge", "--vdev=net_null0"]);
     }
 

@@ -40,10 +40,7 @@ pub struct Error {
 impl Error {
     /// An error with this errno.
     pub fn new(errno: i32, message: impl Into<String>) -> Error {
-        Error {
-            errno,
-            message: message.into(),
-        }
+        Error { errno, message: message.into() }
     }
 
     /// EINVAL: a setting is missing or malformed.

@@ -26,8 +26,7 @@ pub struct Port {
 impl Port {
     /// Initialises the EAL and starts the configured port.
     pub fn open(cfg: &Config) -> Result<Port, Error> {
-        sys::eal_init(&cfg.eal_args)
-            .map_err(|e| Error::dpdk("EAL initialisation (DEMI_DPDK_EAL)", e))?;
+        sys::eal_init(&cfg.eal_args).map_err(|e| Error::dpdk("EAL initialisation (DEMI_DPDK_EAL)", e))?;
         let id = match cfg.port {
             Some(p) => sys::find_port(p).filter(|f| f.0 == p),
             None => sys::find_port(0),
@@ -37,10 +36,7 @@ impl Port {
                 libc::ENODEV,
                 match cfg.port {
                     Some(p) => format!("DEMI_DPDK_PORT={p}: no such DPDK port"),
-                    None => {
-                        "no DPDK port: add a device to DEMI_DPDK_EAL (e.g. --vdev=net_memif0,...)"
-                            .into()
-                    }
+                    None => "no DPDK port: add a device to DEMI_DPDK_EAL (e.g. --vdev=net_memif0,...)".into(),
                 },
             ));
         };
@@ -48,40 +44,28 @@ impl Port {
         // One frame per mbuf: the data room holds headroom plus the largest frame.
         let frame = usize::from(cfg.mtu) + ETHERNET_HEADER_LEN;
         let room = (sys::default_headroom() + frame).max(2048 + sys::default_headroom());
-        let pool = Mempool::new(
-            &format!("catnip_pool_{}", id.0),
-            cfg.mbufs,
-            POOL_CACHE,
-            room as u16,
-        )
-        .map_err(|e| Error::dpdk("mbuf pool (DEMI_DPDK_MBUFS, EAL -m)", e))?;
+        let pool = Mempool::new(&format!("catnip_pool_{}", id.0), cfg.mbufs, POOL_CACHE, room as u16)
+            .map_err(|e| Error::dpdk("mbuf pool (DEMI_DPDK_MBUFS, EAL -m)", e))?;
         if cfg.mtu > info.max_mtu {
             return Err(Error::invalid(format!(
                 "DEMI_MTU={} exceeds what {} allows ({})",
                 cfg.mtu, info.driver, info.max_mtu
             )));
         }
-        match id.set_mtu(cfg.mtu) {
-            // Virtual ports often cannot change their MTU; frames are bounded by ours anyway.
-            Ok(())
-            | Err(DpdkError {
-                errno: libc::ENOTSUP | libc::ENOSYS,
-                ..
-            }) => {}
-            Err(e) => log::warn!("catnip: {}: cannot set MTU {}: {e}", info.driver, cfg.mtu),
-        }
         id.setup(&pool, QUEUE_DESCS, info.rx_ipv4_cksum, info.tx_ipv4_cksum)
             .map_err(|e| Error::dpdk("port setup", e))?;
+        match id.set_mtu(cfg.mtu) {
+            // Virtual ports often cannot change their MTU; frames are bounded by ours anyway.
+            Ok(()) | Err(DpdkError { errno: libc::ENOTSUP | libc::ENOSYS, .. }) => {}
+            Err(e) => log::warn!("catnip: {}: cannot set MTU {}: {e}", info.driver, cfg.mtu),
+        }
         let mac = match cfg.local_mac {
             None => EthernetAddress(id.mac().map_err(|e| Error::dpdk("port MAC", e))?),
             Some(m) => {
                 if id.set_mac(m.0).is_err() {
                     // The stack filters by destination itself, so seeing every frame is enough.
                     if let Err(e) = id.promiscuous() {
-                        log::warn!(
-                            "catnip: {}: cannot set MAC {m} nor go promiscuous: {e}",
-                            info.driver
-                        );
+                        log::warn!("catnip: {}: cannot set MAC {m} nor go promiscuous: {e}", info.driver);
                     }
                 }
                 m
@@ -96,11 +80,7 @@ impl Port {
             tx_ipv4_cksum: info.tx_ipv4_cksum,
         };
         if !port.wait_link(cfg.link_wait) {
-            log::warn!(
-                "catnip: {} link still down after {:?}; sends wait for it",
-                port.driver,
-                cfg.link_wait
-            );
+            log::warn!("catnip: {} link still down after {:?}; sends wait for it", port.driver, cfg.link_wait);
         }
         Ok(port)
     }

@@ -47,13 +47,7 @@ impl<W> ArpCache<W> {
     /// `ttl`: how long an entry is trusted; `retry`: time between requests;
     /// `retries`: requests before giving up.
     pub fn new(ttl: Duration, retry: Duration, retries: u32) -> ArpCache<W> {
-        ArpCache {
-            entries: HashMap::new(),
-            pending: HashMap::new(),
-            ttl,
-            retry,
-            retries: retries.max(1),
-        }
+        ArpCache { entries: HashMap::new(), pending: HashMap::new(), ttl, retry, retries: retries.max(1) }
     }
 
     /// The MAC for `ip` if known and not expired (expired entries go).
@@ -69,20 +63,11 @@ impl<W> ArpCache<W> {
     }
 
     /// Records `ip` at `mac`; returns the frames that waited for it.
-    pub fn learn(
-        &mut self,
-        ip: Ipv4Addr,
-        mac: EthernetAddress,
-        now: Instant,
-    ) -> Option<Resolution<W>> {
+    pub fn learn(&mut self, ip: Ipv4Addr, mac: EthernetAddress, now: Instant) -> Option<Resolution<W>> {
         if self.entries.len() >= MAX_ENTRIES && !self.entries.contains_key(&ip) {
             self.entries.retain(|_, (_, exp)| now < *exp);
             if self.entries.len() >= MAX_ENTRIES {
-                let victim = *self
-                    .entries
-                    .keys()
-                    .next()
-                    .expect("cache is full, so not empty");
+                let victim = *self.entries.keys().next().expect("cache is full, so not empty");
                 self.entries.remove(&victim);
             }
         }
@@ -91,12 +76,7 @@ impl<W> ArpCache<W> {
     }
 
     /// RFC 826's merge step: refresh `ip` only if we already know or want it.
-    pub fn refresh(
-        &mut self,
-        ip: Ipv4Addr,
-        mac: EthernetAddress,
-        now: Instant,
-    ) -> Option<Resolution<W>> {
+    pub fn refresh(&mut self, ip: Ipv4Addr, mac: EthernetAddress, now: Instant) -> Option<Resolution<W>> {
         if self.entries.contains_key(&ip) || self.pending.contains_key(&ip) {
             self.learn(ip, mac, now)
         } else {
@@ -113,14 +93,7 @@ impl<W> ArpCache<W> {
                 Parked::Joined
             }
             None => {
-                self.pending.insert(
-                    ip,
-                    Resolution {
-                        frames: vec![frame],
-                        tries: 1,
-                        next_try: now + self.retry,
-                    },
-                );
+                self.pending.insert(ip, Resolution { frames: vec![frame], tries: 1, next_try: now + self.retry });
                 Parked::NewResolution
             }
         }
@@ -133,12 +106,7 @@ impl<W> ArpCache<W> {
 
     /// Runs the retry timers: addresses to ask again go to `retry`, and
     /// resolutions that ran out of tries are removed into `failed`.
-    pub fn expire(
-        &mut self,
-        now: Instant,
-        retry: &mut Vec<Ipv4Addr>,
-        failed: &mut Vec<Resolution<W>>,
-    ) {
+    pub fn expire(&mut self, now: Instant, retry: &mut Vec<Ipv4Addr>, failed: &mut Vec<Resolution<W>>) {
         let (limit, interval) = (self.retries, self.retry);
         let mut gone = Vec::new();
         for (ip, r) in self.pending.iter_mut() {

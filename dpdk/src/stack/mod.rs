@@ -22,9 +22,8 @@ use crate::port::Port;
 use crate::sys::{default_headroom, Mbuf};
 use crate::wire::ipv4::Checksum;
 use crate::wire::{
-    ArpOperation, ArpPacket, ArpRepr, EtherType, EthernetAddress, EthernetFrame, EthernetRepr,
-    IcmpPacket, IcmpRepr, IpProtocol, Ipv4Packet, Ipv4Repr, UdpRepr, ARP_PACKET_LEN,
-    ETHERNET_HEADER_LEN, IPV4_HEADER_LEN, UDP_HEADER_LEN,
+    ArpOperation, ArpPacket, ArpRepr, EtherType, EthernetAddress, EthernetFrame, EthernetRepr, IcmpPacket, IcmpRepr,
+    IpProtocol, Ipv4Packet, Ipv4Repr, UdpRepr, ARP_PACKET_LEN, ETHERNET_HEADER_LEN, IPV4_HEADER_LEN, UDP_HEADER_LEN,
 };
 use crate::Error;
 use arp::{ArpCache, Parked};
@@ -119,12 +118,7 @@ impl RxPayload {
 #[derive(Debug)]
 pub enum Event {
     /// A datagram for the socket bound as `socket` on `local_port`.
-    Datagram {
-        socket: u32,
-        local_port: u16,
-        from: SocketAddrV4,
-        payload: RxPayload,
-    },
+    Datagram { socket: u32, local_port: u16, from: SocketAddrV4, payload: RxPayload },
     /// A queued send finished: `errno` None if it went out, else why not
     /// (EHOSTUNREACH when nobody answered ARP).
     Sent { tag: u64, errno: Option<i32> },
@@ -148,12 +142,8 @@ impl UdpHeaders {
     fn emit(&self, h: &mut [u8], payload: &[u8]) {
         let (eth, rest) = h.split_at_mut(ETHERNET_HEADER_LEN);
         let (ip, udp) = rest.split_at_mut(IPV4_HEADER_LEN);
-        EthernetRepr {
-            src_addr: self.src_mac,
-            dst_addr: self.dst_mac,
-            ethertype: EtherType::Ipv4,
-        }
-        .emit(&mut EthernetFrame::new_unchecked(eth));
+        EthernetRepr { src_addr: self.src_mac, dst_addr: self.dst_mac, ethertype: EtherType::Ipv4 }
+            .emit(&mut EthernetFrame::new_unchecked(eth));
         let ip_repr = Ipv4Repr {
             src_addr: *self.src.ip(),
             dst_addr: *self.dst.ip(),
@@ -161,16 +151,13 @@ impl UdpHeaders {
             payload_len: UDP_HEADER_LEN + payload.len(),
             ttl: DEFAULT_TTL,
         };
-        ip_repr.emit(
-            &mut Ipv4Packet::new_unchecked(ip),
-            self.ident,
-            self.ip_cksum,
+        ip_repr.emit(&mut Ipv4Packet::new_unchecked(ip), self.ident, self.ip_cksum);
+        UdpRepr { src_port: self.src.port(), dst_port: self.dst.port() }.emit(
+            udp,
+            *self.src.ip(),
+            *self.dst.ip(),
+            payload,
         );
-        UdpRepr {
-            src_port: self.src.port(),
-            dst_port: self.dst.port(),
-        }
-        .emit(udp, *self.src.ip(), *self.dst.ip(), payload);
     }
 }
 
@@ -201,11 +188,7 @@ impl Stack {
     /// Starts the port and the stack (sends a gratuitous ARP once the link is up).
     pub fn new(cfg: &Config) -> Result<Stack, Error> {
         let port = Port::open(cfg)?;
-        let ip_tx_cksum = if port.tx_ipv4_cksum_offload() {
-            Checksum::Offloaded
-        } else {
-            Checksum::Software
-        };
+        let ip_tx_cksum = if port.tx_ipv4_cksum_offload() { Checksum::Offloaded } else { Checksum::Software };
         let mut s = Stack {
             ip: cfg.local_ipv4,
             mac: port.mac(),
@@ -336,12 +319,7 @@ impl Stack {
             }
             None => {
                 // The destination MAC is written once ARP answers.
-                let frame = self.build_udp(
-                    src,
-                    dst,
-                    EthernetAddress::default(),
-                    Payload::Bytes(payload.bytes()),
-                )?;
+                let frame = self.build_udp(src, dst, EthernetAddress::default(), Payload::Bytes(payload.bytes()))?;
                 match self.arp.park(ip, (frame, Some(tag)), now) {
                     Parked::NewResolution => {
                         self.send_arp(ArpOperation::Request, EthernetAddress::BROADCAST, ip);
@@ -404,10 +382,7 @@ impl Stack {
                 drop(frame);
                 self.counters.drop_arp_unresolved += 1;
                 if let Some(tag) = tag {
-                    out.push(Event::Sent {
-                        tag,
-                        errno: Some(libc::EHOSTUNREACH),
-                    });
+                    out.push(Event::Sent { tag, errno: Some(libc::EHOSTUNREACH) });
                 }
             }
         }
@@ -422,20 +397,11 @@ impl Stack {
         payload: Payload<'_>,
     ) -> Result<Mbuf, SendError> {
         self.ident = self.ident.wrapping_add(1);
-        let h = UdpHeaders {
-            src_mac: self.mac,
-            dst_mac,
-            src,
-            dst,
-            ident: self.ident,
-            ip_cksum: self.ip_tx_cksum,
-        };
+        let h = UdpHeaders { src_mac: self.mac, dst_mac, src, dst, ident: self.ident, ip_cksum: self.ip_tx_cksum };
         let offload = self.ip_tx_cksum == Checksum::Offloaded;
         if let Payload::Mbuf { mbuf, data } = payload {
             if data.as_ptr() == mbuf.payload_area().0 {
-                if let Some(mut m) =
-                    mbuf.claim_for_tx(data.len(), UDP_HEADERS_LEN, |hdr, p| h.emit(hdr, p))
-                {
+                if let Some(mut m) = mbuf.claim_for_tx(data.len(), UDP_HEADERS_LEN, |hdr, p| h.emit(hdr, p)) {
                     if offload {
                         m.offload_ipv4_cksum(ETHERNET_HEADER_LEN as u8, IPV4_HEADER_LEN as u8);
                     }
@@ -449,10 +415,7 @@ impl Stack {
             return Err(SendError::NoBuffers);
         };
         let frame = m
-            .frame_mut(
-                default_headroom() - UDP_HEADERS_LEN,
-                UDP_HEADERS_LEN + data.len(),
-            )
+            .frame_mut(default_headroom() - UDP_HEADERS_LEN, UDP_HEADERS_LEN + data.len())
             .ok_or(SendError::TooLong)?;
         let (hdr, body) = frame.split_at_mut(UDP_HEADERS_LEN);
         body.copy_from_slice(data);
@@ -516,12 +479,7 @@ impl Stack {
             return;
         };
         let mut f = EthernetFrame::new_unchecked(frame);
-        EthernetRepr {
-            src_addr: self.mac,
-            dst_addr: dst_mac,
-            ethertype,
-        }
-        .emit(&mut f);
+        EthernetRepr { src_addr: self.mac, dst_addr: dst_mac, ethertype }.emit(&mut f);
         fill(f.payload_mut());
         self.transmit_internal(m);
     }
@@ -531,45 +489,23 @@ impl Stack {
             operation: op,
             source_hardware_addr: self.mac,
             source_protocol_addr: self.ip,
-            target_hardware_addr: if op == ArpOperation::Reply {
-                dst_mac
-            } else {
-                EthernetAddress::default()
-            },
+            target_hardware_addr: if op == ArpOperation::Reply { dst_mac } else { EthernetAddress::default() },
             target_protocol_addr: target_ip,
         };
         match op {
             ArpOperation::Reply => self.counters.arp_replies_sent += 1,
             _ => self.counters.arp_requests_sent += 1,
         }
-        self.internal_frame(dst_mac, EtherType::Arp, ARP_PACKET_LEN, |b| {
-            repr.emit(&mut ArpPacket::new_unchecked(b))
-        });
+        self.internal_frame(dst_mac, EtherType::Arp, ARP_PACKET_LEN, |b| repr.emit(&mut ArpPacket::new_unchecked(b)));
     }
 
-    fn send_ipv4(
-        &mut self,
-        dst_mac: EthernetAddress,
-        dst: Ipv4Addr,
-        protocol: IpProtocol,
-        icmp: IcmpRepr<'_>,
-    ) {
+    fn send_ipv4(&mut self, dst_mac: EthernetAddress, dst: Ipv4Addr, protocol: IpProtocol, icmp: IcmpRepr<'_>) {
         self.ident = self.ident.wrapping_add(1);
         let (ident, len) = (self.ident, icmp.buffer_len());
-        let repr = Ipv4Repr {
-            src_addr: self.ip,
-            dst_addr: dst,
-            protocol,
-            payload_len: len,
-            ttl: DEFAULT_TTL,
-        };
+        let repr = Ipv4Repr { src_addr: self.ip, dst_addr: dst, protocol, payload_len: len, ttl: DEFAULT_TTL };
         self.internal_frame(dst_mac, EtherType::Ipv4, IPV4_HEADER_LEN + len, |b| {
             let (ip, rest) = b.split_at_mut(IPV4_HEADER_LEN);
-            repr.emit(
-                &mut Ipv4Packet::new_unchecked(ip),
-                ident,
-                Checksum::Software,
-            );
+            repr.emit(&mut Ipv4Packet::new_unchecked(ip), ident, Checksum::Software);
             icmp.emit(&mut IcmpPacket::new_unchecked(rest));
         });
     }

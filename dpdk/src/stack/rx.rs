@@ -5,9 +5,9 @@ use super::{Event, RxPayload, SendStatus, Stack};
 use crate::sys::Mbuf;
 use crate::wire::ipv4::Checksum;
 use crate::wire::{
-    icmp, ArpOperation, ArpPacket, ArpRepr, EtherType, EthernetAddress, EthernetFrame, IcmpPacket,
-    IcmpRepr, IpProtocol, Ipv4Packet, Ipv4Repr, UdpPacket, UdpRepr, ETHERNET_HEADER_LEN,
-    ICMP_HEADER_LEN, IPV4_HEADER_LEN, UDP_HEADER_LEN,
+    icmp, ArpOperation, ArpPacket, ArpRepr, EtherType, EthernetAddress, EthernetFrame, IcmpPacket, IcmpRepr,
+    IpProtocol, Ipv4Packet, Ipv4Repr, UdpPacket, UdpRepr, ETHERNET_HEADER_LEN, ICMP_HEADER_LEN, IPV4_HEADER_LEN,
+    UDP_HEADER_LEN,
 };
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::Instant;
@@ -71,25 +71,14 @@ impl Stack {
                 EthernetFrame::new_unchecked(b).set_dst_addr(sender_mac);
             }
             match self.transmit(frame, tag) {
-                Ok(SendStatus::Sent) => self
-                    .deferred
-                    .extend(tag.map(|tag| Event::Sent { tag, errno: None })),
+                Ok(SendStatus::Sent) => self.deferred.extend(tag.map(|tag| Event::Sent { tag, errno: None })),
                 Ok(SendStatus::Queued) => {}
-                Err(e) => self.deferred.extend(tag.map(|tag| Event::Sent {
-                    tag,
-                    errno: Some(e.errno()),
-                })),
+                Err(e) => self.deferred.extend(tag.map(|tag| Event::Sent { tag, errno: Some(e.errno()) })),
             }
         }
     }
 
-    fn receive_ipv4(
-        &mut self,
-        m: Mbuf,
-        src_mac: EthernetAddress,
-        l2_broadcast: bool,
-        out: &mut Vec<Event>,
-    ) {
+    fn receive_ipv4(&mut self, m: Mbuf, src_mac: EthernetAddress, l2_broadcast: bool, out: &mut Vec<Event>) {
         let frame = &m.data()[ETHERNET_HEADER_LEN..];
         let Ok(ip) = Ipv4Packet::new_checked(frame) else {
             self.counters.drop_ipv4_malformed += 1;
@@ -142,10 +131,7 @@ impl Stack {
                         // RFC 1122: the original header and 8 bytes of its payload.
                         let quote = ip.header_len() + UDP_HEADER_LEN;
                         let quoted = frame[..quote].to_vec();
-                        let icmp = IcmpRepr::DstUnreachable {
-                            code: icmp::CODE_PORT_UNREACHABLE,
-                            data: &quoted,
-                        };
+                        let icmp = IcmpRepr::DstUnreachable { code: icmp::CODE_PORT_UNREACHABLE, data: &quoted };
                         self.counters.icmp_unreachable_sent += 1;
                         self.send_ipv4(src_mac, repr.src_addr, IpProtocol::Icmp, icmp);
                     }
@@ -157,11 +143,7 @@ impl Stack {
                     socket,
                     local_port: u.dst_port,
                     from,
-                    payload: RxPayload {
-                        mbuf: m,
-                        offset,
-                        len,
-                    },
+                    payload: RxPayload { mbuf: m, offset, len },
                 });
             }
             _ => self.counters.drop_ipv4_unknown_protocol += 1,
@@ -175,26 +157,13 @@ impl Stack {
         };
         match IcmpRepr::parse(&p) {
             Err(_) => self.counters.drop_icmp_malformed += 1,
-            Ok(IcmpRepr::EchoRequest {
-                ident,
-                seq_no,
-                data,
-            }) => {
+            Ok(IcmpRepr::EchoRequest { ident, seq_no, data }) => {
                 if ICMP_HEADER_LEN + data.len() + IPV4_HEADER_LEN > self.mtu {
                     self.counters.drop_icmp_ignored += 1;
                     return;
                 }
                 self.counters.icmp_echo_replies_sent += 1;
-                self.send_ipv4(
-                    src_mac,
-                    src,
-                    IpProtocol::Icmp,
-                    IcmpRepr::EchoReply {
-                        ident,
-                        seq_no,
-                        data,
-                    },
-                );
+                self.send_ipv4(src_mac, src, IpProtocol::Icmp, IcmpRepr::EchoReply { ident, seq_no, data });
             }
             Ok(_) => self.counters.drop_icmp_ignored += 1,
         }

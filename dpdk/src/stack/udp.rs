@@ -36,26 +36,17 @@ impl Default for PortTable {
 
 impl PortTable {
     pub fn new() -> Self {
-        PortTable {
-            owners: vec![0u32; 65536].into_boxed_slice(),
-            next_ephemeral: *EPHEMERAL.start(),
-        }
+        PortTable { owners: vec![0u32; 65536].into_boxed_slice(), next_ephemeral: *EPHEMERAL.start() }
     }
 
     /// Binds `port` (0: an ephemeral one) to `token`; returns the port.
     pub fn bind(&mut self, port: u16, token: u32) -> Result<u16, BindError> {
-        let port = if port == 0 {
-            self.pick_ephemeral()?
-        } else {
-            port
-        };
+        let port = if port == 0 { self.pick_ephemeral()? } else { port };
         let slot = &mut self.owners[usize::from(port)];
         if *slot != 0 {
             return Err(BindError::InUse);
         }
-        *slot = token
-            .checked_add(1)
-            .expect("socket tokens stay below u32::MAX");
+        *slot = token.checked_add(1).expect("socket tokens stay below u32::MAX");
         Ok(port)
     }
 
@@ -73,11 +64,7 @@ impl PortTable {
         let span = u32::from(EPHEMERAL.end() - EPHEMERAL.start()) + 1;
         for _ in 0..span {
             let p = self.next_ephemeral;
-            self.next_ephemeral = if p == *EPHEMERAL.end() {
-                *EPHEMERAL.start()
-            } else {
-                p + 1
-            };
+            self.next_ephemeral = if p == *EPHEMERAL.end() { *EPHEMERAL.start() } else { p + 1 };
             if self.owners[usize::from(p)] == 0 {
                 return Ok(p);
             }

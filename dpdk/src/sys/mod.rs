@@ -9,13 +9,7 @@ use std::os::raw::{c_char, c_int};
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU8, Ordering};
 
-#[allow(
-    non_camel_case_types,
-    non_snake_case,
-    non_upper_case_globals,
-    dead_code,
-    clippy::all
-)]
+#[allow(non_camel_case_types, non_snake_case, non_upper_case_globals, dead_code, clippy::all)]
 mod ffi {
     include!(concat!(env!("OUT_DIR"), "/bindings.rs"));
 }
@@ -42,9 +36,7 @@ pub fn strerror(errno: i32) -> String {
     // SAFETY: rte_strerror returns a pointer to a static or thread-local
     // NUL-terminated string that stays valid until the next call on this
     // thread; we copy it out at once.
-    unsafe { CStr::from_ptr(ffi::rte_strerror(errno)) }
-        .to_string_lossy()
-        .into_owned()
+    unsafe { CStr::from_ptr(ffi::rte_strerror(errno)) }.to_string_lossy().into_owned()
 }
 
 /// Turns a DPDK return code into a `Result`: `-errno` style
@@ -54,10 +46,7 @@ macro_rules! rte {
         // SAFETY: see the caller's comment on the arguments of this call.
         let rc: c_int = unsafe { $call };
         if rc < 0 {
-            Err(DpdkError {
-                call: $name,
-                errno: -rc,
-            })
+            Err(DpdkError { call: $name, errno: -rc })
         } else {
             Ok(rc)
         }
@@ -66,10 +55,7 @@ macro_rules! rte {
         // SAFETY: see the caller's comment on the arguments of this call.
         let rc: c_int = unsafe { $call };
         if rc < 0 {
-            Err(DpdkError {
-                call: $name,
-                errno: last_rte_errno(),
-            })
+            Err(DpdkError { call: $name, errno: last_rte_errno() })
         } else {
             Ok(rc)
         }
@@ -95,14 +81,8 @@ static EAL_STATE: AtomicU8 = AtomicU8::new(EAL_NONE);
 /// Initialises DPDK's EAL with `args` (without a program name). DPDK allows
 /// this once per process: a second call fails with EALREADY, never crashes.
 pub fn eal_init(args: &[String]) -> Result<(), DpdkError> {
-    if EAL_STATE
-        .compare_exchange(EAL_NONE, EAL_BUSY, Ordering::AcqRel, Ordering::Acquire)
-        .is_err()
-    {
-        return Err(DpdkError {
-            call: "rte_eal_init (once per process)",
-            errno: libc::EALREADY,
-        });
+    if EAL_STATE.compare_exchange(EAL_NONE, EAL_BUSY, Ordering::AcqRel, Ordering::Acquire).is_err() {
+        return Err(DpdkError { call: "rte_eal_init (once per process)", errno: libc::EALREADY });
     }
     let mut owned = Vec::with_capacity(args.len() + 1);
     owned.push(CString::new("demi").expect("no NUL in a literal"));
@@ -111,22 +91,14 @@ pub fn eal_init(args: &[String]) -> Result<(), DpdkError> {
             Ok(c) => owned.push(c),
             Err(_) => {
                 EAL_STATE.store(EAL_NONE, Ordering::Release);
-                return Err(DpdkError {
-                    call: "rte_eal_init (argument with a NUL byte)",
-                    errno: libc::EINVAL,
-                });
+                return Err(DpdkError { call: "rte_eal_init (argument with a NUL byte)", errno: libc::EINVAL });
             }
         }
     }
     // The EAL may keep pointers into argv (device arguments, program name)
     // for the life of the process, so the strings are leaked on purpose.
-    let argv: &'static mut [*mut c_char] = Box::leak(
-        owned
-            .into_iter()
-            .map(CString::into_raw)
-            .collect::<Vec<_>>()
-            .into_boxed_slice(),
-    );
+    let argv: &'static mut [*mut c_char] =
+        Box::leak(owned.into_iter().map(CString::into_raw).collect::<Vec<_>>().into_boxed_slice());
     let argc = argv.len() as c_int;
     // SAFETY: argv holds argc valid, NUL-terminated, never-freed strings; the
     // EAL may permute the array, which it owns from now on.
@@ -178,17 +150,10 @@ impl PortId {
             String::from("?")
         } else {
             // SAFETY: driver_name points to the driver's static NUL-terminated name.
-            unsafe { CStr::from_ptr(info.driver_name) }
-                .to_string_lossy()
-                .into_owned()
+            unsafe { CStr::from_ptr(info.driver_name) }.to_string_lossy().into_owned()
         };
         // SAFETY: the shim functions return constants.
-        let (rx_bit, tx_bit) = unsafe {
-            (
-                ffi::shim_rx_offload_ipv4_cksum(),
-                ffi::shim_tx_offload_ipv4_cksum(),
-            )
-        };
+        let (rx_bit, tx_bit) = unsafe { (ffi::shim_rx_offload_ipv4_cksum(), ffi::shim_tx_offload_ipv4_cksum()) };
         Ok(DevInfo {
             driver,
             max_mtu: info.max_mtu,
@@ -200,13 +165,7 @@ impl PortId {
     /// Configures one RX and one TX queue of `descs` descriptors each over
     /// `pool`, with IPv4 checksum offloads where `offload` asks, and starts
     /// the port.
-    pub fn setup(
-        self,
-        pool: &Mempool,
-        descs: u16,
-        rx_cksum: bool,
-        tx_cksum: bool,
-    ) -> Result<(), DpdkError> {
+    pub fn setup(self, pool: &Mempool, descs: u16, rx_cksum: bool, tx_cksum: bool) -> Result<(), DpdkError> {
         let mut conf = ffi::rte_eth_conf::default();
         // SAFETY: the shim functions return constants.
         unsafe {
@@ -316,25 +275,15 @@ unsafe impl Sync for Mempool {}
 impl Mempool {
     /// Creates a pool of `n` mbufs with `data_room` bytes each (headroom included).
     pub fn new(name: &str, n: u32, cache: u32, data_room: u16) -> Result<Mempool, DpdkError> {
-        let cname = CString::new(name).map_err(|_| DpdkError {
-            call: "rte_pktmbuf_pool_create (name)",
-            errno: libc::EINVAL,
-        })?;
+        let cname = CString::new(name)
+            .map_err(|_| DpdkError { call: "rte_pktmbuf_pool_create (name)", errno: libc::EINVAL })?;
         // SAFETY: cname is a valid string for the call; socket 0 is fine with --no-huge.
         let p = unsafe {
-            ffi::rte_pktmbuf_pool_create(
-                cname.as_ptr(),
-                n,
-                cache,
-                0,
-                data_room,
-                ffi::rte_socket_id() as i32,
-            )
+            ffi::rte_pktmbuf_pool_create(cname.as_ptr(), n, cache, 0, data_room, ffi::rte_socket_id() as i32)
         };
-        NonNull::new(p).map(Mempool).ok_or_else(|| DpdkError {
-            call: "rte_pktmbuf_pool_create",
-            errno: last_rte_errno(),
-        })
+        NonNull::new(p)
+            .map(Mempool)
+            .ok_or_else(|| DpdkError { call: "rte_pktmbuf_pool_create", errno: last_rte_errno() })
     }
 
     /// A fresh single-segment mbuf, empty, data starting after the default headroom.
@@ -365,10 +314,7 @@ unsafe impl Sync for Mbuf {}
 
 impl fmt::Debug for Mbuf {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Mbuf")
-            .field("ptr", &self.0)
-            .field("len", &self.data().len())
-            .finish()
+        f.debug_struct("Mbuf").field("ptr", &self.0).field("len", &self.data().len()).finish()
     }
 }
 
@@ -438,12 +384,7 @@ impl Mbuf {
         }
         // SAFETY: off+len <= buf_len (checked above); refcnt is 1 and we hold
         // &mut self, so nobody else reads or writes the buffer.
-        Some(unsafe {
-            std::slice::from_raw_parts_mut(
-                ffi::shim_mbuf_buf_addr(self.0.as_ptr()).add(headroom),
-                len,
-            )
-        })
+        Some(unsafe { std::slice::from_raw_parts_mut(ffi::shim_mbuf_buf_addr(self.0.as_ptr()).add(headroom), len) })
     }
 
     /// The region a fresh mbuf's data starts at (after the default headroom)
@@ -454,10 +395,7 @@ impl Mbuf {
             let m = self.0.as_ptr();
             let base = ffi::shim_mbuf_buf_addr(m);
             let head = default_headroom().min(usize::from(ffi::shim_mbuf_buf_len(m)));
-            (
-                base.add(head),
-                usize::from(ffi::shim_mbuf_buf_len(m)) - head,
-            )
+            (base.add(head), usize::from(ffi::shim_mbuf_buf_len(m)) - head)
         }
     }
 
@@ -468,12 +406,7 @@ impl Mbuf {
     /// the new reference to hand to the driver. None when the mbuf is
     /// shared (say, a previous transmit still holds it) or the sizes do not
     /// fit; the caller then copies.
-    pub fn claim_for_tx(
-        &self,
-        len: usize,
-        hdr_len: usize,
-        fill: impl FnOnce(&mut [u8], &[u8]),
-    ) -> Option<Mbuf> {
+    pub fn claim_for_tx(&self, len: usize, hdr_len: usize, fill: impl FnOnce(&mut [u8], &[u8])) -> Option<Mbuf> {
         let head = default_headroom();
         let (_, cap) = self.payload_area();
         if hdr_len > head || len > cap || self.segments() != 1 {

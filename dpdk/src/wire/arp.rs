@@ -83,11 +83,7 @@ impl<T: AsRef<[u8]>> Packet<T> {
     }
 
     pub fn source_hardware_addr(&self) -> EthernetAddress {
-        EthernetAddress(
-            self.buffer.as_ref()[field::SHA]
-                .try_into()
-                .expect("6 bytes"),
-        )
+        EthernetAddress(self.buffer.as_ref()[field::SHA].try_into().expect("6 bytes"))
     }
 
     pub fn source_protocol_addr(&self) -> Ipv4Addr {
@@ -95,11 +91,7 @@ impl<T: AsRef<[u8]>> Packet<T> {
     }
 
     pub fn target_hardware_addr(&self) -> EthernetAddress {
-        EthernetAddress(
-            self.buffer.as_ref()[field::THA]
-                .try_into()
-                .expect("6 bytes"),
-        )
+        EthernetAddress(self.buffer.as_ref()[field::THA].try_into().expect("6 bytes"))
     }
 
     pub fn target_protocol_addr(&self) -> Ipv4Addr {
@@ -117,13 +109,7 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
         write_u16(b, field::OPER, op.into());
     }
 
-    fn set_addrs(
-        &mut self,
-        sha: EthernetAddress,
-        spa: Ipv4Addr,
-        tha: EthernetAddress,
-        tpa: Ipv4Addr,
-    ) {
+    fn set_addrs(&mut self, sha: EthernetAddress, spa: Ipv4Addr, tha: EthernetAddress, tpa: Ipv4Addr) {
         let b = self.buffer.as_mut();
         b[field::SHA].copy_from_slice(&sha.0);
         b[field::SPA..field::SPA + 4].copy_from_slice(&spa.octets());
@@ -186,8 +172,8 @@ mod tests {
 
     // Who has 10.77.0.2? Tell 10.77.0.1 (02:00:0a:4d:00:01).
     static REQUEST_BYTES: [u8; 28] = [
-        0x00, 0x01, 0x08, 0x00, 0x06, 0x04, 0x00, 0x01, 0x02, 0x00, 0x0a, 0x4d, 0x00, 0x01, 10, 77,
-        0, 1, 0, 0, 0, 0, 0, 0, 10, 77, 0, 2,
+        0x00, 0x01, 0x08, 0x00, 0x06, 0x04, 0x00, 0x01, 0x02, 0x00, 0x0a, 0x4d, 0x00, 0x01, 10, 77, 0, 1, 0, 0, 0, 0,
+        0, 0, 10, 77, 0, 2,
     ];
 
     fn request() -> Repr {
@@ -223,10 +209,7 @@ mod tests {
         for (at, v) in [(1, 6u8), (2, 0x86), (4, 8), (5, 16)] {
             let mut b = REQUEST_BYTES;
             b[at] = v;
-            assert!(
-                Repr::parse(&Packet::new_checked(&b[..]).unwrap()).is_err(),
-                "byte {at}"
-            );
+            assert!(Repr::parse(&Packet::new_checked(&b[..]).unwrap()).is_err(), "byte {at}");
         }
     }
 
@@ -234,11 +217,6 @@ mod tests {
     fn unknown_operation_parses() {
         let mut b = REQUEST_BYTES;
         b[7] = 9;
-        assert_eq!(
-            Repr::parse(&Packet::new_checked(&b[..]).unwrap())
-                .unwrap()
-                .operation,
-            Operation::Unknown(9)
-        );
+        assert_eq!(Repr::parse(&Packet::new_checked(&b[..]).unwrap()).unwrap().operation, Operation::Unknown(9));
     }
 }

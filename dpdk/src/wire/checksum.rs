@@ -57,10 +57,7 @@ mod tests {
 
     #[test]
     fn data_with_its_checksum_sums_to_zero() {
-        let mut data = vec![
-            0x45, 0x00, 0x00, 0x1c, 0x00, 0x00, 0x40, 0x00, 0x40, 0x11, 0, 0, 10, 0, 0, 1, 10, 0,
-            0, 2,
-        ];
+        let mut data = vec![0x45, 0x00, 0x00, 0x1c, 0x00, 0x00, 0x40, 0x00, 0x40, 0x11, 0, 0, 10, 0, 0, 1, 10, 0, 0, 2];
         let c = of(&data);
         data[10..12].copy_from_slice(&c.to_be_bytes());
         assert_eq!(of(&data), 0);

@@ -44,11 +44,7 @@ impl Address {
 impl fmt::Display for Address {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let b = self.0;
-        write!(
-            f,
-            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
-            b[0], b[1], b[2], b[3], b[4], b[5]
-        )
+        write!(f, "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", b[0], b[1], b[2], b[3], b[4], b[5])
     }
 }
 
@@ -118,19 +114,11 @@ impl<T: AsRef<[u8]>> Frame<T> {
     }
 
     pub fn dst_addr(&self) -> Address {
-        Address(
-            self.buffer.as_ref()[field::DESTINATION]
-                .try_into()
-                .expect("6 bytes"),
-        )
+        Address(self.buffer.as_ref()[field::DESTINATION].try_into().expect("6 bytes"))
     }
 
     pub fn src_addr(&self) -> Address {
-        Address(
-            self.buffer.as_ref()[field::SOURCE]
-                .try_into()
-                .expect("6 bytes"),
-        )
+        Address(self.buffer.as_ref()[field::SOURCE].try_into().expect("6 bytes"))
     }
 
     pub fn ethertype(&self) -> EtherType {
@@ -173,11 +161,7 @@ impl Repr {
     /// Parses a checked frame.
     pub fn parse<T: AsRef<[u8]>>(frame: &Frame<T>) -> Result<Repr> {
         frame.check_len()?;
-        Ok(Repr {
-            src_addr: frame.src_addr(),
-            dst_addr: frame.dst_addr(),
-            ethertype: frame.ethertype(),
-        })
+        Ok(Repr { src_addr: frame.src_addr(), dst_addr: frame.dst_addr(), ethertype: frame.ethertype() })
     }
 
     /// Bytes the header takes.
@@ -198,10 +182,8 @@ mod tests {
     use super::*;
 
     // An ARP broadcast from 52:54:00:12:34:56 (header and two payload bytes).
-    static FRAME_BYTES: [u8; 16] = [
-        0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x52, 0x54, 0x00, 0x12, 0x34, 0x56, 0x08, 0x06, 0x00,
-        0x01,
-    ];
+    static FRAME_BYTES: [u8; 16] =
+        [0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x52, 0x54, 0x00, 0x12, 0x34, 0x56, 0x08, 0x06, 0x00, 0x01];
 
     #[test]
     fn deconstruct() {
@@ -247,13 +229,7 @@ mod tests {
         assert_eq!(a.0, [2, 0, 0x0a, 0x4d, 0, 1]);
         assert_eq!(a.to_string(), "02:00:0a:4d:00:01");
         assert!(a.is_unicast());
-        for bad in [
-            "",
-            "02:00:0a:4d:00",
-            "02:00:0a:4d:00:01:02",
-            "02:00:0a:4d:00:zz",
-            "020:00:0a:4d:00:01",
-        ] {
+        for bad in ["", "02:00:0a:4d:00", "02:00:0a:4d:00:01:02", "02:00:0a:4d:00:zz", "020:00:0a:4d:00:01"] {
             assert!(bad.parse::<Address>().is_err(), "{bad:?}");
         }
         assert!(!Address::BROADCAST.is_unicast());

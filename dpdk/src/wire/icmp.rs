@@ -102,9 +102,15 @@ pub enum Repr<'a> {
         data: &'a [u8],
     },
     /// `data` is the offending datagram's IP header and first 8 payload bytes.
-    DstUnreachable { code: u8, data: &'a [u8] },
+    DstUnreachable {
+        code: u8,
+        data: &'a [u8],
+    },
     /// Any other type or code, kept for counting.
-    Other { msg_type: Message, code: u8 },
+    Other {
+        msg_type: Message,
+        code: u8,
+    },
 }
 
 impl<'a> Repr<'a> {
@@ -117,16 +123,8 @@ impl<'a> Repr<'a> {
         let whole: &'a T = p.buffer;
         let data = &AsRef::<[u8]>::as_ref(whole)[field::DATA..];
         Ok(match (p.msg_type(), p.msg_code()) {
-            (Message::EchoRequest, 0) => Repr::EchoRequest {
-                ident: p.echo_ident(),
-                seq_no: p.echo_seq_no(),
-                data,
-            },
-            (Message::EchoReply, 0) => Repr::EchoReply {
-                ident: p.echo_ident(),
-                seq_no: p.echo_seq_no(),
-                data,
-            },
+            (Message::EchoRequest, 0) => Repr::EchoRequest { ident: p.echo_ident(), seq_no: p.echo_seq_no(), data },
+            (Message::EchoReply, 0) => Repr::EchoReply { ident: p.echo_ident(), seq_no: p.echo_seq_no(), data },
             (Message::DstUnreachable, code) => Repr::DstUnreachable { code, data },
             (msg_type, code) => Repr::Other { msg_type, code },
         })
@@ -136,9 +134,9 @@ impl<'a> Repr<'a> {
     pub fn buffer_len(&self) -> usize {
         HEADER_LEN
             + match self {
-                Repr::EchoRequest { data, .. }
-                | Repr::EchoReply { data, .. }
-                | Repr::DstUnreachable { data, .. } => data.len(),
+                Repr::EchoRequest { data, .. } | Repr::EchoReply { data, .. } | Repr::DstUnreachable { data, .. } => {
+                    data.len()
+                }
                 Repr::Other { .. } => 0,
             }
     }
@@ -148,21 +146,9 @@ impl<'a> Repr<'a> {
         let b = p.buffer.as_mut();
         b[..HEADER_LEN].fill(0);
         let data = match *self {
-            Repr::EchoRequest {
-                ident,
-                seq_no,
-                data,
-            }
-            | Repr::EchoReply {
-                ident,
-                seq_no,
-                data,
-            } => {
-                let t = if matches!(self, Repr::EchoRequest { .. }) {
-                    Message::EchoRequest
-                } else {
-                    Message::EchoReply
-                };
+            Repr::EchoRequest { ident, seq_no, data } | Repr::EchoReply { ident, seq_no, data } => {
+                let t =
+                    if matches!(self, Repr::EchoRequest { .. }) { Message::EchoRequest } else { Message::EchoReply };
                 b[field::TYPE] = t.into();
                 write_u16(b, field::ECHO_IDENT, ident);
                 write_u16(b, field::ECHO_SEQNO, seq_no);
@@ -190,9 +176,7 @@ mod tests {
     use super::*;
 
     // Echo request, ident 0x1234, seq 1, data "abcd".
-    static ECHO_BYTES: [u8; 12] = [
-        0x08, 0x00, 0x00, 0x00, 0x12, 0x34, 0x00, 0x01, b'a', b'b', b'c', b'd',
-    ];
+    static ECHO_BYTES: [u8; 12] = [0x08, 0x00, 0x00, 0x00, 0x12, 0x34, 0x00, 0x01, b'a', b'b', b'c', b'd'];
 
     fn with_checksum(mut b: [u8; 12]) -> [u8; 12] {
         let c = checksum::of(&b);
@@ -204,24 +188,13 @@ mod tests {
     fn parse_echo_request() {
         let b = with_checksum(ECHO_BYTES);
         let p = Packet::new_checked(&b[..]).unwrap();
-        assert_eq!(
-            Repr::parse(&p).unwrap(),
-            Repr::EchoRequest {
-                ident: 0x1234,
-                seq_no: 1,
-                data: b"abcd"
-            }
-        );
+        assert_eq!(Repr::parse(&p).unwrap(), Repr::EchoRequest { ident: 0x1234, seq_no: 1, data: b"abcd" });
     }
 
     #[test]
     fn emit_echo_request_round_trips() {
         let mut b = [0u8; 12];
-        let r = Repr::EchoRequest {
-            ident: 0x1234,
-            seq_no: 1,
-            data: b"abcd",
-        };
+        let r = Repr::EchoRequest { ident: 0x1234, seq_no: 1, data: b"abcd" };
         assert_eq!(r.buffer_len(), 12);
         r.emit(&mut Packet::new_unchecked(&mut b[..]));
         assert_eq!(b, with_checksum(ECHO_BYTES));
@@ -230,12 +203,7 @@ mod tests {
     #[test]
     fn reply_differs_only_in_type_and_checksum() {
         let mut b = [0u8; 12];
-        Repr::EchoReply {
-            ident: 0x1234,
-            seq_no: 1,
-            data: b"abcd",
-        }
-        .emit(&mut Packet::new_unchecked(&mut b[..]));
+        Repr::EchoReply { ident: 0x1234, seq_no: 1, data: b"abcd" }.emit(&mut Packet::new_unchecked(&mut b[..]));
         assert_eq!(b[0], 0);
         assert_eq!(&b[4..], &ECHO_BYTES[4..]);
         assert!(Packet::new_unchecked(&b[..]).verify_checksum());
@@ -245,10 +213,7 @@ mod tests {
     fn malformed_messages() {
         assert!(Packet::new_checked(&ECHO_BYTES[..7]).is_err(), "truncated");
         let p = Packet::new_checked(&ECHO_BYTES[..]).unwrap();
-        assert!(
-            Repr::parse(&p).is_err(),
-            "zero checksum over nonzero data is wrong"
-        );
+        assert!(Repr::parse(&p).is_err(), "zero checksum over nonzero data is wrong");
     }
 
     #[test]
@@ -257,12 +222,6 @@ mod tests {
         b[0] = 13; // timestamp request
         let b = with_checksum(b);
         let p = Packet::new_checked(&b[..]).unwrap();
-        assert_eq!(
-            Repr::parse(&p).unwrap(),
-            Repr::Other {
-                msg_type: Message::Unknown(13),
-                code: 0
-            }
-        );
+        assert_eq!(Repr::parse(&p).unwrap(), Repr::Other { msg_type: Message::Unknown(13), code: 0 });
     }
 }

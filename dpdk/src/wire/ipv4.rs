@@ -190,12 +190,7 @@ impl Repr {
 
     /// Writes a 20-byte header with DF set and identification `ident`. The
     /// buffer must hold at least the header; the payload follows it.
-    pub fn emit<T: AsRef<[u8]> + AsMut<[u8]>>(
-        &self,
-        p: &mut Packet<T>,
-        ident: u16,
-        cksum: Checksum,
-    ) {
+    pub fn emit<T: AsRef<[u8]> + AsMut<[u8]>>(&self, p: &mut Packet<T>, ident: u16, cksum: Checksum) {
         let b = p.buffer.as_mut();
         b[field::VER_IHL] = 0x45;
         b[field::DSCP_ECN] = 0;
@@ -219,8 +214,8 @@ mod tests {
 
     // 10.77.0.1 -> 10.77.0.2, UDP, 4 payload bytes, TTL 64, DF, ident 0x1234.
     static PACKET_BYTES: [u8; 24] = [
-        0x45, 0x00, 0x00, 0x18, 0x12, 0x34, 0x40, 0x00, 0x40, 0x11, 0x14, 0x05, 10, 77, 0, 1, 10,
-        77, 0, 2, 0xaa, 0xbb, 0xcc, 0xdd,
+        0x45, 0x00, 0x00, 0x18, 0x12, 0x34, 0x40, 0x00, 0x40, 0x11, 0x14, 0x05, 10, 77, 0, 1, 10, 77, 0, 2, 0xaa, 0xbb,
+        0xcc, 0xdd,
     ];
 
     fn repr() -> Repr {
@@ -258,11 +253,7 @@ mod tests {
     #[test]
     fn offloaded_checksum_is_left_zero_and_not_checked() {
         let mut b = [0u8; 24];
-        repr().emit(
-            &mut Packet::new_unchecked(&mut b[..]),
-            0x1234,
-            Checksum::Offloaded,
-        );
+        repr().emit(&mut Packet::new_unchecked(&mut b[..]), 0x1234, Checksum::Offloaded);
         assert_eq!(&b[10..12], &[0, 0]);
         let p = Packet::new_checked(&b[..]).unwrap();
         assert!(Repr::parse(&p, Checksum::Software).is_err());
@@ -312,9 +303,6 @@ mod tests {
         let mut p = Packet::new_checked(&mut b[..]).unwrap();
         p.fill_checksum();
         assert!(p.is_fragment());
-        assert_eq!(
-            Repr::parse(&p, Checksum::Software).unwrap().protocol,
-            Protocol::Unknown(132)
-        );
+        assert_eq!(Repr::parse(&p, Checksum::Software).unwrap().protocol, Protocol::Unknown(132));
     }
 }

@@ -24,19 +24,13 @@ pub mod udp;
 
 use std::fmt;
 
-pub use arp::{
-    Operation as ArpOperation, Packet as ArpPacket, Repr as ArpRepr, PACKET_LEN as ARP_PACKET_LEN,
-};
+pub use arp::{Operation as ArpOperation, Packet as ArpPacket, Repr as ArpRepr, PACKET_LEN as ARP_PACKET_LEN};
 pub use ethernet::{
     Address as EthernetAddress, EtherType, Frame as EthernetFrame, Repr as EthernetRepr,
     HEADER_LEN as ETHERNET_HEADER_LEN,
 };
-pub use icmp::{
-    Message as IcmpMessage, Packet as IcmpPacket, Repr as IcmpRepr, HEADER_LEN as ICMP_HEADER_LEN,
-};
-pub use ipv4::{
-    Packet as Ipv4Packet, Protocol as IpProtocol, Repr as Ipv4Repr, HEADER_LEN as IPV4_HEADER_LEN,
-};
+pub use icmp::{Message as IcmpMessage, Packet as IcmpPacket, Repr as IcmpRepr, HEADER_LEN as ICMP_HEADER_LEN};
+pub use ipv4::{Packet as Ipv4Packet, Protocol as IpProtocol, Repr as Ipv4Repr, HEADER_LEN as IPV4_HEADER_LEN};
 pub use udp::{Packet as UdpPacket, Repr as UdpRepr, HEADER_LEN as UDP_HEADER_LEN};
 
 /// The bytes are not a well-formed packet (too short, inconsistent lengths,

@@ -78,10 +78,7 @@ impl<T: AsRef<[u8]>> Packet<T> {
         }
         let len = self.len();
         let acc = checksum::pseudo_header(src, dst, PROTO_UDP, len);
-        checksum::finish(checksum::sum(
-            acc,
-            &self.buffer.as_ref()[..usize::from(len)],
-        )) == 0
+        checksum::finish(checksum::sum(acc, &self.buffer.as_ref()[..usize::from(len)])) == 0
     }
 
     /// The payload, as long as the length field says.
@@ -120,10 +117,7 @@ impl Repr {
         if p.dst_port() == 0 || !p.verify_checksum(src, dst) {
             return Err(Error);
         }
-        Ok(Repr {
-            src_port: p.src_port(),
-            dst_port: p.dst_port(),
-        })
+        Ok(Repr { src_port: p.src_port(), dst_port: p.dst_port() })
     }
 
     /// Bytes the header takes.
@@ -151,9 +145,7 @@ mod tests {
     const DST: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 2);
 
     // 40000 -> 7, payload "ping", checksum over the 10.77.0.1 -> .2 pseudo-header.
-    static DATAGRAM_BYTES: [u8; 12] = [
-        0x9c, 0x40, 0x00, 0x07, 0x00, 0x0c, 0x70, 0x21, b'p', b'i', b'n', b'g',
-    ];
+    static DATAGRAM_BYTES: [u8; 12] = [0x9c, 0x40, 0x00, 0x07, 0x00, 0x0c, 0x70, 0x21, b'p', b'i', b'n', b'g'];
 
     #[test]
     fn deconstruct() {
@@ -161,13 +153,7 @@ mod tests {
         assert_eq!((p.src_port(), p.dst_port(), p.len()), (40000, 7, 12));
         assert!(p.verify_checksum(SRC, DST));
         assert_eq!(p.payload(), b"ping");
-        assert_eq!(
-            Repr::parse(&p, SRC, DST).unwrap(),
-            Repr {
-                src_port: 40000,
-                dst_port: 7
-            }
-        );
+        assert_eq!(Repr::parse(&p, SRC, DST).unwrap(), Repr { src_port: 40000, dst_port: 7 });
     }
 
     #[test]
@@ -175,11 +161,7 @@ mod tests {
         let mut b = [0u8; 12];
         b[8..].copy_from_slice(b"ping");
         let (h, payload) = b.split_at_mut(8);
-        Repr {
-            src_port: 40000,
-            dst_port: 7,
-        }
-        .emit(h, SRC, DST, payload);
+        Repr { src_port: 40000, dst_port: 7 }.emit(h, SRC, DST, payload);
         assert_eq!(b, DATAGRAM_BYTES);
     }
 
@@ -193,20 +175,12 @@ mod tests {
     fn zero_checksum_means_none() {
         let mut b = DATAGRAM_BYTES;
         b[6..8].fill(0);
-        assert!(Repr::parse(
-            &Packet::new_checked(&b[..]).unwrap(),
-            SRC,
-            Ipv4Addr::new(1, 2, 3, 4)
-        )
-        .is_ok());
+        assert!(Repr::parse(&Packet::new_checked(&b[..]).unwrap(), SRC, Ipv4Addr::new(1, 2, 3, 4)).is_ok());
     }
 
     #[test]
     fn malformed_lengths_and_ports() {
-        assert!(
-            Packet::new_checked(&DATAGRAM_BYTES[..7]).is_err(),
-            "truncated header"
-        );
+        assert!(Packet::new_checked(&DATAGRAM_BYTES[..7]).is_err(), "truncated header");
         let mut b = DATAGRAM_BYTES;
         b[5] = 13;
         assert!(Packet::new_checked(&b[..]).is_err(), "length beyond buffer");
@@ -214,16 +188,10 @@ mod tests {
         assert!(Packet::new_checked(&b[..]).is_err(), "length below header");
         let mut b = DATAGRAM_BYTES;
         b[2..4].fill(0);
-        assert!(
-            Repr::parse(&Packet::new_checked(&b[..]).unwrap(), SRC, DST).is_err(),
-            "port 0"
-        );
+        assert!(Repr::parse(&Packet::new_checked(&b[..]).unwrap(), SRC, DST).is_err(), "port 0");
         let mut b = DATAGRAM_BYTES;
         b[9] ^= 0x20;
-        assert!(
-            Repr::parse(&Packet::new_checked(&b[..]).unwrap(), SRC, DST).is_err(),
-            "bad checksum"
-        );
+        assert!(Repr::parse(&Packet::new_checked(&b[..]).unwrap(), SRC, DST).is_err(), "bad checksum");
     }
 
     #[test]
