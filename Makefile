@@ -5,13 +5,17 @@ CARGO ?= cargo
 BUILD := build
 CFLAGS_TEST := -std=c11 -Wall -Wextra -Werror -Wpedantic -O1 -g
 DEPS_CORE := build-essential pkg-config iproute2 procps
+# catnip (DPDK): bindings and tests (veth/netns tools, ping, nftables for loss).
+DEPS_CATNIP := libdpdk-dev libclang-dev pkg-config ethtool iputils-ping nftables
 
+.PHONY: test-catnip bench-catnip
 .PHONY: all deps build test test-rust test-c demo examples install install-files bench clean fmt lint
 
 all: build examples
 
 deps:
 	@scripts/install-deps $(DEPS_CORE)
+	@scripts/install-deps $(DEPS_CATNIP)
 	@command -v cargo >/dev/null || { echo "cargo is missing: install Rust with rustup (https://rustup.rs)"; exit 1; }
 
 build: deps
@@ -24,7 +28,7 @@ examples: build
 	     -Ltarget/release -ldemi -Wl,-rpath,$(CURDIR)/target/release || exit 1; \
 	done
 
-test: build examples
+test: build examples test-catnip
 	$(CARGO) test --release -- --test-threads=2
 	@echo "make test: all suites passed"
 
@@ -63,3 +67,13 @@ lint:
 clean:
 	$(CARGO) clean
 	rm -rf $(BUILD)
+
+# The catnip crate's own tests (wire parsers, raw stack over memif); the
+# libOS-level catnip tests run with the demi package's in `make test`.
+test-catnip: build
+	$(CARGO) test --release -p catnip -- --test-threads=2
+
+# catnip vs kernel UDP: RTT p50/p99 and throughput (root: makes netns/veths).
+bench-catnip: build
+	@mkdir -p $(BUILD)
+	$(CARGO) run --release --example catnip-bench -- --markdown $(BUILD)/catnip-bench.md
