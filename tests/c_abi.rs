@@ -194,13 +194,10 @@ fn c_env(cmd: &mut Command, leaks: bool) {
     cmd.env("UBSAN_OPTIONS", "print_stacktrace=1:halt_on_error=1");
 }
 
-fn spawn(bin: &Path, args: &[&str], leaks: bool, extra_env: &[(&str, &str)]) -> Child {
+fn spawn(bin: &Path, args: &[&str], leaks: bool) -> Child {
     let mut cmd = Command::new(bin);
     cmd.args(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
     c_env(&mut cmd, leaks);
-    for (k, v) in extra_env {
-        cmd.env(k, v);
-    }
     cmd.spawn().unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()))
 }
 
@@ -249,7 +246,7 @@ fn finish(
 }
 
 fn run_once(bin: &Path, args: &[&str], leaks: bool) -> Ran {
-    let mut child = spawn(bin, args, leaks, &[]);
+    let mut child = spawn(bin, args, leaks);
     let out = drain(child.stdout.take().unwrap(), None);
     let err = drain(child.stderr.take().unwrap(), None);
     finish(child, out, err, RUN_LIMIT)
@@ -357,7 +354,7 @@ fn run_example(name: &str, bin_name: &str, ready_word: &str, client_args: &[&str
     // another one.
     for attempt in 1..=3 {
         let addr = format!("127.0.0.1:{}", free_port());
-        let mut server = spawn(&bin, &["server", &addr, "--idle", "20"], true, &[]);
+        let mut server = spawn(&bin, &["server", &addr, "--idle", "20"], true);
         let (tx, rx) = mpsc::channel();
         let s_out = drain(server.stdout.take().unwrap(), Some(tx));
         let s_err = drain(server.stderr.take().unwrap(), None);
