@@ -99,11 +99,11 @@ pub fn main() -> ExitCode {
     }
     let kernel = results[2].1;
     let mut table = String::from(
-        "| path | RTT p50 (µs) | RTT p99 (µs) | throughput (datagrams/s) | RTT p50 vs kernel | throughput vs kernel |\n|---|---|---|---|---|---|\n",
+        "| path | RTT p50 (µs) | RTT p99 (µs) | throughput (datagrams/s) | RTT p50: kernel ÷ this | throughput: this ÷ kernel |\n|---|---|---|---|---|---|\n",
     );
     for (name, r) in &results {
         table += &format!(
-            "| {name} | {:.1} | {:.1} | {:.0} | {:.2}x lower | {:.2}x higher |\n",
+            "| {name} | {:.1} | {:.1} | {:.0} | {:.2}x | {:.2}x |\n",
             r.p50_us,
             r.p99_us,
             r.pps,
