@@ -332,6 +332,17 @@ impl Stack {
         }
     }
 
+    /// Sends a whole Ethernet frame as it is (tools and tests: malformed
+    /// frames, other protocols). It goes out behind earlier frames.
+    pub fn send_raw(&mut self, frame: &[u8]) -> Result<SendStatus, SendError> {
+        let Some(mut m) = self.port.alloc() else {
+            self.counters.drop_no_mbuf += 1;
+            return Err(SendError::NoBuffers);
+        };
+        m.frame_mut(default_headroom(), frame.len()).ok_or(SendError::TooLong)?.copy_from_slice(frame);
+        self.transmit(m, None)
+    }
+
     /// Receives a burst and moves every timer and queue forward.
     pub fn poll(&mut self, out: &mut Vec<Event>) {
         out.append(&mut self.deferred);
