@@ -203,6 +203,77 @@ fn memif_udp_ping_pong_between_two_dpdk_processes() {
     server.expect_success(Duration::from_secs(10));
 }
 
+/// The profile directory holding libdemi.so (as tests/c_abi.rs finds it).
+fn lib_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    for dir in exe.ancestors().skip(1).filter(|d| !d.ends_with("deps")) {
+        if dir.join("libdemi.so").is_file() {
+            return dir.to_path_buf();
+        }
+        if dir.file_name().is_some_and(|n| n == "target") {
+            break;
+        }
+    }
+    panic!("libdemi.so not found above {}: run `cargo build` first (`make test` does)", exe.display());
+}
+
+/// The C example examples/c/udp-pingpong.c, unchanged, with LIBOS=catnip
+/// on both ends of a memif link.
+#[test]
+fn c_udp_pingpong_example_over_memif() {
+    let _l = dpdk_lock();
+    let tag = format!("cnipcex{}", std::process::id());
+    let dir = TempDir(std::env::temp_dir().join(&tag));
+    std::fs::create_dir_all(&dir.0).unwrap();
+    let lib = lib_dir();
+    let exe = dir.0.join("udp-pingpong");
+    let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let cc = Command::new("cc")
+        .args(["-std=c11", "-Wall", "-Wextra", "-Werror", "-O1"])
+        .arg("-I")
+        .arg(repo.join("include"))
+        .arg(repo.join("examples/c/udp-pingpong.c"))
+        .arg("-o")
+        .arg(&exe)
+        .arg(format!("-L{}", lib.display()))
+        .arg("-ldemi")
+        .arg(format!("-Wl,-rpath,{}", lib.display()))
+        .output()
+        .expect("run cc");
+    assert!(cc.status.success(), "cc failed: {}", String::from_utf8_lossy(&cc.stderr));
+    let sock = dir.0.join("memif.sock").display().to_string();
+    let server_addr = "10.77.8.1:7000";
+    let run = |args: &[&str], eal: String, ip: &str| {
+        let child = Command::new(&exe)
+            .args(args)
+            .env("LIBOS", "catnip")
+            .env("DEMI_DPDK_EAL", eal)
+            .env("DEMI_LOCAL_IPV4", ip)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("run udp-pingpong");
+        Proc(child, "udp-pingpong")
+    };
+    let mut server = run(
+        &["server", server_addr, "--idle", "30"],
+        format!("{} --vdev=net_memif0,role=server,socket={sock}", eal_base(0, &format!("{tag}s"))),
+        "10.77.8.1",
+    );
+    std::thread::sleep(Duration::from_millis(200));
+    let mut client = run(
+        &["client", server_addr, "--size", "64", "--count", "2000"],
+        format!("{} --vdev=net_memif0,role=client,socket={sock}", eal_base(1, &format!("{tag}c"))),
+        "10.77.8.2",
+    );
+    client.expect_success(Duration::from_secs(60));
+    let mut table = String::new();
+    std::io::Read::read_to_string(&mut client.0.stdout.take().unwrap(), &mut table).unwrap();
+    eprintln!("{table}");
+    assert!(table.contains("p50") || table.contains("median"), "no latency table:\n{table}");
+    server.expect_success(Duration::from_secs(10));
+}
+
 #[test]
 fn af_packet_to_kernel_arp_ping_and_udp_both_ways() {
     let _l = dpdk_lock();
