@@ -102,6 +102,12 @@ pub trait Backend: Send {
     /// The connected peer's address.
     fn peer_addr(&mut self, s: SockId) -> Result<SocketAddrV4>;
 
+    /// The largest payload one datagram on `s` may carry; larger pushes fail
+    /// with EMSGSIZE. The default is UDP over IPv4's limit.
+    fn max_datagram(&mut self, _s: SockId) -> usize {
+        65507
+    }
+
     /// Moves the device forward without blocking and reports what finished.
     fn poll(&mut self, out: &mut Completions);
 

@@ -111,7 +111,7 @@ impl Backend for Catmint {
     fn socket(&mut self, ty: SockType) -> Result<SockId> {
         match ty {
             SockType::Stream => self.t.stream_socket().map_err(err),
-            SockType::Datagram => fail(libc::EPROTONOSUPPORT, "catmint: datagram sockets are not built yet"),
+            SockType::Datagram => self.t.dgram_socket().map_err(err),
         }
     }
 
@@ -130,6 +130,11 @@ impl Backend for Catmint {
     }
 
     fn connect(&mut self, s: SockId, to: SocketAddrV4, op: OpId, out: &mut Completions) -> Result<()> {
+        // A datagram socket only records its default peer (the engine does).
+        if self.t.is_datagram(s) {
+            out.complete(op, Outcome::Connected);
+            return Ok(());
+        }
         // Address errors (no route, no device for the source) surface as a
         // failed connect, as in catnap.
         if let Err(e) = self.t.connect(s, to, op) {
@@ -142,11 +147,11 @@ impl Backend for Catmint {
         &mut self,
         s: SockId,
         buf: Buffer,
-        _to: Option<SocketAddrV4>,
+        to: Option<SocketAddrV4>,
         op: OpId,
         out: &mut Completions,
     ) -> Result<()> {
-        self.t.send(s, Box::new(BufferPayload(buf)), op, &mut self.done).map_err(err)?;
+        self.t.send(s, Box::new(BufferPayload(buf)), to, op, &mut self.done).map_err(err)?;
         self.flush(out);
         Ok(())
     }
@@ -184,6 +189,10 @@ impl Backend for Catmint {
 
     fn peer_addr(&mut self, s: SockId) -> Result<SocketAddrV4> {
         self.t.peer_addr(s).map_err(err)
+    }
+
+    fn max_datagram(&mut self, s: SockId) -> usize {
+        self.t.max_datagram(s)
     }
 
     fn poll(&mut self, out: &mut Completions) {

@@ -144,6 +144,12 @@ impl LibOs {
         self.run(|e| e.peer_addr(qd))
     }
 
+    /// The largest datagram the socket can push (it depends on the libOS and
+    /// the device: 65507 on catnap, the path MTU less 8 on catmint).
+    pub fn max_datagram(&self, qd: QDesc) -> Result<usize> {
+        self.run(|e| e.max_datagram(qd))
+    }
+
     /// Allocates `len` bytes the libOS can push without copying.
     pub fn sgaalloc(&self, len: usize) -> Result<Buffer> {
         if len == 0 {

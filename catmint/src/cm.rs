@@ -75,11 +75,6 @@ impl CmEvent {
         self.ev().id
     }
 
-    /// The listening id of a CONNECT_REQUEST.
-    pub fn listen_id(&self) -> *mut ffi::rdma_cm_id {
-        self.ev().listen_id
-    }
-
     /// The `context` stored in the event's id (our key).
     pub fn key(&self) -> u64 {
         let id = self.id();
@@ -172,6 +167,12 @@ impl CmId {
 
     pub fn raw(&self) -> *mut ffi::rdma_cm_id {
         self.raw.as_ptr()
+    }
+
+    /// Sets the key events about this id carry.
+    pub fn set_key(&self, key: u64) {
+        // SAFETY: raw is live; context is an opaque word for our use.
+        unsafe { (*self.raw.as_ptr()).context = key as *mut libc::c_void };
     }
 
     /// The device context this id resolved or bound to (NULL before).

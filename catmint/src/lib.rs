@@ -12,9 +12,11 @@
 //! socket destroys its QP and id, then recycles its buffers.
 
 mod cm;
+mod dgram;
 mod pool;
 mod rc;
 mod sys;
+mod ud;
 mod verbs;
 pub mod wire;
 
@@ -30,6 +32,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use sys::ffi;
+use ud::Ud;
 use verbs::{CompChannel, Cq, DeviceList, Pd};
 use wire::Hello;
 
@@ -131,6 +134,22 @@ enum Sock {
         ep: Rc,
         deadline: Instant,
     },
+    /// A datagram socket not bound yet: sends wait for an implicit bind to
+    /// the source address of the first destination's route.
+    DgramUnbound {
+        id: CmId,
+        sends: Vec<(Tag, Box<dyn Payload>, SocketAddrV4)>,
+        pops: Vec<Tag>,
+        binding: bool,
+    },
+    Dgram(Ud),
+    /// Resolves `dst` for the datagram socket with key `owner` (SIDR).
+    Resolver {
+        id: CmId,
+        owner: u64,
+        dst: SocketAddrV4,
+        deadline: Instant,
+    },
     /// Lost its id after a failed connect and could not get a new one.
     Broken,
 }
@@ -142,6 +161,8 @@ struct Listener {
     ready: VecDeque<(SockId, SocketAddrV4)>,
     accepts: VecDeque<Tag>,
     handshaking: usize,
+    /// Requests beyond the backlog, neither accepted nor refused yet.
+    waiting: VecDeque<(CmId, Hello)>,
 }
 
 struct Entry {
@@ -157,6 +178,7 @@ pub struct Catmint {
     // Sockets first: dropping them destroys QPs before CQs and PDs go.
     socks: Vec<Entry>,
     free: Vec<usize>,
+    vacated: Vec<usize>,
     /// Ids and endpoints to drop once the event about them is acknowledged
     /// (rdma_destroy_id waits for its events' acks).
     graveyard: Vec<Sock>,
@@ -204,6 +226,7 @@ impl Catmint {
         Ok(Catmint {
             socks: Vec::new(),
             free: Vec::new(),
+            vacated: Vec::new(),
             graveyard: Vec::new(),
             devices,
             pool,
@@ -260,12 +283,25 @@ impl Catmint {
         }
     }
 
+    /// Takes a socket out of its slot. The slot is not reused until
+    /// `reclaim` finds it still empty, so a socket being worked on (taken,
+    /// then put back) never loses its id to one created meanwhile.
     fn take(&mut self, s: SockId) -> Option<Sock> {
         let sock = self.socks.get_mut(s)?.sock.take();
         if sock.is_some() {
-            self.free.push(s);
+            self.vacated.push(s);
         }
         sock
+    }
+
+    /// Frees the slots of sockets that were taken and not put back. Called
+    /// at the end of public calls, when no socket is being worked on.
+    fn reclaim(&mut self) {
+        for s in self.vacated.drain(..) {
+            if self.socks[s].sock.is_none() && !self.free.contains(&s) {
+                self.free.push(s);
+            }
+        }
     }
 
     fn sock_mut(&mut self, s: SockId) -> Result<&mut Sock> {
@@ -279,6 +315,9 @@ impl Catmint {
     }
 
     pub fn bind(&mut self, s: SockId, addr: SocketAddrV4) -> Result<SocketAddrV4> {
+        if self.is_datagram(s) {
+            return self.bind_dgram(s, addr);
+        }
         match self.sock_mut(s)? {
             Sock::Idle { id, bound } => {
                 id.bind(addr).map_err(|e| match e.errno {
@@ -306,6 +345,7 @@ impl Catmint {
                         ready: VecDeque::new(),
                         accepts: VecDeque::new(),
                         handshaking: 0,
+                        waiting: VecDeque::new(),
                     }),
                 ),
                 Err(e) => (Err(e), Sock::Idle { id, bound }),
@@ -322,9 +362,6 @@ impl Catmint {
 
     /// Re-inserts a socket taken with `take` under the same id.
     fn put_back(&mut self, s: SockId, sock: Sock) {
-        if let Some(i) = self.free.iter().rposition(|&f| f == s) {
-            self.free.swap_remove(i);
-        }
         self.socks[s].sock = Some(sock);
     }
 
@@ -332,6 +369,8 @@ impl Catmint {
         let Sock::Listening(l) = self.sock_mut(s)? else { return Err(Error::new("accept", libc::EINVAL)) };
         l.accepts.push_back(tag);
         Self::match_accepts(l, out);
+        self.promote(s);
+        self.reclaim();
         Ok(())
     }
 
@@ -362,7 +401,19 @@ impl Catmint {
         result
     }
 
-    pub fn send(&mut self, s: SockId, data: Box<dyn Payload>, tag: Tag, out: &mut Vec<(Tag, Done)>) -> Result<()> {
+    /// Sends a message on a connected stream, or a datagram to `to`.
+    pub fn send(
+        &mut self,
+        s: SockId,
+        data: Box<dyn Payload>,
+        to: Option<SocketAddrV4>,
+        tag: Tag,
+        out: &mut Vec<(Tag, Done)>,
+    ) -> Result<()> {
+        if self.is_datagram(s) {
+            let to = to.ok_or(Error::new("send", libc::EDESTADDRREQ))?;
+            return self.send_dgram(s, data, to, tag, out);
+        }
         match self.sock_mut(s)? {
             Sock::Connected(ep) => {
                 ep.send(tag, data, out);
@@ -376,6 +427,14 @@ impl Catmint {
         match self.sock_mut(s)? {
             Sock::Connected(ep) => {
                 ep.recv(tag, out);
+                Ok(())
+            }
+            Sock::Dgram(ud) => {
+                ud.recv(tag, out);
+                Ok(())
+            }
+            Sock::DgramUnbound { pops, .. } => {
+                pops.push(tag);
                 Ok(())
             }
             _ => Err(Error::new("recv", libc::ENOTCONN)),
@@ -394,7 +453,8 @@ impl Catmint {
     pub fn close(&mut self, s: SockId, out: &mut Vec<(Tag, Done)>) -> Result<()> {
         let sock = self.take(s).ok_or(Error::new("close", libc::EBADF))?;
         match sock {
-            Sock::Idle { .. } | Sock::Broken => {}
+            Sock::Idle { .. } | Sock::Broken | Sock::Resolver { .. } => {}
+            sock @ (Sock::Dgram(_) | Sock::DgramUnbound { .. }) => self.close_dgram(sock, out),
             Sock::Resolving { tag, .. } | Sock::Connecting { tag, .. } => {
                 self.timed -= 1;
                 out.push((tag, Done::Failed(libc::ECANCELED)));
@@ -408,6 +468,9 @@ impl Catmint {
                 for (child, _) in l.ready {
                     let _ = self.close(child, out);
                 }
+                for (child, _) in l.waiting {
+                    child.reject();
+                }
             }
             Sock::Connected(mut ep) => {
                 ep.cancel(out);
@@ -419,6 +482,7 @@ impl Catmint {
                 }
             }
         }
+        self.reclaim();
         Ok(())
     }
 
@@ -430,10 +494,14 @@ impl Catmint {
         self.notify.take(&mut keys);
         for key in keys.drain(..) {
             if let Some(s) = self.lookup(key) {
-                if let Some(Sock::Connected(ep)) = &mut self.socks[s].sock {
-                    if ep.repost_returns() {
-                        ep.progress_sends(out);
+                match &mut self.socks[s].sock {
+                    Some(Sock::Connected(ep)) => {
+                        if ep.repost_returns() {
+                            ep.progress_sends(out);
+                        }
                     }
+                    Some(Sock::Dgram(ud)) => ud.repost_returns(),
+                    _ => {}
                 }
             }
         }
@@ -442,6 +510,7 @@ impl Catmint {
             self.check_timers(out);
         }
         self.graveyard.clear();
+        self.reclaim();
     }
 
     /// Arms CQ notification; returns the descriptor to sleep on.
@@ -466,6 +535,7 @@ impl Catmint {
                         Some(Sock::Connected(ep) | Sock::Connecting { ep, .. } | Sock::Incoming { ep, .. }) => {
                             ep.on_completion(wc, out)
                         }
+                        Some(Sock::Dgram(ud)) => ud.on_completion(wc, out),
                         // Whatever a closing endpoint reports was already cancelled.
                         Some(Sock::Closing { ep, .. }) => ep.on_completion(wc, &mut Vec::new()),
                         _ => {}
@@ -525,6 +595,9 @@ impl Catmint {
         }
         let Some(s) = self.lookup(ev.key()) else { return };
         let Some(sock) = self.take(s) else { return };
+        if let Sock::Resolver { .. } = sock {
+            return self.on_resolver_event(s, sock, ev, out);
+        }
         let sock = match (kind, sock) {
             (RDMA_CM_EVENT_ADDR_RESOLVED, Sock::Resolving { id, bound, tag, deadline }) => {
                 let ms = self.cfg.timeout.as_millis().min(i32::MAX as u128) as i32;
@@ -622,39 +695,42 @@ impl Catmint {
 
     fn on_connect_request(&mut self, ev: &CmEvent) {
         let lkey = ev.key();
-        let ok = match self.lookup(lkey).and_then(|l| self.socks[l].sock.as_ref().map(|s| (l, s))) {
-            Some((l, Sock::Listening(li))) if li.ready.len() + li.handshaking < li.backlog => Some(l),
-            _ => None,
-        };
-        let hello = Hello::parse(&ev.private_data());
-        let (Some(listener), Some(peer_hello)) = (ok, hello) else {
-            // No room, no listener, or not a catmint peer: refuse, and destroy
-            // the child id once the event is acknowledged.
-            // SAFETY: the child id of a CONNECT_REQUEST is ours to own.
-            if let Ok(id) = unsafe { CmId::adopt(ev.id(), &self.channel, 0) } {
-                id.reject();
-                self.graveyard.push(Sock::Idle { id, bound: None });
-            }
+        if let Some(l) = self.lookup(lkey).filter(|&l| matches!(self.socks[l].sock, Some(Sock::Dgram(_)))) {
+            return self.on_sidr_request(l, ev);
+        }
+        // SAFETY: the child id of a CONNECT_REQUEST is ours to own.
+        let Ok(child) = (unsafe { CmId::adopt(ev.id(), &self.channel, 0) }) else { return };
+        let listener = self.lookup(lkey).filter(|&l| matches!(self.socks[l].sock, Some(Sock::Listening(_))));
+        let (Some(l), Some(hello)) = (listener, Hello::parse(&ev.private_data())) else {
+            // No listener, or not a catmint peer: refuse; the id is destroyed
+            // once the event is acknowledged.
+            child.reject();
+            self.graveyard.push(Sock::Idle { id: child, bound: None });
             return;
         };
-        let channel = self.channel.clone();
-        let raw_child = ev.id();
-        let result = self.insert_with(|key| {
-            // SAFETY: the child id of a CONNECT_REQUEST is ours to own.
-            let id = unsafe { CmId::adopt(raw_child, &channel, key) }?;
-            let peer = id.peer_addr().unwrap_or(SocketAddrV4::new(0.into(), 0));
-            Ok(Sock::Idle { id, bound: Some(peer) })
-        });
-        let Ok(s) = result else {
-            // SAFETY: as above; insert_with failed before adopting it.
-            if let Ok(id) = unsafe { CmId::adopt(raw_child, &self.channel, 0) } {
-                id.reject();
-                self.graveyard.push(Sock::Idle { id, bound: None });
-            }
+        let Some(Sock::Listening(li)) = self.socks[l].sock.as_mut() else { unreachable!("checked above") };
+        if li.ready.len() + li.handshaking < li.backlog {
+            self.admit(l, child, hello);
+        } else if li.waiting.len() < li.backlog.max(16) {
+            // A full backlog leaves the connect in progress, as TCP does;
+            // accept() admits it when room frees up (or the peer times out).
+            li.waiting.push_back((child, hello));
+        } else {
+            child.reject();
+            self.graveyard.push(Sock::Idle { id: child, bound: None });
+        }
+    }
+
+    /// Creates the endpoint of an incoming connection and accepts it.
+    fn admit(&mut self, listener: SockId, child: CmId, peer_hello: Hello) {
+        let peer = child.peer_addr().unwrap_or(SocketAddrV4::new(0.into(), 0));
+        let Ok(s) = self.insert_with(|key| {
+            child.set_key(key);
+            Ok(Sock::Idle { id: child, bound: Some(peer) })
+        }) else {
             return;
         };
-        let Some(Sock::Idle { id, bound }) = self.take(s) else { unreachable!("just inserted") };
-        let peer = bound.expect("set above");
+        let Some(Sock::Idle { id, .. }) = self.take(s) else { unreachable!("just inserted") };
         let key = self.key_of(s);
         match self.new_endpoint(id, key) {
             Ok(mut ep) => {
@@ -680,6 +756,18 @@ impl Catmint {
                     self.graveyard.push(Sock::Idle { id, bound: None });
                 }
             }
+        }
+    }
+
+    /// Admits waiting connection requests while the backlog has room.
+    fn promote(&mut self, l: SockId) {
+        loop {
+            let Some(Sock::Listening(li)) = self.socks[l].sock.as_mut() else { return };
+            if li.ready.len() + li.handshaking >= li.backlog {
+                return;
+            }
+            let Some((child, hello)) = li.waiting.pop_front() else { return };
+            self.admit(l, child, hello);
         }
     }
 
@@ -748,6 +836,7 @@ impl Catmint {
                     | Sock::Incoming { deadline, .. },
                 ) => now >= *deadline,
                 Some(Sock::Closing { ep, deadline }) => now >= *deadline || ep.sends_drained() || ep.is_broken(),
+                Some(Sock::Resolver { deadline, .. }) => now >= *deadline,
                 _ => false,
             };
             if !expired {
@@ -774,6 +863,13 @@ impl Catmint {
                     self.timed -= 1;
                     ep.id().disconnect();
                     self.graveyard.push(Sock::Connected(ep));
+                }
+                Some(Sock::Resolver { id, owner, dst, deadline }) => {
+                    self.timed -= 1;
+                    self.graveyard.push(Sock::Resolver { id, owner, dst, deadline });
+                    if let Some(o) = self.lookup(owner) {
+                        self.resolve_failed(o, dst, libc::ETIMEDOUT, out);
+                    }
                 }
                 Some(other) => self.put_back(s, other),
                 None => {}

@@ -220,8 +220,22 @@ impl Engine {
         if q.phase != Phase::Connected {
             return fail(libc::ENOTCONN, "socket is not connected");
         }
+        if q.ty == SockType::Datagram {
+            // The default peer set by connect; every libOS agrees on it.
+            return q.peer.ok_or(Error::new(libc::ENOTCONN, "no default peer"));
+        }
         let sock = q.sock;
         self.backend.peer_addr(sock)
+    }
+
+    /// The largest datagram `qd` can push (EINVAL on a stream socket).
+    pub fn max_datagram(&mut self, qd: QDesc) -> Result<usize> {
+        let q = self.queues.get(qd)?;
+        if q.ty != SockType::Datagram {
+            return fail(libc::EINVAL, "not a datagram socket");
+        }
+        let sock = q.sock;
+        Ok(self.backend.max_datagram(sock))
     }
 
     /// Memory the libOS can push without copying.

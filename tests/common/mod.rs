@@ -10,6 +10,7 @@ pub const LONG: Duration = Duration::from_secs(10);
 
 /// The libOS under test: `LIBOS`, or catnap.
 pub fn libos() -> LibOs {
+    demi::init_logging();
     LibOs::from_env().expect("libOS starts")
 }
 
@@ -50,10 +51,21 @@ pub fn push_all(os: &LibOs, qd: QDesc, data: &[u8]) {
     assert!(matches!(wait_ok(os, qt).value, QValue::Push));
 }
 
-/// A listening stream socket on 127.0.0.1 with a kernel-chosen port.
+/// The local address tests bind to: `DEMI_TEST_IP`, or 127.0.0.1. (RDMA
+/// runs set it to an address of a soft-RoCE device.)
+pub fn test_ip() -> std::net::Ipv4Addr {
+    std::env::var("DEMI_TEST_IP").ok().and_then(|s| s.parse().ok()).unwrap_or(std::net::Ipv4Addr::LOCALHOST)
+}
+
+/// `test_ip()` with a kernel-chosen port.
+pub fn any_port() -> SocketAddrV4 {
+    SocketAddrV4::new(test_ip(), 0)
+}
+
+/// A listening stream socket on `test_ip()` with a kernel-chosen port.
 pub fn listener(os: &LibOs) -> (QDesc, SocketAddrV4) {
     let qd = os.socket(SockType::Stream).unwrap();
-    os.bind(qd, "127.0.0.1:0".parse().unwrap()).unwrap();
+    os.bind(qd, any_port()).unwrap();
     os.listen(qd, 16).unwrap();
     (qd, os.local_addr(qd).unwrap().unwrap())
 }

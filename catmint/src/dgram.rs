@@ -1,0 +1,313 @@
+//! Datagram sockets of a [`Catmint`]: binding, sending through per-destination
+//! resolvers, and answering peers' SIDR requests.
+
+use crate::cm::{CmEvent, CmId, PortSpace};
+use crate::sys::{ffi, Error, Result};
+use crate::ud::Ud;
+use crate::{connect_errno, Catmint, Done, Payload, Sock, SockId, Tag};
+use std::net::SocketAddrV4;
+use std::time::Instant;
+
+impl Catmint {
+    /// A new datagram (UD) socket.
+    pub fn dgram_socket(&mut self) -> Result<SockId> {
+        let channel = self.channel.clone();
+        self.insert_with(|key| {
+            Ok(Sock::DgramUnbound {
+                id: CmId::new(&channel, PortSpace::Udp, key)?,
+                sends: Vec::new(),
+                pops: Vec::new(),
+                binding: false,
+            })
+        })
+    }
+
+    /// The largest datagram payload `s` can send: its path MTU less our
+    /// header, or the smallest over all devices before it is bound.
+    pub fn max_datagram(&self, s: SockId) -> usize {
+        match self.socks.get(s).and_then(|e| e.sock.as_ref()) {
+            Some(Sock::Dgram(ud)) => ud.max_payload,
+            _ => {
+                self.devices.iter().map(|d| crate::ud::port_mtu(d.ctx, 1)).min().unwrap_or(256) - crate::ud::UD_HDR_LEN
+            }
+        }
+    }
+
+    /// True for datagram sockets.
+    pub fn is_datagram(&self, s: SockId) -> bool {
+        matches!(self.socks.get(s).and_then(|e| e.sock.as_ref()), Some(Sock::Dgram(_) | Sock::DgramUnbound { .. }))
+    }
+
+    /// Binds a datagram socket and brings up its QP; it then answers peers'
+    /// resolution requests (SIDR) with its QP number.
+    pub(crate) fn bind_dgram(&mut self, s: SockId, addr: SocketAddrV4) -> Result<SocketAddrV4> {
+        if addr.ip().is_unspecified() {
+            return Err(Error::new(
+                "catmint datagram sockets bind to a device's address, not 0.0.0.0",
+                libc::EADDRNOTAVAIL,
+            ));
+        }
+        let (id, sends, pops) = match self.take(s) {
+            Some(Sock::DgramUnbound { id, sends, pops, binding: false }) => (id, sends, pops),
+            Some(other) => {
+                self.put_back(s, other);
+                return Err(Error::new("bind", libc::EINVAL));
+            }
+            None => return Err(Error::new("bind", libc::EBADF)),
+        };
+        if let Err(e) = id.bind(addr) {
+            self.put_back(s, Sock::DgramUnbound { id, sends, pops, binding: false });
+            return Err(if e.errno == libc::ENODEV { Error::new(e.call, libc::EADDRNOTAVAIL) } else { e });
+        }
+        let mut out = Vec::new();
+        let ud = match self.bring_up(s, id, sends, pops, &mut out) {
+            Ok(ud) => ud,
+            Err(e) => {
+                self.put_back(s, Sock::Broken);
+                return Err(e);
+            }
+        };
+        let local = ud.local;
+        self.put_back(s, Sock::Dgram(ud));
+        // Nothing can have been queued on a socket bound explicitly.
+        debug_assert!(out.is_empty());
+        Ok(local)
+    }
+
+    /// Creates the UD QP on a bound id, listens for SIDR, and replays what
+    /// waited for the bind.
+    fn bring_up(
+        &mut self,
+        s: SockId,
+        id: CmId,
+        sends: Vec<(Tag, Box<dyn Payload>, SocketAddrV4)>,
+        pops: Vec<Tag>,
+        out: &mut Vec<(Tag, Done)>,
+    ) -> Result<Ud> {
+        let dev = self.device_of(id.verbs()).ok_or(Error::new("ud: address of no RDMA device", libc::EADDRNOTAVAIL))?;
+        id.listen(64)?;
+        let d = &self.devices[dev];
+        let key = self.key_of(s);
+        let c = &self.cfg;
+        let mut ud =
+            Ud::new(id, dev, &d.pd, &d.cq, &self.pool, c.credits.max(16), c.sq_depth, c.inline, key, &self.notify)?;
+        for tag in pops {
+            ud.recv(tag, out);
+        }
+        for (tag, data, to) in sends {
+            if ud.send(tag, data, to, out) {
+                self.start_resolver(s, &mut ud, to, out);
+            }
+        }
+        Ok(ud)
+    }
+
+    /// Sends a datagram to `to`, resolving it first if needed.
+    pub(crate) fn send_dgram(
+        &mut self,
+        s: SockId,
+        data: Box<dyn Payload>,
+        to: SocketAddrV4,
+        tag: Tag,
+        out: &mut Vec<(Tag, Done)>,
+    ) -> Result<()> {
+        match self.take(s) {
+            Some(Sock::Dgram(mut ud)) => {
+                if ud.send(tag, data, to, out) {
+                    self.start_resolver(s, &mut ud, to, out);
+                }
+                self.put_back(s, Sock::Dgram(ud));
+                Ok(())
+            }
+            Some(Sock::DgramUnbound { id, mut sends, pops, binding }) => {
+                // Not bound: the first resolver's route picks our address.
+                sends.push((tag, data, to));
+                let first = !binding;
+                self.put_back(s, Sock::DgramUnbound { id, sends, pops, binding: true });
+                if first {
+                    if let Err(e) = self.spawn_resolver(s, to) {
+                        self.unbound_failed(s, e.errno, out);
+                    }
+                }
+                Ok(())
+            }
+            Some(other) => {
+                self.put_back(s, other);
+                Err(Error::new("send", libc::EINVAL))
+            }
+            None => Err(Error::new("send", libc::EBADF)),
+        }
+    }
+
+    fn start_resolver(&mut self, s: SockId, ud: &mut Ud, to: SocketAddrV4, out: &mut Vec<(Tag, Done)>) {
+        match self.spawn_resolver(s, to) {
+            Ok(r) => {
+                if let Some(crate::ud::Peer::Resolving { resolver, .. }) = ud.peers.get_mut(&to) {
+                    *resolver = r;
+                }
+            }
+            Err(e) => ud.unresolved(to, e.errno, out),
+        }
+    }
+
+    /// Starts resolving `to` on a short-lived id of its own.
+    fn spawn_resolver(&mut self, owner: SockId, dst: SocketAddrV4) -> Result<SockId> {
+        let owner_key = self.key_of(owner);
+        let src = match self.socks[owner].sock.as_ref() {
+            Some(Sock::Dgram(ud)) => Some(SocketAddrV4::new(*ud.local.ip(), 0)),
+            _ => None,
+        };
+        let channel = self.channel.clone();
+        let ms = self.cfg.timeout.as_millis().min(i32::MAX as u128) as i32;
+        let deadline = Instant::now() + self.cfg.timeout;
+        let r = self.insert_with(|key| {
+            let id = CmId::new(&channel, PortSpace::Udp, key)?;
+            id.resolve_addr(src, dst, ms)?;
+            Ok(Sock::Resolver { id, owner: owner_key, dst, deadline })
+        })?;
+        self.timed += 1;
+        Ok(r)
+    }
+
+    /// An unbound socket could not get an address: fail what waited.
+    fn unbound_failed(&mut self, s: SockId, errno: i32, out: &mut Vec<(Tag, Done)>) {
+        if let Some(Sock::DgramUnbound { sends, binding, .. }) = self.socks[s].sock.as_mut() {
+            for (tag, _, _) in sends.drain(..) {
+                out.push((tag, Done::Failed(errno)));
+            }
+            *binding = false;
+        }
+    }
+
+    /// Events of resolver ids.
+    pub(crate) fn on_resolver_event(&mut self, r: SockId, sock: Sock, ev: &CmEvent, out: &mut Vec<(Tag, Done)>) {
+        use ffi::rdma_cm_event_type::*;
+        let Sock::Resolver { id, owner, dst, deadline } = sock else { unreachable!("only resolvers come here") };
+        let owner_sock = self.lookup(owner);
+        let Some(o) = owner_sock else {
+            // The socket closed meanwhile.
+            self.timed -= 1;
+            self.graveyard.push(Sock::Resolver { id, owner, dst, deadline });
+            return;
+        };
+        let result: std::result::Result<Option<Sock>, i32> = match ev.kind() {
+            RDMA_CM_EVENT_ADDR_RESOLVED => {
+                let ms = self.cfg.timeout.as_millis().min(i32::MAX as u128) as i32;
+                id.resolve_route(ms).map(|()| Some(Sock::Resolver { id, owner, dst, deadline })).map_err(|e| e.errno)
+            }
+            RDMA_CM_EVENT_ROUTE_RESOLVED => {
+                // An unbound owner takes the route's source address now.
+                if let Some(Sock::DgramUnbound { .. }) = self.socks[o].sock.as_ref() {
+                    if let Some(local) = id.local_addr() {
+                        self.implicit_bind(o, SocketAddrV4::new(*local.ip(), 0), r, dst, out);
+                    }
+                }
+                let mut param = crate::conn_param(&[]);
+                id.connect(&mut param).map(|()| Some(Sock::Resolver { id, owner, dst, deadline })).map_err(|e| e.errno)
+            }
+            RDMA_CM_EVENT_ESTABLISHED => {
+                if let Some(Sock::Dgram(ud)) = self.socks[o].sock.as_mut() {
+                    ud.resolved(dst, ev.ud_param(), out);
+                }
+                self.graveyard.push(Sock::Resolver { id, owner, dst, deadline });
+                Ok(None)
+            }
+            kind @ (RDMA_CM_EVENT_ADDR_ERROR
+            | RDMA_CM_EVENT_ROUTE_ERROR
+            | RDMA_CM_EVENT_UNREACHABLE
+            | RDMA_CM_EVENT_REJECTED
+            | RDMA_CM_EVENT_CONNECT_ERROR) => {
+                self.graveyard.push(Sock::Resolver { id, owner, dst, deadline });
+                Err(connect_errno(kind, ev.status()))
+            }
+            _ => Ok(Some(Sock::Resolver { id, owner, dst, deadline })),
+        };
+        match result {
+            Ok(Some(sock)) => self.put_back(r, sock),
+            Ok(None) => self.timed -= 1,
+            Err(errno) => {
+                self.timed -= 1;
+                self.resolve_failed(o, dst, errno, out);
+            }
+        }
+    }
+
+    /// Resolution of `dst` for socket `o` failed (or timed out).
+    pub(crate) fn resolve_failed(&mut self, o: SockId, dst: SocketAddrV4, errno: i32, out: &mut Vec<(Tag, Done)>) {
+        match self.socks[o].sock.as_mut() {
+            Some(Sock::Dgram(ud)) => ud.unresolved(dst, errno, out),
+            Some(Sock::DgramUnbound { .. }) => self.unbound_failed(o, errno, out),
+            _ => {}
+        }
+    }
+
+    fn implicit_bind(
+        &mut self,
+        o: SockId,
+        addr: SocketAddrV4,
+        resolver: SockId,
+        dst: SocketAddrV4,
+        out: &mut Vec<(Tag, Done)>,
+    ) {
+        let Some(Sock::DgramUnbound { id, sends, pops, .. }) = self.take(o) else { return };
+        if let Err(e) = id.bind(addr) {
+            for (tag, _, _) in sends {
+                out.push((tag, Done::Failed(e.errno)));
+            }
+            self.put_back(o, Sock::DgramUnbound { id, sends: Vec::new(), pops, binding: false });
+            return;
+        }
+        // The resolver already under way serves `dst`.
+        let (first, rest): (Vec<_>, Vec<_>) = sends.into_iter().partition(|(_, _, to)| *to == dst);
+        match self.bring_up(o, id, rest, pops, out) {
+            Ok(mut ud) => {
+                let mut queue = std::collections::VecDeque::new();
+                for (tag, data, _) in first {
+                    queue.push_back((tag, std::sync::Arc::from(data)));
+                }
+                ud.peers.insert(dst, crate::ud::Peer::Resolving { resolver, queue });
+                self.put_back(o, Sock::Dgram(ud));
+            }
+            Err(e) => {
+                log::warn!("catmint: implicit bind to {addr}: {e}");
+                for (tag, _, _) in first {
+                    out.push((tag, Done::Failed(e.errno)));
+                }
+                self.put_back(o, Sock::Broken);
+            }
+        }
+    }
+
+    /// A peer resolves our datagram socket: answer with our QP number.
+    pub(crate) fn on_sidr_request(&mut self, listener: SockId, ev: &CmEvent) {
+        let qpn = match self.socks[listener].sock.as_ref() {
+            Some(Sock::Dgram(ud)) => ud.qpn(),
+            _ => return,
+        };
+        // SAFETY: the child id of a request is ours to own.
+        let Ok(child) = (unsafe { CmId::adopt(ev.id(), &self.channel, 0) }) else { return };
+        let mut param = crate::conn_param(&[]);
+        param.qp_num = qpn;
+        if let Err(e) = child.accept(&mut param) {
+            log::warn!("catmint: SIDR reply: {e}");
+        }
+        // Destroyed once the request is acknowledged.
+        self.graveyard.push(Sock::Idle { id: child, bound: None });
+    }
+
+    /// Closes a datagram socket.
+    pub(crate) fn close_dgram(&mut self, sock: Sock, out: &mut Vec<(Tag, Done)>) {
+        match sock {
+            Sock::Dgram(mut ud) => ud.cancel(out),
+            Sock::DgramUnbound { sends, pops, .. } => {
+                for (tag, _, _) in sends {
+                    out.push((tag, Done::Failed(libc::ECANCELED)));
+                }
+                for tag in pops {
+                    out.push((tag, Done::Failed(libc::ECANCELED)));
+                }
+            }
+            _ => {}
+        }
+    }
+}

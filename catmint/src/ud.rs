@@ -1,0 +1,384 @@
+//! A datagram socket over a UD queue pair (rdma_cm's UDP port space).
+//!
+//! Destinations are resolved through rdma_cm (a short-lived id per
+//! destination does address and route resolution and a SIDR exchange with the
+//! peer's socket, which answers with its QP number); the resulting address
+//! handle is cached per destination. Each datagram carries an 8-byte header
+//! with the sender's IPv4 address and port, since UD itself carries neither.
+
+use crate::cm::{CmId, CqCell};
+use crate::pool::{Block, Notify, Pool, RingReturn, Slot};
+use crate::sys::{ffi, Error, Result};
+use crate::verbs::{Ah, Pd};
+use crate::{Done, Payload, Tag};
+use std::collections::{HashMap, VecDeque};
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::sync::Arc;
+
+/// The Global Routing Header the device writes in front of every UD receive.
+const GRH_LEN: usize = 40;
+/// Our header: magic, version, source port, source IPv4 address.
+pub const UD_HDR_LEN: usize = 8;
+const MAGIC: u8 = 0xc8;
+
+pub const WR_SEND: u64 = 1 << 31;
+const WR_LOW: u64 = WR_SEND - 1;
+
+fn emit_header(from: SocketAddrV4, out: &mut [u8]) {
+    out[0] = MAGIC;
+    out[1] = 1;
+    out[2..4].copy_from_slice(&from.port().to_be_bytes());
+    out[4..8].copy_from_slice(&from.ip().octets());
+}
+
+fn parse_header(b: &[u8]) -> Option<SocketAddrV4> {
+    if b.len() < UD_HDR_LEN || b[0] != MAGIC || b[1] != 1 {
+        return None;
+    }
+    let port = u16::from_be_bytes([b[2], b[3]]);
+    Some(SocketAddrV4::new(Ipv4Addr::new(b[4], b[5], b[6], b[7]), port))
+}
+
+/// A destination as far as we know it.
+pub enum Peer {
+    /// Being resolved by the resolver socket `resolver`; sends wait here.
+    Resolving {
+        resolver: usize,
+        queue: VecDeque<(Tag, Arc<dyn Payload>)>,
+    },
+    Ready {
+        ah: Ah,
+        qpn: u32,
+        qkey: u32,
+    },
+}
+
+struct Inflight {
+    /// None once cancelled; the entry stays to keep the memory alive.
+    tag: Option<Tag>,
+    _keep: Arc<dyn Payload>,
+}
+
+/// One UD socket with its QP.
+pub struct Ud {
+    id: Option<CmId>,
+    pub dev: usize,
+    key: u64,
+    pd: Arc<Pd>,
+    pool: Pool,
+    pub local: SocketAddrV4,
+    /// Largest payload a datagram may carry (path MTU less our header).
+    pub max_payload: usize,
+    posted: Vec<Option<Slot>>,
+    ring: Arc<RingReturn>,
+    returns: Vec<(u32, Slot)>,
+    ready: VecDeque<(Block, SocketAddrV4)>,
+    pops: VecDeque<Tag>,
+    pub peers: HashMap<SocketAddrV4, Peer>,
+    inflight: VecDeque<Inflight>,
+    sq_depth: u32,
+    seq: u64,
+    hdrs: Block,
+    max_inline: u32,
+    /// Datagrams dropped because they were malformed.
+    pub dropped: u64,
+}
+
+#[allow(clippy::too_many_arguments)]
+impl Ud {
+    /// Creates the QP on a bound id and posts receives.
+    pub fn new(
+        mut id: CmId,
+        dev: usize,
+        pd: &Arc<Pd>,
+        cq: &Arc<CqCell>,
+        pool: &Pool,
+        depth: u32,
+        sq_depth: u32,
+        inline: u32,
+        key: u64,
+        notify: &Arc<Notify>,
+    ) -> Result<Ud> {
+        let local = id.local_addr().ok_or(Error::new("ud: unbound id", libc::EINVAL))?;
+        let mtu = port_mtu(id.verbs(), port_num(&id));
+        // SAFETY: plain data; zero is a valid start.
+        let mut attr: ffi::ibv_qp_init_attr = unsafe { std::mem::zeroed() };
+        attr.qp_type = ffi::ibv_qp_type::IBV_QPT_UD;
+        attr.cap.max_send_wr = sq_depth;
+        attr.cap.max_recv_wr = depth;
+        attr.cap.max_send_sge = 2;
+        attr.cap.max_recv_sge = 1;
+        attr.cap.max_inline_data = inline;
+        id.create_qp(pd, cq, &mut attr)?;
+        let mut ud = Ud {
+            id: Some(id),
+            dev,
+            key,
+            pd: pd.clone(),
+            pool: pool.clone(),
+            local,
+            max_payload: mtu - UD_HDR_LEN,
+            posted: (0..depth).map(|_| None).collect(),
+            ring: RingReturn::new(pool, notify, key),
+            returns: Vec::new(),
+            ready: VecDeque::new(),
+            pops: VecDeque::new(),
+            peers: HashMap::new(),
+            inflight: VecDeque::new(),
+            sq_depth,
+            seq: 0,
+            hdrs: pool.alloc(sq_depth as usize * UD_HDR_LEN)?,
+            max_inline: attr.cap.max_inline_data,
+            dropped: 0,
+        };
+        for i in 0..depth {
+            let slot = pool.slot(GRH_LEN + mtu)?;
+            ud.post_recv(i, slot)?;
+        }
+        Ok(ud)
+    }
+
+    pub fn id(&self) -> &CmId {
+        self.id.as_ref().expect("socket has its id until dropped")
+    }
+
+    /// Our QP number, for SIDR replies.
+    pub fn qpn(&self) -> u32 {
+        // SAFETY: the QP is live while the id is.
+        unsafe { (*self.id().qp()).qp_num }
+    }
+
+    fn post_recv(&mut self, index: u32, slot: Slot) -> Result<()> {
+        let mut sge =
+            ffi::ibv_sge { addr: slot.ptr() as u64, length: slot.capacity() as u32, lkey: slot.lkey(self.dev) };
+        let mut wr = ffi::ibv_recv_wr {
+            wr_id: self.key << 32 | index as u64,
+            next: std::ptr::null_mut(),
+            sg_list: &mut sge,
+            num_sge: 1,
+        };
+        let mut bad = std::ptr::null_mut();
+        // SAFETY: live QP; the SGE is registered memory owned by `posted`.
+        let rc = unsafe { ffi::ibv_post_recv(self.id().qp(), &mut wr, &mut bad) };
+        if rc != 0 {
+            self.pool.recycle(slot);
+            return Err(Error::new("ibv_post_recv", rc));
+        }
+        self.posted[index as usize] = Some(slot);
+        Ok(())
+    }
+
+    /// Sends (or queues until `to` is resolved). Returns true if the caller
+    /// must start resolving `to`.
+    pub fn send(&mut self, tag: Tag, data: Box<dyn Payload>, to: SocketAddrV4, out: &mut Vec<(Tag, Done)>) -> bool {
+        if data.bytes().len() > self.max_payload {
+            out.push((tag, Done::Failed(libc::EMSGSIZE)));
+            return false;
+        }
+        let data: Arc<dyn Payload> = if data.lkey(self.dev).is_some() {
+            Arc::from(data)
+        } else {
+            match self.pool.alloc(data.bytes().len()) {
+                Ok(mut b) => {
+                    b.as_mut_slice().copy_from_slice(data.bytes());
+                    Arc::new(b)
+                }
+                Err(e) => {
+                    out.push((tag, Done::Failed(e.errno)));
+                    return false;
+                }
+            }
+        };
+        match self.peers.get_mut(&to) {
+            Some(Peer::Ready { .. }) => {
+                self.post(tag, data, to, out);
+                false
+            }
+            Some(Peer::Resolving { queue, .. }) => {
+                queue.push_back((tag, data));
+                false
+            }
+            None => {
+                let mut queue = VecDeque::new();
+                queue.push_back((tag, data));
+                self.peers.insert(to, Peer::Resolving { resolver: usize::MAX, queue });
+                true
+            }
+        }
+    }
+
+    fn post(&mut self, tag: Tag, data: Arc<dyn Payload>, to: SocketAddrV4, out: &mut Vec<(Tag, Done)>) {
+        let Some(Peer::Ready { ah, qpn, qkey }) = self.peers.get(&to) else { return };
+        if self.inflight.len() as u32 >= self.sq_depth {
+            // The send queue is full: UD may drop, so do we, loudly.
+            out.push((tag, Done::Failed(libc::ENOBUFS)));
+            return;
+        }
+        let (ah, qpn, qkey) = (ah.raw(), *qpn, *qkey);
+        let slot = (self.seq % self.sq_depth as u64) as usize * UD_HDR_LEN;
+        emit_header(self.local, &mut self.hdrs.as_mut_slice()[slot..slot + UD_HDR_LEN]);
+        let bytes = data.bytes();
+        let mut sges = [
+            ffi::ibv_sge {
+                addr: self.hdrs.as_ptr() as u64 + slot as u64,
+                length: UD_HDR_LEN as u32,
+                lkey: self.hdrs.lkey(self.dev),
+            },
+            ffi::ibv_sge {
+                addr: bytes.as_ptr() as u64,
+                length: bytes.len() as u32,
+                lkey: data.lkey(self.dev).expect("registered when queued"),
+            },
+        ];
+        let mut flags = ffi::ibv_send_flags::IBV_SEND_SIGNALED.0;
+        if (UD_HDR_LEN + bytes.len()) as u32 <= self.max_inline {
+            flags |= ffi::ibv_send_flags::IBV_SEND_INLINE.0;
+        }
+        // SAFETY: plain data; zero is a valid start.
+        let mut wr: ffi::ibv_send_wr = unsafe { std::mem::zeroed() };
+        wr.wr_id = self.key << 32 | WR_SEND | (self.seq & WR_LOW);
+        wr.sg_list = sges.as_mut_ptr();
+        wr.num_sge = 2;
+        wr.opcode = ffi::ibv_wr_opcode::IBV_WR_SEND;
+        wr.send_flags = flags;
+        wr.wr.ud = ffi::ud_t { ah, remote_qpn: qpn, remote_qkey: qkey };
+        let mut bad = std::ptr::null_mut();
+        // SAFETY: live QP and AH; SGEs point at registered memory kept alive
+        // by `hdrs` and by `data` (held in `inflight`) until completion.
+        let rc = unsafe { ffi::ibv_post_send(self.id().qp(), &mut wr, &mut bad) };
+        if rc != 0 {
+            out.push((tag, Done::Failed(rc)));
+            return;
+        }
+        self.seq += 1;
+        self.inflight.push_back(Inflight { tag: Some(tag), _keep: data });
+    }
+
+    /// A destination resolved: create its address handle and send what waited.
+    pub fn resolved(&mut self, to: SocketAddrV4, mut param: ffi::rdma_ud_param, out: &mut Vec<(Tag, Done)>) {
+        let Some(Peer::Resolving { queue, .. }) = self.peers.remove(&to) else { return };
+        match Ah::new(&self.pd, &mut param.ah_attr) {
+            Ok(ah) => {
+                self.peers.insert(to, Peer::Ready { ah, qpn: param.qp_num, qkey: param.qkey });
+                for (tag, data) in queue {
+                    self.post(tag, data, to, out);
+                }
+            }
+            Err(e) => {
+                for (tag, _) in queue {
+                    out.push((tag, Done::Failed(e.errno)));
+                }
+            }
+        }
+    }
+
+    /// Resolving `to` failed: fail what waited; a later send tries again.
+    pub fn unresolved(&mut self, to: SocketAddrV4, errno: i32, out: &mut Vec<(Tag, Done)>) {
+        if let Some(Peer::Resolving { queue, .. }) = self.peers.remove(&to) {
+            for (tag, _) in queue {
+                out.push((tag, Done::Failed(errno)));
+            }
+        }
+    }
+
+    pub fn recv(&mut self, tag: Tag, out: &mut Vec<(Tag, Done)>) {
+        self.pops.push_back(tag);
+        self.deliver(out);
+    }
+
+    fn deliver(&mut self, out: &mut Vec<(Tag, Done)>) {
+        while !self.pops.is_empty() && !self.ready.is_empty() {
+            let tag = self.pops.pop_front().expect("checked");
+            let (msg, from) = self.ready.pop_front().expect("checked");
+            out.push((tag, Done::Received { msg: Some(msg), from: Some(from) }));
+        }
+    }
+
+    pub fn on_completion(&mut self, wc: &ffi::ibv_wc, out: &mut Vec<(Tag, Done)>) {
+        let ok = wc.status == ffi::ibv_wc_status::IBV_WC_SUCCESS;
+        if wc.wr_id & WR_SEND != 0 {
+            // Every UD send is signaled, so completions come one per WR.
+            if let Some(tag) = self.inflight.pop_front().and_then(|w| w.tag) {
+                out.push((tag, if ok { Done::Sent } else { Done::Failed(libc::EIO) }));
+            }
+            return;
+        }
+        let index = (wc.wr_id & WR_LOW) as u32;
+        let Some(slot) = self.posted.get_mut(index as usize).and_then(Option::take) else { return };
+        let len = wc.byte_len as usize;
+        if !ok || len < GRH_LEN + UD_HDR_LEN || len > slot.capacity() {
+            if ok {
+                self.dropped += 1;
+            }
+            let _ = self.post_recv(index, slot);
+            return;
+        }
+        // SAFETY: the device wrote len bytes into this slot, ours again.
+        let bytes = unsafe { std::slice::from_raw_parts(slot.ptr(), len) };
+        let Some(from) = parse_header(&bytes[GRH_LEN..]) else {
+            self.dropped += 1;
+            let _ = self.post_recv(index, slot);
+            return;
+        };
+        let off = GRH_LEN + UD_HDR_LEN;
+        self.ready.push_back((Block::received(slot, off, len - off, &self.ring, index), from));
+        self.deliver(out);
+    }
+
+    /// Re-posts buffers the application gave back.
+    pub fn repost_returns(&mut self) {
+        let mut returns = std::mem::take(&mut self.returns);
+        self.ring.take(&mut returns);
+        for (i, slot) in returns.drain(..) {
+            let _ = self.post_recv(i, slot);
+        }
+        self.returns = returns;
+    }
+
+    /// Cancels what the application waits for (close).
+    pub fn cancel(&mut self, out: &mut Vec<(Tag, Done)>) {
+        for tag in self.pops.drain(..) {
+            out.push((tag, Done::Failed(libc::ECANCELED)));
+        }
+        // Posted sends keep their memory until the QP is destroyed.
+        for w in self.inflight.iter_mut() {
+            if let Some(tag) = w.tag.take() {
+                out.push((tag, Done::Failed(libc::ECANCELED)));
+            }
+        }
+        for (_, peer) in self.peers.drain() {
+            if let Peer::Resolving { queue, .. } = peer {
+                for (tag, _) in queue {
+                    out.push((tag, Done::Failed(libc::ECANCELED)));
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Ud {
+    fn drop(&mut self) {
+        drop(self.id.take());
+        self.ring.close();
+        for slot in self.posted.drain(..).flatten() {
+            self.pool.recycle(slot);
+        }
+    }
+}
+
+fn port_num(id: &CmId) -> u8 {
+    // SAFETY: the id is live.
+    unsafe { (*id.raw()).port_num }
+}
+
+/// The port's active MTU in bytes (1024 on a 1500-byte veth under rxe).
+pub(crate) fn port_mtu(ctx: *mut ffi::ibv_context, port: u8) -> usize {
+    // SAFETY: plain data; zero is valid, and the query fills it.
+    let mut attr: ffi::ibv_port_attr = unsafe { std::mem::zeroed() };
+    // SAFETY: ctx is a live context; attr is a live out-parameter.
+    let rc = unsafe { ffi::___ibv_query_port(ctx, port, &mut attr) };
+    if rc != 0 || attr.active_mtu == 0 {
+        return 256;
+    }
+    128usize << attr.active_mtu.min(5)
+}
