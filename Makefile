@@ -5,6 +5,8 @@ CARGO ?= cargo
 BUILD := build
 CFLAGS_TEST := -std=c11 -Wall -Wextra -Werror -Wpedantic -O1 -g
 DEPS_CORE := build-essential pkg-config iproute2 procps
+# catmint (RDMA): rdma-core headers and libraries (rdma-sys runs bindgen).
+DEPS_CATMINT := libibverbs-dev librdmacm-dev libclang-dev ibverbs-providers
 # catnip (DPDK): bindings and tests (veth/netns tools, ping, nftables for loss).
 DEPS_CATNIP := libdpdk-dev libclang-dev pkg-config ethtool iputils-ping nftables
 
@@ -14,8 +16,7 @@ DEPS_CATNIP := libdpdk-dev libclang-dev pkg-config ethtool iputils-ping nftables
 all: build examples
 
 deps:
-	@scripts/install-deps $(DEPS_CORE)
-	@scripts/install-deps $(DEPS_CATNIP)
+	@scripts/install-deps $(DEPS_CORE) $(DEPS_CATMINT) $(DEPS_CATNIP)
 	@command -v cargo >/dev/null || { echo "cargo is missing: install Rust with rustup (https://rustup.rs)"; exit 1; }
 
 build: deps
