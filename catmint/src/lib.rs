@@ -496,9 +496,9 @@ impl Catmint {
             if let Some(s) = self.lookup(key) {
                 match &mut self.socks[s].sock {
                     Some(Sock::Connected(ep)) => {
-                        if ep.repost_returns() {
-                            ep.progress_sends(out);
-                        }
+                        // Re-posted receives may unblock a credit message.
+                        let _ = ep.repost_returns();
+                        ep.progress_sends(out);
                     }
                     Some(Sock::Dgram(ud)) => ud.repost_returns(),
                     _ => {}

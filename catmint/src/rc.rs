@@ -83,6 +83,7 @@ pub struct Rc {
 impl Rc {
     /// Creates the QP on the id's device and pre-posts receives (before
     /// connect or accept, as rping does).
+    #[allow(clippy::too_many_arguments)] // the device's objects, one by one
     pub fn new(
         mut id: CmId,
         dev: usize,

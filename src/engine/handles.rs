@@ -83,6 +83,11 @@ impl HandleTable {
     pub fn len(&self) -> usize {
         self.slots.len() - self.free.len()
     }
+
+    /// True when no buffer is lent out.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 #[cfg(test)]

@@ -106,6 +106,12 @@ pub struct QueueTable {
     free: VecDeque<usize>,
 }
 
+impl Default for QueueTable {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl QueueTable {
     pub fn new() -> Self {
         QueueTable { slots: vec![None], free: VecDeque::new() }

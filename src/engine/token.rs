@@ -57,6 +57,12 @@ fn split(token: OpId) -> (usize, u32) {
     ((token & 0xffff_ffff) as usize, (token >> 32) as u32)
 }
 
+impl<T> Default for TokenTable<T> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl<T> TokenTable<T> {
     pub fn new() -> Self {
         TokenTable { slots: Vec::new(), free_head: NONE, finished: VecDeque::new(), pending: 0, done: 0 }
