@@ -10,7 +10,8 @@ A1=${DEMI_RXE_ADDR1:-10.77.0.2}
 D0=${DEMI_RXE_DEV0:-rxe0}
 D1=${DEMI_RXE_DEV1:-rxe1}
 LOGS=$(mktemp -d /tmp/rxe-in-vm.XXXXXX)
-SERVER_PID=
+# shellcheck source=../lib/rdma-helpers.sh
+source "$(dirname "$(readlink -f "$0")")/../lib/rdma-helpers.sh"
 
 cleanup() {
     [[ -n $SERVER_PID ]] && kill "$SERVER_PID" 2>/dev/null
@@ -29,58 +30,6 @@ fail() {
 }
 # Indent a log file under a failure line.
 show() { sed 's/^/    | /' "$1" 2>/dev/null | tail -n 15; }
-
-# ---- counters: what went over the veth wire and what each rxe sent
-declare -A C
-read_counters() {
-    C[v0]=$(<"/sys/class/net/veth0/statistics/tx_packets")
-    C[v1]=$(<"/sys/class/net/veth1/statistics/tx_packets")
-    C[r0]=$(<"/sys/class/infiniband/$D0/ports/1/hw_counters/sent_pkts")
-    C[r1]=$(<"/sys/class/infiniband/$D1/ports/1/hw_counters/sent_pkts")
-}
-declare -A B
-snap() {
-    read_counters
-    local k
-    for k in "${!C[@]}"; do B[$k]=${C[$k]}; done
-}
-# The client side (rxe1) must have sent packets and veth1 must have carried
-# at least as many; the server side likewise on rxe0/veth0. If the traffic
-# had taken rxe's internal loopback, the veth counters would stay still.
-wire_ok() {
-    read_counters
-    local r1=$((C[r1] - B[r1])) v1=$((C[v1] - B[v1])) r0=$((C[r0] - B[r0])) v0=$((C[v0] - B[v0]))
-    WIRE="rxe1 sent $r1, veth1 tx $v1; rxe0 sent $r0, veth0 tx $v0"
-    ((r1 >= 2 && v1 >= r1 && r0 >= 1 && v0 >= r0))
-}
-
-# Wait (bounded) until an rdma_cm id is listening, so the client does not
-# race the server's start.
-wait_listen() {
-    local i
-    for ((i = 0; i < 100; i++)); do
-        rdma resource show cm_id 2>/dev/null | grep -q 'state LISTEN' && return 0
-        kill -0 "$SERVER_PID" 2>/dev/null || return 1
-        sleep 0.1
-    done
-    return 1
-}
-
-start_server() {
-    local log=$1
-    shift
-    timeout 60 "$@" >"$log" 2>&1 &
-    SERVER_PID=$!
-    wait_listen
-}
-
-# Returns the server's exit status (timeout(1) bounds it).
-reap_server() {
-    local rc=0
-    wait "$SERVER_PID" || rc=$?
-    SERVER_PID=
-    return "$rc"
-}
 
 # ------------------------------------------------------------ the checks
 
@@ -150,12 +99,6 @@ for tool in ucmatose udaddy; do
         reap_server
     fi
 done
-
-# perftest 4.5 gives rdma_cm no source address with -R, so its client
-# would take rxe0's loopback; this rule (removed again at once) sends an
-# unbound connection to A0 out through veth1 from A1, i.e. from rxe1.
-steer_on() { ip rule add pref 9 to "$A0" iif lo lookup 100; }
-steer_off() { ip rule del pref 9 2>/dev/null || true; }
 
 # Runs ib_send_lat -R with the given extra arguments; sets LAT_LINE.
 send_lat() {
