@@ -171,6 +171,8 @@ struct Entry {
 }
 
 const IDX_BITS: u32 = 24;
+/// Busy polls between reads of the CM channel.
+const CM_EVERY: u32 = 32;
 const IDX_MASK: u64 = (1 << IDX_BITS) - 1;
 
 /// The RDMA transport (see the crate docs).
@@ -191,6 +193,11 @@ pub struct Catmint {
     wcs: Vec<ffi::ibv_wc>,
     keys: Vec<u64>,
     timed: usize,
+    /// `arm` was called: read the CM channel on the next poll.
+    armed: bool,
+    /// Polls left until the CM channel is read again (each read is a system
+    /// call, too dear for every round of a busy wait).
+    cm_countdown: u32,
     _devices: Arc<DeviceList>,
 }
 
@@ -237,6 +244,8 @@ impl Catmint {
             wcs,
             keys: Vec::new(),
             timed: 0,
+            armed: false,
+            cm_countdown: 0,
             _devices: list,
         })
     }
@@ -488,7 +497,14 @@ impl Catmint {
 
     /// Moves everything forward without blocking; appends what finished.
     pub fn poll(&mut self, out: &mut Vec<(Tag, Done)>) {
-        self.poll_cm(out);
+        // Read the CM channel after a sleep, and every CM_EVERY busy polls.
+        if self.armed || self.cm_countdown == 0 {
+            self.cm_countdown = CM_EVERY;
+            self.armed = false;
+            self.poll_cm(out);
+        } else {
+            self.cm_countdown -= 1;
+        }
         self.poll_cqs(out);
         let mut keys = std::mem::take(&mut self.keys);
         self.notify.take(&mut keys);
@@ -518,6 +534,7 @@ impl Catmint {
         for d in &self.devices {
             d.cq.lock().unwrap_or_else(|e| e.into_inner()).arm();
         }
+        self.armed = true;
         self.epoll.as_raw_fd()
     }
 
@@ -525,7 +542,11 @@ impl Catmint {
         for d in 0..self.devices.len() {
             let cq = self.devices[d].cq.clone();
             let mut cq = cq.lock().unwrap_or_else(|e| e.into_inner());
-            cq.drain_channel();
+            // Channel events exist only after arming, and reading is a system
+            // call: read until the notification we asked for is consumed.
+            if cq.armed {
+                cq.armed = !cq.drain_channel();
+            }
             loop {
                 let n = cq.poll(&mut self.wcs);
                 for i in 0..n {

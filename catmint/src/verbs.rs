@@ -160,6 +160,8 @@ pub struct Cq {
     channel: Arc<CompChannel>,
     /// Channel events read but not yet acknowledged (acked in batches).
     unacked: u32,
+    /// Notification was requested and its event not consumed yet.
+    pub armed: bool,
 }
 
 // SAFETY: as for Pd.
@@ -168,7 +170,7 @@ unsafe impl Send for Cq {}
 impl Cq {
     pub fn new(ctx: *mut ffi::ibv_context, channel: Arc<CompChannel>, depth: i32) -> Result<Cq> {
         let raw = nonnull!(ibv_create_cq(ctx, depth, std::ptr::null_mut(), channel.raw.as_ptr(), 0))?;
-        Ok(Cq { raw, channel, unacked: 0 })
+        Ok(Cq { raw, channel, unacked: 0, armed: false })
     }
 
     pub fn raw(&self) -> *mut ffi::ibv_cq {
@@ -186,8 +188,10 @@ impl Cq {
         n as usize
     }
 
-    /// Consumes pending channel events so the descriptor is quiet again.
-    pub fn drain_channel(&mut self) {
+    /// Consumes pending channel events so the descriptor is quiet again;
+    /// true if there were any.
+    pub fn drain_channel(&mut self) -> bool {
+        let before = self.unacked;
         loop {
             let mut cq = std::ptr::null_mut();
             let mut ctx = std::ptr::null_mut();
@@ -198,11 +202,13 @@ impl Cq {
             }
             self.unacked += 1;
         }
+        let got = self.unacked != before;
         if self.unacked >= 64 {
             // SAFETY: we acknowledge exactly the events we read.
             unsafe { ffi::ibv_ack_cq_events(self.raw.as_ptr(), self.unacked) };
             self.unacked = 0;
         }
+        got
     }
 
     /// Asks for a channel event on the next completion.
@@ -212,6 +218,7 @@ impl Cq {
         if rc != 0 {
             log::error!("catmint: ibv_req_notify_cq failed ({rc})");
         }
+        self.armed = true;
     }
 }
 
