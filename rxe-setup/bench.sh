@@ -86,6 +86,7 @@ echo "soft-RoCE baseline, $when"
 echo "rxe-run: ${mode:-?}; VM boot ${boot:-?} s; perftest $perftest_ver (rdma_cm, -R)"
 echo "server: ib_send_* -R -d rxe0 on 10.77.0.1; client: ib_send_* -R -d rxe1 10.77.0.1"
 echo "ib_send_lat prints HALF the round trip (usec); ib_send_bw prints MB/s (10^6 bytes/s)."
+echo "host: $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg) (other work on the host slows TCG)"
 echo
 
 ROWFMT='%-22s %8s %6s %9s %11s %9s %9s %10s %7s\n'

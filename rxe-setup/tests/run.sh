@@ -126,17 +126,19 @@ tally_in_vm "$label" "$work/in-vm.out" "$rc"
 
 # ------------------------------- status, files, environment, stdio
 echo "-- exit status, files, environment (one boot)"
-mkdir -p "$work/cwd"
+mkdir -p "$work/cwd" "$work/extra"
 weird=$'two words\nnew "line" $HOME \\ \'q\' *'
 # shellcheck disable=SC2016 # expanded by the shell inside the VM
 inner='echo to-stdout; echo to-stderr >&2; printf %s "$RXE_TEST_WEIRD" >weird.txt
-pwd >pwd.txt; env >env.txt; echo made >made.txt; exit 7'
-(cd "$work/cwd" && RXE_TEST_WEIRD=$weird run_rxe basic "$RXE_RUN" -- bash -c "$inner")
+pwd >pwd.txt; env >env.txt; echo made >made.txt; echo extra >"$RXE_TEST_EXTRA/x.txt"; exit 7'
+(cd "$work/cwd" && RXE_TEST_WEIRD=$weird RXE_TEST_EXTRA=$work/extra \
+    run_rxe basic "$RXE_RUN" --share "$work/extra" -- bash -c "$inner")
 # (run in a subshell for the cd: record its boot time out here)
 note_boot "$work/basic.err"
 rc=$(rc_of basic)
 check "a failing command's exit status comes back (7)" $((rc == 7 ? 0 : 1)) "rc=$rc" "$(cat "$work/basic.err")"
 expect "a file written inside appears on the host" "" file_is "$work/cwd/made.txt" made
+expect "--share DIR is writable from inside too" "" file_is "$work/extra/x.txt" extra
 expect "the command runs in the caller's working directory" "$(cat "$work/cwd/pwd.txt" 2>/dev/null)" \
     file_is "$work/cwd/pwd.txt" "$work/cwd"
 expect "the caller's environment arrives byte for byte" "" file_is "$work/cwd/weird.txt" "$weird"
