@@ -367,6 +367,10 @@ fn bad_arguments_are_refused() {
     let empty = demi::Buffer::heap(0);
     assert_eq!(os.pushto(u, &empty, to).unwrap_err().errno(), libc::EINVAL);
     assert_eq!(os.pushto(777, &buf(&os, b"x"), to).unwrap_err().errno(), libc::EBADF);
+    let zero_port = SocketAddrV4::new(test_ip(), 0);
+    assert_eq!(os.pushto(u, &buf(&os, b"x"), zero_port).unwrap_err().errno(), libc::EINVAL);
+    let zero_ip: SocketAddrV4 = "0.0.0.0:9".parse().unwrap();
+    assert_eq!(os.pushto(u, &buf(&os, b"x"), zero_ip).unwrap_err().errno(), libc::EINVAL);
     assert_eq!(os.listen(u, 1).unwrap_err().errno(), libc::EOPNOTSUPP);
     assert_eq!(os.accept(u).unwrap_err().errno(), libc::EOPNOTSUPP);
     let t = os.socket(SockType::Stream).unwrap();

@@ -175,6 +175,9 @@ impl Engine {
     /// datagram socket.
     pub fn push(&mut self, qd: QDesc, buf: Buffer, to: Option<SocketAddrV4>) -> Result<QToken> {
         let q = self.queues.get(qd)?;
+        if to.is_some_and(|a| a.ip().is_unspecified() || a.port() == 0) {
+            return fail(libc::EINVAL, "cannot push to a zero address or port");
+        }
         let to = q.push_target(to)?;
         if buf.is_empty() {
             return fail(libc::EINVAL, "cannot push zero bytes");

@@ -45,9 +45,11 @@ pub extern "C" fn demi_socket(qd_out: *mut c_int, domain: c_int, ty: c_int, prot
 #[no_mangle]
 pub unsafe extern "C" fn demi_bind(qd: c_int, addr: *const sockaddr, size: socklen_t) -> c_int {
     boundary("demi_bind", || {
+        let os = libos()?;
+        os.local_addr(qd)?; // EBADF before looking at the address, as connect does
         // SAFETY: forwarded from this function's contract.
         let a = unsafe { sockaddr_in(addr, size) }?;
-        libos()?.bind(qd, a)
+        os.bind(qd, a)
     })
 }
 
