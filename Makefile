@@ -30,7 +30,7 @@ examples: build
 	done
 
 test: build examples test-catnip
-	$(CARGO) test --release -- --test-threads=2
+	$(CARGO) test --release -p demi -p catmint -- --test-threads=2
 	@echo "make test: all suites passed"
 
 demo: examples
