@@ -17,10 +17,7 @@ fn pkg_config(args: &[&str]) -> Vec<String> {
             String::from_utf8_lossy(&out.stderr).trim()
         );
     }
-    String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .map(str::to_owned)
-        .collect()
+    String::from_utf8_lossy(&out.stdout).split_whitespace().map(str::to_owned).collect()
 }
 
 fn main() {
@@ -32,10 +29,7 @@ fn main() {
 
     // The shim: one real symbol per static-inline function or macro we need.
     let mut shim = cc::Build::new();
-    shim.file("src/sys/shim.c")
-        .opt_level(2)
-        .warnings(true)
-        .extra_warnings(true);
+    shim.file("src/sys/shim.c").opt_level(2).warnings(true).extra_warnings(true);
     for f in &cflags {
         shim.flag(f);
     }
@@ -90,7 +84,5 @@ fn main() {
         .generate()
         .expect("catnip: bindgen failed on the DPDK headers");
     let out = PathBuf::from(env::var("OUT_DIR").expect("OUT_DIR is set by cargo"));
-    bindings
-        .write_to_file(out.join("bindings.rs"))
-        .expect("catnip: cannot write bindings.rs");
+    bindings.write_to_file(out.join("bindings.rs")).expect("catnip: cannot write bindings.rs");
 }

@@ -54,6 +54,15 @@ impl Port {
         }
         id.setup(&pool, QUEUE_DESCS, info.rx_ipv4_cksum, info.tx_ipv4_cksum)
             .map_err(|e| Error::dpdk("port setup", e))?;
+        // Some ports cannot start before their peer exists (a memif client
+        // whose server is not listening yet): retry within the link wait.
+        let give_up = Instant::now() + cfg.link_wait;
+        while let Err(e) = id.start() {
+            if Instant::now() >= give_up {
+                return Err(Error::dpdk("port start", e));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
         match id.set_mtu(cfg.mtu) {
             // Virtual ports often cannot change their MTU; frames are bounded by ours anyway.
             Ok(()) | Err(DpdkError { errno: libc::ENOTSUP | libc::ENOSYS, .. }) => {}

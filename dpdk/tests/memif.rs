@@ -77,11 +77,12 @@ fn memif_udp_echo_between_two_processes() {
     let tag = format!("catnip-memif-{}", std::process::id());
     let dir = TempDir(std::env::temp_dir().join(&tag));
     std::fs::create_dir_all(&dir.0).unwrap();
-    let sock = dir.0.join("memif.sock");
-    let sock = sock.display();
-    let mut server = spawn("server", SERVER_IP, 0, &format!("net_memif0,role=server,socket={sock}"), &tag);
-    std::thread::sleep(Duration::from_millis(300));
-    let mut client = spawn("client", CLIENT_IP, 1, &format!("net_memif0,role=client,socket={sock}"), &tag);
+    let sock = dir.0.join("memif.sock").display().to_string();
+    let mut server =
+        spawn("server", SERVER_IP, 0, &format!("net_memif0,role=server,socket={sock},socket-abstract=no"), &tag);
+    wait_for_socket(&sock);
+    let mut client =
+        spawn("client", CLIENT_IP, 1, &format!("net_memif0,role=client,socket={sock},socket-abstract=no"), &tag);
     let c = client.wait_for(Duration::from_secs(60)).expect("client finished within 60 s");
     assert!(c.success(), "client failed: {c}");
     let s = server.wait_for(Duration::from_secs(10)).expect("server finished after the client");
@@ -303,4 +304,14 @@ fn random_frames(n: usize) -> Vec<Vec<u8>> {
             f
         })
         .collect()
+}
+
+/// Waits (bounded) for the memif server to create its socket: a client
+/// that starts first fails to start its port.
+fn wait_for_socket(path: &str) {
+    let end = Instant::now() + Duration::from_secs(20);
+    while !std::path::Path::new(path).exists() {
+        assert!(Instant::now() < end, "memif server never created {path}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }

@@ -85,11 +85,8 @@ pub fn main() -> ExitCode {
         eprintln!("catnip-bench: needs root (network namespaces and veth pairs)");
         return ExitCode::FAILURE;
     }
-    let runs: [(&str, fn(&Opts) -> Figures); 3] = [
-        ("catnip over memif", memif),
-        ("catnip over af_packet/veth", af_packet),
-        ("kernel UDP over veth", kernel),
-    ];
+    let runs: [(&str, fn(&Opts) -> Figures); 3] =
+        [("catnip over memif", memif), ("catnip over af_packet/veth", af_packet), ("kernel UDP over veth", kernel)];
     let mut results = Vec::new();
     for (name, f) in runs {
         eprintln!("catnip-bench: {name} ...");
@@ -138,12 +135,20 @@ fn eal(lcore: u32, tag: &str, vdev: &str) -> String {
 }
 
 /// Runs server then client, returns the client's figures.
-fn run_pair(mut server: Command, mut client: Command, o: &Opts) -> Figures {
+/// `ready`: a file the server creates once it is up (the memif socket).
+fn run_pair(mut server: Command, mut client: Command, o: &Opts, ready: Option<&str>) -> Figures {
     for c in [&mut server, &mut client] {
         c.env("BENCH_ROUNDS", o.rounds.to_string()).env("BENCH_SECONDS", o.seconds.to_string());
     }
     let _server = Proc(server.spawn().expect("spawn server"));
     std::thread::sleep(Duration::from_millis(500));
+    if let Some(path) = ready {
+        let end = Instant::now() + Duration::from_secs(20);
+        while !std::path::Path::new(path).exists() {
+            assert!(Instant::now() < end, "the server never created {path}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
     let client = Proc(client.spawn().expect("spawn client"));
     let out = {
         let mut client = client;
@@ -174,15 +179,21 @@ fn memif(o: &Opts) -> Figures {
     std::fs::create_dir_all(&dir.0).unwrap();
     let sock = dir.0.join("memif.sock").display().to_string();
     let mut s = me("catnip-server");
-    s.env("DEMI_DPDK_EAL", eal(0, &format!("{tag}s"), &format!("net_memif0,role=server,socket={sock}")))
-        .env("DEMI_LOCAL_IPV4", "10.77.20.1")
-        .env("BENCH_CPU", "0");
+    s.env(
+        "DEMI_DPDK_EAL",
+        eal(0, &format!("{tag}s"), &format!("net_memif0,role=server,socket={sock},socket-abstract=no")),
+    )
+    .env("DEMI_LOCAL_IPV4", "10.77.20.1")
+    .env("BENCH_CPU", "0");
     let mut c = me("catnip-client");
-    c.env("DEMI_DPDK_EAL", eal(1, &format!("{tag}c"), &format!("net_memif0,role=client,socket={sock}")))
-        .env("DEMI_LOCAL_IPV4", "10.77.20.2")
-        .env("BENCH_PEER", "10.77.20.1")
-        .env("BENCH_CPU", "1");
-    run_pair(s, c, o)
+    c.env(
+        "DEMI_DPDK_EAL",
+        eal(1, &format!("{tag}c"), &format!("net_memif0,role=client,socket={sock},socket-abstract=no")),
+    )
+    .env("DEMI_LOCAL_IPV4", "10.77.20.2")
+    .env("BENCH_PEER", "10.77.20.1")
+    .env("BENCH_CPU", "1");
+    run_pair(s, c, o, Some(&sock))
 }
 
 /// Two namespaces joined by a veth pair; `addrs` gives the kernel addresses.
@@ -218,7 +229,7 @@ fn af_packet(o: &Opts) -> Figures {
         .env("DEMI_LOCAL_IPV4", "10.77.21.2")
         .env("BENCH_PEER", "10.77.21.1")
         .env("BENCH_CPU", "1");
-    run_pair(s, c, o)
+    run_pair(s, c, o, None)
 }
 
 fn kernel(o: &Opts) -> Figures {
@@ -227,7 +238,7 @@ fn kernel(o: &Opts) -> Figures {
     s.env("BENCH_SELF", "10.77.22.1").env("BENCH_CPU", "0");
     let mut c = in_ns(&ns[1], "kernel-client");
     c.env("BENCH_PEER", "10.77.22.1").env("BENCH_CPU", "1");
-    run_pair(s, c, o)
+    run_pair(s, c, o, None)
 }
 
 // ---- roles -------------------------------------------------------------

@@ -163,8 +163,7 @@ impl PortId {
     }
 
     /// Configures one RX and one TX queue of `descs` descriptors each over
-    /// `pool`, with IPv4 checksum offloads where `offload` asks, and starts
-    /// the port.
+    /// `pool`, with the IPv4 checksum offloads asked for (start it next).
     pub fn setup(self, pool: &Mempool, descs: u16, rx_cksum: bool, tx_cksum: bool) -> Result<(), DpdkError> {
         let mut conf = ffi::rte_eth_conf::default();
         // SAFETY: the shim functions return constants.
@@ -187,9 +186,13 @@ impl PortId {
             ffi::rte_eth_rx_queue_setup(self.0, 0, descs, socket, std::ptr::null(), pool.0.as_ptr().cast()))?;
         // SAFETY: as above.
         rte!(neg "rte_eth_tx_queue_setup", ffi::rte_eth_tx_queue_setup(self.0, 0, descs, socket, std::ptr::null()))?;
-        // SAFETY: the port is configured.
-        rte!(neg "rte_eth_dev_start", ffi::rte_eth_dev_start(self.0))?;
         Ok(())
+    }
+
+    /// Starts a configured port.
+    pub fn start(self) -> Result<(), DpdkError> {
+        // SAFETY: plain port id; DPDK checks that the port is configured.
+        rte!(neg "rte_eth_dev_start", ffi::rte_eth_dev_start(self.0)).map(drop)
     }
 
     /// Stops and releases the port.
