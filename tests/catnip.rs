@@ -25,6 +25,8 @@ static DPDK: Mutex<()> = Mutex::new(());
 const ECHO_PORT: u16 = 7000;
 const KERNEL_ECHO_PORT: u16 = 7001;
 const BYE: &[u8] = b"bye";
+/// The MAC catnip is told to use (DEMI_LOCAL_MAC) on the veth test.
+const CATNIP_MAC: &str = "02:00:0a:4d:0b:01";
 
 fn dpdk_lock() -> std::sync::MutexGuard<'static, ()> {
     DPDK.lock().unwrap_or_else(|e| e.into_inner())
@@ -287,12 +289,17 @@ fn af_packet_to_kernel_arp_ping_and_udp_both_ways() {
         &[
             ("DEMI_DPDK_EAL", net.eal(&tag)),
             ("DEMI_LOCAL_IPV4", net.ip[0].to_string()),
+            ("DEMI_LOCAL_MAC", CATNIP_MAC.to_string()),
             ("CATNIP_PEER", net.ip[1].to_string()),
         ],
     );
     // The kernel sends to catnip: ARP from the kernel, then UDP echoes.
     let kernel = [("CATNIP_PEER", net.ip[0].to_string())];
     spawn("kernel-client", Some(&net.ns[1]), &kernel).expect_success(Duration::from_secs(60));
+    // The kernel learned catnip's (configured) MAC through ARP.
+    let neigh = Command::new("ip").args(["-n", &net.ns[1], "neigh", "show"]).arg(net.ip[0].to_string()).output();
+    let neigh = String::from_utf8_lossy(&neigh.expect("ip neigh").stdout).into_owned();
+    assert!(neigh.contains(CATNIP_MAC), "kernel neighbour entry for catnip: {neigh:?}");
     // ICMP echo from the kernel's ping.
     let out = Command::new("ip")
         .args(["netns", "exec", &net.ns[1], "ping", "-c", "3", "-i", "0.2", "-W", "2"])
