@@ -85,7 +85,8 @@ pub fn main() -> ExitCode {
         eprintln!("catnip-bench: needs root (network namespaces and veth pairs)");
         return ExitCode::FAILURE;
     }
-    let runs: [(&str, fn(&Opts) -> Figures); 3] =
+    type Run = fn(&Opts) -> Figures;
+    let runs: [(&str, Run); 3] =
         [("catnip over memif", memif), ("catnip over af_packet/veth", af_packet), ("kernel UDP over veth", kernel)];
     let mut results = Vec::new();
     for (name, f) in runs {
@@ -152,7 +153,7 @@ fn run_pair(mut server: Command, mut client: Command, o: &Opts, ready: Option<&s
     let client = Proc(client.spawn().expect("spawn client"));
     let out = {
         let mut client = client;
-        let o = std::mem::replace(&mut client.0.stdout, None);
+        let o = client.0.stdout.take();
         let text = std::io::read_to_string(o.expect("piped")).unwrap_or_default();
         let status = client.0.wait().expect("client exit");
         assert!(status.success(), "client failed: {status}");
