@@ -266,6 +266,10 @@ impl Backend for Catnip {
         }
     }
 
+    fn max_datagram(&mut self, _s: SockId) -> usize {
+        self.stack.max_payload()
+    }
+
     fn poll(&mut self, out: &mut Completions) {
         let mut events = std::mem::take(&mut self.events);
         self.stack.poll(&mut events);
