@@ -264,8 +264,10 @@ impl LibOs {
             if let Some(i) = st.sleepers.iter().position(|&fd| fd == me) {
                 st.sleepers.swap_remove(i);
             }
-            WAKER.with(|w| w.as_ref().map(EventFd::drain));
-            slept?;
+            // Reading the eventfd is a system call: only when it fired.
+            if slept? & 2 != 0 {
+                WAKER.with(|w| w.as_ref().map(EventFd::drain));
+            }
         }
     }
 }

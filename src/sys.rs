@@ -46,9 +46,10 @@ impl AsRawFd for EventFd {
     }
 }
 
-/// Sleeps until one of `fds` is readable or `timeout` passes (None: forever).
-/// Signals interrupt the sleep; the caller re-checks its condition anyway.
-pub fn wait_readable(fds: &[RawFd], timeout: Option<Duration>) -> Result<()> {
+/// Sleeps until one of `fds` is readable or `timeout` passes (None: forever);
+/// returns a bit mask of the readable ones. Signals interrupt the sleep; the
+/// caller re-checks its condition anyway.
+pub fn wait_readable(fds: &[RawFd], timeout: Option<Duration>) -> Result<u32> {
     let mut pfds = [libc::pollfd { fd: -1, events: 0, revents: 0 }; 4];
     let n = fds.len().min(pfds.len());
     for (p, fd) in pfds.iter_mut().zip(fds) {
@@ -67,6 +68,7 @@ pub fn wait_readable(fds: &[RawFd], timeout: Option<Duration>) -> Result<()> {
         if e.errno() != libc::EINTR {
             return Err(e);
         }
+        return Ok(0);
     }
-    Ok(())
+    Ok(pfds[..n].iter().enumerate().filter(|(_, p)| p.revents != 0).fold(0, |m, (i, _)| m | 1 << i))
 }
