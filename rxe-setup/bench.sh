@@ -7,7 +7,8 @@
 # Usage: rxe-setup/bench.sh [--markdown] [--vm]
 # Environment (passed into the VM): RXE_BENCH_SIZES (default "64 4096 65536"),
 # RXE_BENCH_LAT_ITERS / RXE_BENCH_BW_ITERS (default 1000),
-# RXE_BENCH_PATHS (default "wire loopback").
+# RXE_BENCH_PATHS (default "wire"; "wire loopback" adds rxe0's internal
+# loopback, an unbound client, for comparison).
 set -euo pipefail
 
 HERE=$(cd "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")" && pwd)
