@@ -11,7 +11,8 @@
 //! close. So a sender never sends into a peer without a posted receive.
 
 use crate::cm::CmId;
-use crate::pool::{Block, Pool, RingReturn, Slot};
+use crate::pool::{Block, Pool, Slot};
+use crate::recv::{registered, RecvRing};
 use crate::sys::{ffi, Error, Result};
 use crate::wire::{flag, Header, Hello, HDR_LEN};
 use crate::{Done, Payload, Tag};
@@ -58,9 +59,7 @@ pub struct Rc {
     cfg: RcConfig,
     pool: Pool,
     // Receive side.
-    posted: Vec<Option<Slot>>,
-    ring: Arc<RingReturn>,
-    returns: Vec<(u32, Slot)>,
+    recv: RecvRing,
     to_return: u32,
     owe_ack: bool,
     partial: Option<(Block, usize)>,
@@ -111,9 +110,7 @@ impl Rc {
             key,
             cfg,
             pool: pool.clone(),
-            posted: (0..recv).map(|_| None).collect(),
-            ring: RingReturn::new(pool, notify, key),
-            returns: Vec::new(),
+            recv: RecvRing::new(pool, notify, dev, key, recv),
             to_return: 0,
             owe_ack: false,
             partial: None,
@@ -131,10 +128,8 @@ impl Rc {
             seq: 0,
             hdrs,
         };
-        for i in 0..recv {
-            let slot = pool.slot(cfg.buf_size)?;
-            ep.post_recv(i, slot)?;
-        }
+        let qp = ep.id().qp();
+        ep.recv.fill(qp, cfg.buf_size)?;
         Ok(ep)
     }
 
@@ -158,28 +153,12 @@ impl Rc {
     }
 
     fn post_recv(&mut self, index: u32, slot: Slot) -> Result<()> {
-        let mut sge =
-            ffi::ibv_sge { addr: slot.ptr() as u64, length: slot.capacity() as u32, lkey: slot.lkey(self.dev) };
-        let mut wr = ffi::ibv_recv_wr {
-            wr_id: self.key << 32 | index as u64,
-            next: std::ptr::null_mut(),
-            sg_list: &mut sge,
-            num_sge: 1,
-        };
-        let mut bad = std::ptr::null_mut();
-        // SAFETY: the QP is live; sge points at registered memory that stays
-        // owned by `posted` until the completion hands it back.
-        let rc = unsafe { ffi::ibv_post_recv(self.id().qp(), &mut wr, &mut bad) };
-        if rc != 0 {
-            self.pool_back(slot);
-            return Err(Error::new("ibv_post_recv", rc));
-        }
-        self.posted[index as usize] = Some(slot);
-        Ok(())
+        let qp = self.id().qp();
+        self.recv.post(qp, index, slot)
     }
 
     fn pool_back(&self, slot: Slot) {
-        self.pool.recycle(slot);
+        self.recv.recycle(slot);
     }
 
     /// Queues a message.
@@ -193,18 +172,11 @@ impl Rc {
             return;
         }
         // Memory the device cannot read is copied into registered memory once.
-        let data: Arc<dyn Payload> = if data.lkey(self.dev).is_some() {
-            Arc::from(data)
-        } else {
-            match self.pool.alloc(data.bytes().len()) {
-                Ok(mut b) => {
-                    b.as_mut_slice().copy_from_slice(data.bytes());
-                    Arc::new(b)
-                }
-                Err(e) => {
-                    out.push((tag, Done::Failed(e.errno)));
-                    return;
-                }
+        let data = match registered(&self.pool, data, self.dev) {
+            Ok(d) => d,
+            Err(e) => {
+                out.push((tag, Done::Failed(e.errno)));
+                return;
             }
         };
         self.sends.push_back(Pending { tag, data, off: 0 });
@@ -336,20 +308,10 @@ impl Rc {
 
     /// Re-posts buffers the application gave back; returns true if any.
     pub fn repost_returns(&mut self) -> bool {
-        if !self.ring.has_returns() {
-            return false;
-        }
-        let mut returns = std::mem::take(&mut self.returns);
-        self.ring.take(&mut returns);
-        for (i, slot) in returns.drain(..) {
-            if self.error.is_some() {
-                self.pool_back(slot);
-            } else if self.post_recv(i, slot).is_ok() {
-                self.to_return += 1;
-            }
-        }
-        self.returns = returns;
-        true
+        let qp = self.id().qp();
+        let n = self.recv.repost_returns(qp, self.error.is_none());
+        self.to_return += n;
+        n > 0
     }
 
     /// Handles a completion for this endpoint.
@@ -362,7 +324,7 @@ impl Rc {
             }
         } else {
             let index = (wc.wr_id & WR_LOW) as u32;
-            let Some(slot) = self.posted.get_mut(index as usize).and_then(Option::take) else { return };
+            let Some(slot) = self.recv.complete(index) else { return };
             if ok {
                 self.on_recv(index, slot, wc.byte_len as usize, out);
             } else {
@@ -416,7 +378,7 @@ impl Rc {
         let total = h.total as usize;
         if self.partial.is_none() && h.flags & flag::LAST != 0 && payload == total {
             // The common case: hand the receive buffer itself to the application.
-            self.ready.push_back(Block::received(slot, HDR_LEN, payload, &self.ring, index));
+            self.ready.push_back(self.recv.lend(slot, index, HDR_LEN, payload));
             return;
         }
         // A segment of a larger message: copy it out and re-post at once.
@@ -528,9 +490,6 @@ impl Drop for Rc {
         // Destroy the QP first so the device no longer writes into posted
         // buffers, then recycle them.
         drop(self.id.take());
-        self.ring.close();
-        for slot in self.posted.drain(..).flatten() {
-            self.pool.recycle(slot);
-        }
+        self.recv.close();
     }
 }

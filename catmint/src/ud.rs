@@ -7,7 +7,8 @@
 //! with the sender's IPv4 address and port, since UD itself carries neither.
 
 use crate::cm::{CmId, CqCell};
-use crate::pool::{Block, Notify, Pool, RingReturn, Slot};
+use crate::pool::{Block, Notify, Pool, Slot};
+use crate::recv::{registered, RecvRing};
 use crate::sys::{ffi, Error, Result};
 use crate::verbs::{Ah, Pd};
 use crate::{Done, Payload, Tag};
@@ -69,9 +70,7 @@ pub struct Ud {
     pub local: SocketAddrV4,
     /// Largest payload a datagram may carry (path MTU less our header).
     pub max_payload: usize,
-    posted: Vec<Option<Slot>>,
-    ring: Arc<RingReturn>,
-    returns: Vec<(u32, Slot)>,
+    recv: RecvRing,
     ready: VecDeque<(Block, SocketAddrV4)>,
     pops: VecDeque<Tag>,
     pub peers: HashMap<SocketAddrV4, Peer>,
@@ -118,9 +117,7 @@ impl Ud {
             pool: pool.clone(),
             local,
             max_payload: mtu - UD_HDR_LEN,
-            posted: (0..depth).map(|_| None).collect(),
-            ring: RingReturn::new(pool, notify, key),
-            returns: Vec::new(),
+            recv: RecvRing::new(pool, notify, dev, key, depth),
             ready: VecDeque::new(),
             pops: VecDeque::new(),
             peers: HashMap::new(),
@@ -131,10 +128,8 @@ impl Ud {
             max_inline: attr.cap.max_inline_data,
             dropped: 0,
         };
-        for i in 0..depth {
-            let slot = pool.slot(GRH_LEN + mtu)?;
-            ud.post_recv(i, slot)?;
-        }
+        let qp = ud.id().qp();
+        ud.recv.fill(qp, GRH_LEN + mtu)?;
         Ok(ud)
     }
 
@@ -149,23 +144,8 @@ impl Ud {
     }
 
     fn post_recv(&mut self, index: u32, slot: Slot) -> Result<()> {
-        let mut sge =
-            ffi::ibv_sge { addr: slot.ptr() as u64, length: slot.capacity() as u32, lkey: slot.lkey(self.dev) };
-        let mut wr = ffi::ibv_recv_wr {
-            wr_id: self.key << 32 | index as u64,
-            next: std::ptr::null_mut(),
-            sg_list: &mut sge,
-            num_sge: 1,
-        };
-        let mut bad = std::ptr::null_mut();
-        // SAFETY: live QP; the SGE is registered memory owned by `posted`.
-        let rc = unsafe { ffi::ibv_post_recv(self.id().qp(), &mut wr, &mut bad) };
-        if rc != 0 {
-            self.pool.recycle(slot);
-            return Err(Error::new("ibv_post_recv", rc));
-        }
-        self.posted[index as usize] = Some(slot);
-        Ok(())
+        let qp = self.id().qp();
+        self.recv.post(qp, index, slot)
     }
 
     /// Sends (or queues until `to` is resolved). Returns true if the caller
@@ -175,18 +155,11 @@ impl Ud {
             out.push((tag, Done::Failed(libc::EMSGSIZE)));
             return false;
         }
-        let data: Arc<dyn Payload> = if data.lkey(self.dev).is_some() {
-            Arc::from(data)
-        } else {
-            match self.pool.alloc(data.bytes().len()) {
-                Ok(mut b) => {
-                    b.as_mut_slice().copy_from_slice(data.bytes());
-                    Arc::new(b)
-                }
-                Err(e) => {
-                    out.push((tag, Done::Failed(e.errno)));
-                    return false;
-                }
+        let data = match registered(&self.pool, data, self.dev) {
+            Ok(d) => d,
+            Err(e) => {
+                out.push((tag, Done::Failed(e.errno)));
+                return false;
             }
         };
         match self.peers.get_mut(&to) {
@@ -304,7 +277,7 @@ impl Ud {
             return;
         }
         let index = (wc.wr_id & WR_LOW) as u32;
-        let Some(slot) = self.posted.get_mut(index as usize).and_then(Option::take) else { return };
+        let Some(slot) = self.recv.complete(index) else { return };
         let len = wc.byte_len as usize;
         if !ok || len < GRH_LEN + UD_HDR_LEN || len > slot.capacity() {
             if ok {
@@ -321,18 +294,14 @@ impl Ud {
             return;
         };
         let off = GRH_LEN + UD_HDR_LEN;
-        self.ready.push_back((Block::received(slot, off, len - off, &self.ring, index), from));
+        self.ready.push_back((self.recv.lend(slot, index, off, len - off), from));
         self.deliver(out);
     }
 
     /// Re-posts buffers the application gave back.
     pub fn repost_returns(&mut self) {
-        let mut returns = std::mem::take(&mut self.returns);
-        self.ring.take(&mut returns);
-        for (i, slot) in returns.drain(..) {
-            let _ = self.post_recv(i, slot);
-        }
-        self.returns = returns;
+        let qp = self.id().qp();
+        self.recv.repost_returns(qp, true);
     }
 
     /// Cancels what the application waits for (close).
@@ -359,10 +328,7 @@ impl Ud {
 impl Drop for Ud {
     fn drop(&mut self) {
         drop(self.id.take());
-        self.ring.close();
-        for slot in self.posted.drain(..).flatten() {
-            self.pool.recycle(slot);
-        }
+        self.recv.close();
     }
 }
 
