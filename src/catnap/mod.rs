@@ -35,6 +35,9 @@ struct Sock {
     pops: VecDeque<OpId>,
     /// The peer closed its side: every later stream pop is end of file.
     eof: bool,
+    /// False after a read found nothing, until epoll reports input again:
+    /// a pop then waits for the edge instead of spending a system call.
+    readable: bool,
 }
 
 impl Sock {
@@ -47,6 +50,7 @@ impl Sock {
             pushes: VecDeque::new(),
             pops: VecDeque::new(),
             eof: false,
+            readable: true,
         }
     }
 }
@@ -173,6 +177,9 @@ impl Catnap {
             return;
         };
         while let Some(&op) = sock.pops.front() {
+            if !sock.eof && !sock.readable {
+                return;
+            }
             if sock.eof {
                 sock.pops.pop_front();
                 out.complete(op, Outcome::Popped { buf: Buffer::heap(0), from: None });
@@ -188,7 +195,10 @@ impl Catnap {
                     let buf = Buffer::copy_from(&self.scratch[..n]);
                     out.complete(op, Outcome::Popped { buf, from });
                 }
-                Err(e) if is_would_block(&e) => return,
+                Err(e) if is_would_block(&e) => {
+                    sock.readable = false;
+                    return;
+                }
                 Err(e) if e.errno() == libc::EINTR => {}
                 Err(e) => {
                     sock.pops.pop_front();
@@ -306,7 +316,13 @@ impl Backend for Catnap {
             }
         };
         for ev in &events[..n] {
-            self.progress(ev.u64 as SockId, out);
+            let s = ev.u64 as SockId;
+            if ev.events & (libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLHUP | libc::EPOLLERR) as u32 != 0 {
+                if let Some(Some(sock)) = self.socks.get_mut(s) {
+                    sock.readable = true;
+                }
+            }
+            self.progress(s, out);
         }
         self.events = events;
     }
