@@ -60,9 +60,15 @@ attempt() {
         REASON="server did not start: $(why "$LOGS/s")"
         return 1
     fi
-    timeout 120 "$tool" -R -d "$D1" -s "$size" -n "$iters" "$A0" >"$LOGS/c" 2>&1 || crc=$?
+    timeout 90 "$tool" -R -d "$D1" -s "$size" -n "$iters" "$A0" >"$LOGS/c" 2>&1 || crc=$?
     steer_off
     reap_server || true
+    # perftest now and then hangs in its rdma_cm teardown after printing the
+    # figures; the measurement itself is complete then, so keep it.
+    if ((crc == 124)) && grep -A1 -E '^ *#bytes' "$LOGS/c" | tail -n 1 | grep -qE '^ *[0-9]+ +[0-9]+ +[0-9.]+'; then
+        echo "NOTE $path ${tool#ib_send_} $size client hung after printing its figures (killed at 90 s); figures kept"
+        crc=0
+    fi
     if ((crc != 0)); then
         REASON="client exit $crc: $(why "$LOGS/c" "$LOGS/s")"
         return 1

@@ -120,11 +120,20 @@ send_lat() {
     [[ $LAT_LINE =~ ^\ ?[0-9]+\ [0-9]+\ [0-9.]+ ]]
 }
 
+# perftest under a busy TCG guest now and then stalls (prints "inf" or hangs
+# in teardown): one retry, reported, tells that from a real failure.
+send_lat_retry() {
+    RETRIED=
+    send_lat "$@" && return 0
+    RETRIED=", after one retry"
+    send_lat "$@"
+}
+
 name="ib_send_lat -R runs from $D1 ($A1) to $D0 ($A0) over the wire"
 snap
 WIRE=
-if send_lat -s 64 -n 200 && wire_ok; then
-    pass "$name (bytes iters t_min t_max t_typical ...: $LAT_LINE; $WIRE)"
+if send_lat_retry -s 64 -n 200 && wire_ok; then
+    pass "$name (bytes iters t_min t_max t_typical ...: $LAT_LINE; $WIRE$RETRIED)"
 else
     fail "$name" "${WIRE:-}" "client:" "$(show "$LOGS/lat-c")" "server:" "$(show "$LOGS/lat-s")"
 fi
@@ -135,10 +144,10 @@ name="tc netem delay on veth1 slows the $A1 -> $A0 path"
 if ! modprobe sch_netem 2>"$LOGS/netem" || ! tc qdisc add dev veth1 root netem delay 2ms 2>>"$LOGS/netem"; then
     fail "$name" "could not add netem:" "$(show "$LOGS/netem")"
 else
-    if send_lat -s 64 -n 20; then
+    if send_lat_retry -s 64 -n 20; then
         typical=$(awk '{print $5}' <<<"$LAT_LINE")
         if awk -v t="$typical" 'BEGIN { exit !(t >= 1000) }'; then
-            pass "$name (t_typical $typical us with 2 ms netem delay)"
+            pass "$name (t_typical $typical us with 2 ms netem delay$RETRIED)"
         else
             fail "$name" "t_typical $typical us, expected >= 1000" "$LAT_LINE"
         fi
