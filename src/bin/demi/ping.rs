@@ -1,0 +1,227 @@
+//! `demi ping`: one message in flight; each round trip is timed from the
+//! push to the moment the whole echo is back (and checked byte for byte).
+
+use crate::net::{self, Role};
+use crate::stats::{self, Plan, Progress, Summary};
+use crate::{Fail, PingArgs, Proto, Res};
+use demi::{Buffer, LibOs, QDesc, QToken, QValue};
+use serde::Serialize;
+use std::net::SocketAddrV4;
+use std::time::{Duration, Instant};
+
+/// The `--json` record.
+#[derive(Serialize)]
+struct Record {
+    tool: &'static str,
+    libos: &'static str,
+    proto: &'static str,
+    to: String,
+    bind: Option<String>,
+    size: usize,
+    warmup: u64,
+    /// Timed round trips that came back.
+    count: u64,
+    /// Pings that got no answer in time (udp only).
+    lost: u64,
+    /// Length of the timed part.
+    seconds: f64,
+    rtt_us: Summary,
+    /// `[µs, fraction of round trips at or below it]`.
+    cdf: Vec<[f64; 2]>,
+    unix_time: u64,
+}
+
+/// The connection and what a round trip needs.
+struct Pinger<'a> {
+    os: &'a LibOs,
+    qd: QDesc,
+    to: SocketAddrV4,
+    proto: Proto,
+    msg: Buffer,
+    timeout: Duration,
+    /// udp: a pop still waiting from a lost ping.
+    pop: Option<QToken>,
+    seq: u64,
+    /// udp: a reply has come back at least once.
+    answered: bool,
+    misses: u32,
+}
+
+impl Pinger<'_> {
+    /// One round trip; false if a udp ping got no answer in time.
+    fn round(&mut self) -> Res<bool> {
+        match self.proto {
+            Proto::Tcp => self.tcp().map(|()| true),
+            Proto::Udp => self.udp(),
+        }
+    }
+
+    fn tcp(&mut self) -> Res<()> {
+        let os = self.os;
+        let push = net::call(os.push(self.qd, &self.msg), "push")?;
+        let mut pop = net::call(os.pop(self.qd), "pop")?;
+        net::wait(os, push, self.timeout, "push")?;
+        let want = self.msg.as_slice();
+        let mut got = 0;
+        loop {
+            match net::wait(os, pop, self.timeout, "waiting for the echo")? {
+                QValue::Pop { buf, .. } if !buf.is_empty() => {
+                    let part = buf.as_slice();
+                    if got + part.len() > want.len() || part != &want[got..got + part.len()] {
+                        return Err(Fail::new("the echo differs from what was sent"));
+                    }
+                    got += part.len();
+                    if got == want.len() {
+                        return Ok(());
+                    }
+                    pop = net::call(os.pop(self.qd), "pop")?;
+                }
+                _ => return Err(Fail::new("the server closed the connection")),
+            }
+        }
+    }
+
+    fn udp(&mut self) -> Res<bool> {
+        let os = self.os;
+        self.seq += 1;
+        match self.msg.as_mut_slice() {
+            Some(b) => net::put_header(b, net::KIND_PING, self.seq),
+            None => {
+                // Still shared with a finished push somewhere: use a copy.
+                let mut bytes = self.msg.as_slice().to_vec();
+                net::put_header(&mut bytes, net::KIND_PING, self.seq);
+                self.msg = net::call(os.buffer_from(&bytes), "cannot allocate a buffer")?;
+            }
+        }
+        let push = net::call(os.pushto(self.qd, &self.msg, self.to), "push")?;
+        net::wait(os, push, self.timeout, "push")?;
+        let end = Instant::now() + self.timeout;
+        loop {
+            let pop = match self.pop.take() {
+                Some(p) => p,
+                None => net::call(os.pop(self.qd), "pop")?,
+            };
+            let left = end.saturating_duration_since(Instant::now());
+            match net::wait_opt(os, pop, left, "waiting for the echo")? {
+                None => {
+                    self.pop = Some(pop);
+                    return self.missed();
+                }
+                Some(QValue::Pop { buf, .. }) => {
+                    let b = buf.as_slice();
+                    if b.len() < net::UDP_HEADER || b[0] != net::KIND_PING || net::header_number(b) != Some(self.seq) {
+                        continue; // a late answer to a lost ping
+                    }
+                    if b != self.msg.as_slice() {
+                        return Err(Fail::new("the echo differs from what was sent"));
+                    }
+                    self.answered = true;
+                    self.misses = 0;
+                    return Ok(true);
+                }
+                Some(_) => continue,
+            }
+        }
+    }
+
+    fn missed(&mut self) -> Res<bool> {
+        self.misses += 1;
+        let secs = self.timeout.as_secs_f64();
+        if !self.answered {
+            return Err(Fail::new(format!(
+                "no reply from {} within {secs:.1} s (is `demi echo --proto udp --bind {}` running there?)",
+                self.to, self.to
+            )));
+        }
+        if self.misses >= 3 {
+            return Err(Fail::new(format!("the last 3 pings to {} got no reply within {secs:.1} s each", self.to)));
+        }
+        Ok(false)
+    }
+}
+
+pub fn run(a: &PingArgs) -> Res<()> {
+    let c = &a.common;
+    if c.proto == Proto::Udp && a.size < net::UDP_HEADER {
+        return Err(Fail::new(format!(
+            "--size {} is too small for udp: every datagram carries a {}-byte header",
+            a.size,
+            net::UDP_HEADER
+        )));
+    }
+    let os = net::start(c, Role::Client, a.bind.map(|b| *b.ip()))?;
+    let timeout = Duration::from_secs_f64(a.timeout);
+    let qd = net::open_client(&os, c, a.bind, a.to, a.size, net::MODE_PING, timeout)?;
+    let msg = net::message(&os, a.size, 1)?;
+    let mut p =
+        Pinger { os: &os, qd, to: a.to, proto: c.proto, msg, timeout, pop: None, seq: 0, answered: false, misses: 0 };
+    let mut lost = 0u64;
+    for _ in 0..a.warmup {
+        p.round()?;
+    }
+    let plan = match (a.count, a.time) {
+        (Some(n), _) => Plan::Count(n),
+        (None, Some(t)) => Plan::Time(Duration::from_secs_f64(t)),
+        (None, None) => Plan::Count(1000),
+    };
+    let mut ns: Vec<u64> = Vec::with_capacity(match plan {
+        Plan::Count(n) => n.min(1 << 24) as usize,
+        Plan::Time(_) => 1 << 16,
+    });
+    let mut progress = Progress::new(plan, "round trips", a.json);
+    let start = Instant::now();
+    let mut now = start;
+    loop {
+        let done = ns.len() as u64 + lost;
+        match plan {
+            Plan::Count(n) if done >= n => break,
+            Plan::Time(t) if now.duration_since(start) >= t => break,
+            _ => {}
+        }
+        let t0 = Instant::now();
+        let answered = p.round()?;
+        now = Instant::now();
+        if answered {
+            ns.push(now.duration_since(t0).as_nanos() as u64);
+        } else {
+            lost += 1;
+        }
+        progress.tick(ns.len() as u64, now);
+    }
+    progress.finish();
+    let seconds = now.duration_since(start).as_secs_f64();
+    let _ = os.close(qd);
+    let Some(summary) = stats::summarize(&mut ns) else {
+        return Err(Fail::new("no round trip completed"));
+    };
+    if a.json {
+        let r = Record {
+            tool: "ping",
+            libos: c.libos.name(),
+            proto: c.proto.name(),
+            to: a.to.to_string(),
+            bind: a.bind.map(|b| b.to_string()),
+            size: a.size,
+            warmup: a.warmup,
+            count: ns.len() as u64,
+            lost,
+            seconds,
+            rtt_us: summary,
+            cdf: stats::cdf(&ns),
+            unix_time: stats::unix_time(),
+        };
+        println!("{}", serde_json::to_string(&r).map_err(|e| Fail::new(format!("json: {e}")))?);
+    } else {
+        println!(
+            "demi ping: {} round trips of {} B over {} {} to {} in {seconds:.2} s{}",
+            ns.len(),
+            a.size,
+            c.libos.name(),
+            c.proto.name(),
+            a.to,
+            if lost > 0 { format!(", {lost} lost") } else { String::new() }
+        );
+        stats::print_table(&summary);
+    }
+    Ok(())
+}

@@ -1,0 +1,199 @@
+//! `demi stream`: pushes messages as fast as a window of pushes in flight
+//! allows for the given time, then asks `demi echo` what it counted. The
+//! figures are the echo side's: messages that arrived, over the time from
+//! the first arrival to the last.
+
+use crate::net::{self, Report, Role};
+use crate::stats::{Plan, Progress};
+use crate::{Fail, Proto, Res, StreamArgs};
+use demi::{Buffer, LibOs, QDesc, QValue};
+use serde::Serialize;
+use std::collections::VecDeque;
+use std::net::SocketAddrV4;
+use std::time::{Duration, Instant};
+
+/// The `--json` record.
+#[derive(Serialize)]
+struct Record {
+    tool: &'static str,
+    libos: &'static str,
+    proto: &'static str,
+    to: String,
+    bind: Option<String>,
+    size: usize,
+    window: u32,
+    /// How long the sender sent.
+    seconds: f64,
+    sent: u64,
+    sent_per_s: f64,
+    /// What the echo side counted.
+    received: u64,
+    received_bytes: u64,
+    /// First to last arrival at the echo side.
+    receive_seconds: f64,
+    messages_per_s: f64,
+    gbit_per_s: f64,
+    /// Sent but not counted (datagrams may be dropped).
+    lost: u64,
+    unix_time: u64,
+}
+
+pub fn run(a: &StreamArgs) -> Res<()> {
+    let c = &a.common;
+    if c.proto == Proto::Udp && a.size < net::UDP_HEADER {
+        return Err(Fail::new(format!(
+            "--size {} is too small for udp: every datagram carries a {}-byte header",
+            a.size,
+            net::UDP_HEADER
+        )));
+    }
+    let os = net::start(c, Role::Client, a.bind.map(|b| *b.ip()))?;
+    let timeout = Duration::from_secs_f64(a.timeout);
+    let qd = net::open_client(&os, c, a.bind, a.to, a.size, net::MODE_STREAM, timeout)?;
+    let session = (u64::from(std::process::id()) << 32) ^ clock_seed();
+    let mut data = net::message(&os, a.size, 3)?;
+    let mut end = net::message(&os, if c.proto == Proto::Udp { net::UDP_HEADER } else { a.size }, 5)?;
+    {
+        let d = data.as_mut_slice().expect("fresh");
+        let e = end.as_mut_slice().expect("fresh");
+        if c.proto == Proto::Udp {
+            net::put_header(d, net::KIND_DATA, session);
+            net::put_header(e, net::KIND_END, session);
+        } else {
+            d[0] = net::KIND_DATA;
+            e[0] = net::KIND_END;
+        }
+    }
+    let to = (c.proto == Proto::Udp).then_some(a.to);
+    let push = |b: &Buffer| match to {
+        Some(t) => os.pushto(qd, b, t),
+        None => os.push(qd, b),
+    };
+
+    let span = Duration::from_secs_f64(a.time);
+    let mut progress = Progress::new(Plan::Time(span), "messages sent", a.json);
+    let mut inflight = VecDeque::with_capacity(a.window as usize);
+    let mut sent = 0u64;
+    let start = Instant::now();
+    let mut now = start;
+    while now.duration_since(start) < span {
+        while inflight.len() < a.window as usize {
+            inflight.push_back(net::call(push(&data), "push")?);
+        }
+        let qt = inflight.pop_front().expect("window is at least 1");
+        net::wait(&os, qt, timeout, "push")?;
+        sent += 1;
+        now = Instant::now();
+        progress.tick(sent, now);
+    }
+    while let Some(qt) = inflight.pop_front() {
+        net::wait(&os, qt, timeout, "push")?;
+        sent += 1;
+    }
+    let seconds = start.elapsed().as_secs_f64();
+    progress.finish();
+
+    let report = match c.proto {
+        Proto::Tcp => tcp_report(&os, qd, &end, timeout)?,
+        Proto::Udp => udp_report(&os, qd, &end, a.to, session, timeout)?,
+    };
+    let _ = os.close(qd);
+    if report.messages == 0 {
+        return Err(Fail::new(format!("{} counted none of the {sent} messages sent", a.to)));
+    }
+    let rsecs = if report.messages > 1 && report.nanos > 0 { report.nanos as f64 / 1e9 } else { seconds };
+    let rate = report.messages as f64 / rsecs;
+    let gbit = report.bytes as f64 * 8.0 / rsecs / 1e9;
+    if a.json {
+        let r = Record {
+            tool: "stream",
+            libos: c.libos.name(),
+            proto: c.proto.name(),
+            to: a.to.to_string(),
+            bind: a.bind.map(|b| b.to_string()),
+            size: a.size,
+            window: a.window,
+            seconds,
+            sent,
+            sent_per_s: sent as f64 / seconds,
+            received: report.messages,
+            received_bytes: report.bytes,
+            receive_seconds: rsecs,
+            messages_per_s: rate,
+            gbit_per_s: gbit,
+            lost: sent.saturating_sub(report.messages),
+            unix_time: crate::stats::unix_time(),
+        };
+        println!("{}", serde_json::to_string(&r).map_err(|e| Fail::new(format!("json: {e}")))?);
+    } else {
+        println!(
+            "demi stream: {} B messages over {} {} to {} for {seconds:.2} s ({} in flight)",
+            a.size,
+            c.libos.name(),
+            c.proto.name(),
+            a.to,
+            a.window
+        );
+        println!("  sent      {sent:>12} messages  {:>12.0} messages/s", sent as f64 / seconds);
+        println!("  received  {:>12} messages  {rate:>12.0} messages/s  {gbit:.3} Gbit/s", report.messages);
+        if sent > report.messages {
+            println!("  lost      {:>12} messages", sent - report.messages);
+        }
+    }
+    Ok(())
+}
+
+/// A little per-run variety for the session number.
+fn clock_seed() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
+}
+
+/// Sends the end message and reads the 40-byte report off the stream.
+fn tcp_report(os: &LibOs, qd: QDesc, end: &Buffer, timeout: Duration) -> Res<Report> {
+    let qt = net::call(os.push(qd, end), "push")?;
+    net::wait(os, qt, timeout, "sending the end of the stream")?;
+    let mut got = Vec::with_capacity(net::REPORT_LEN);
+    while got.len() < net::REPORT_LEN {
+        let qt = net::call(os.pop(qd), "pop")?;
+        match net::wait(os, qt, timeout, "waiting for the report")? {
+            QValue::Pop { buf, .. } if !buf.is_empty() => got.extend_from_slice(buf.as_slice()),
+            _ => return Err(Fail::new("the server closed the connection before its report")),
+        }
+    }
+    Report::decode(&got).ok_or_else(|| Fail::new("the server's report is malformed (is it `demi echo`?)"))
+}
+
+/// Asks for the session's report, a few times (datagrams get lost).
+fn udp_report(os: &LibOs, qd: QDesc, end: &Buffer, to: SocketAddrV4, session: u64, timeout: Duration) -> Res<Report> {
+    const TRIES: u32 = 5;
+    let each = (timeout / TRIES).max(Duration::from_millis(200));
+    let mut pop = None;
+    for _ in 0..TRIES {
+        let qt = net::call(os.pushto(qd, end, to), "push")?;
+        net::wait(os, qt, timeout, "sending the end of the stream")?;
+        let until = Instant::now() + each;
+        loop {
+            let p = match pop.take() {
+                Some(p) => p,
+                None => net::call(os.pop(qd), "pop")?,
+            };
+            let left = until.saturating_duration_since(Instant::now());
+            match net::wait_opt(os, p, left, "waiting for the report")? {
+                None => {
+                    pop = Some(p);
+                    break;
+                }
+                Some(QValue::Pop { buf, .. }) => {
+                    if let Some(r) = Report::decode(buf.as_slice()).filter(|r| r.session == session) {
+                        return Ok(r);
+                    }
+                }
+                Some(_) => {}
+            }
+        }
+    }
+    Err(Fail::new(format!(
+        "no report from {to} within {:.1} s (is `demi echo --proto udp --bind {to}` running there?)",
+        timeout.as_secs_f64()
+    )))
+}
