@@ -33,7 +33,11 @@ test: build examples test-catnip
 	$(CARGO) test --release -p demi -p catmint -- --test-threads=2
 	@echo "make test: all suites passed"
 
-demo: examples
+# The tour: what the build and the soft-RoCE VM need, the build, then a
+# short `demi ping` over catnap, catnip (memif) and catmint (soft-RoCE in
+# rxe-run), and one latency table.
+demo: build
+	@rxe-setup/install-deps
 	@scripts/demo
 
 install: build install-files
