@@ -31,6 +31,7 @@ examples: build
 
 test: build examples test-catnip
 	$(CARGO) test --release -p demi -p catmint -- --test-threads=2
+	$(MAKE) test-rxe
 	@echo "make test: all suites passed"
 
 # The tour: what the build and the soft-RoCE VM need, the build, then a
@@ -82,3 +83,6 @@ test-catnip: build
 bench-catnip: build
 	@mkdir -p $(BUILD)
 	$(CARGO) run --release --example catnip-bench -- --markdown $(BUILD)/catnip-bench.md
+
+# The soft-RoCE test bed: rxe-deps, test-rxe, bench-rxe.
+include rxe-setup/rxe.mk
