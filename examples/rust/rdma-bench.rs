@@ -1,0 +1,260 @@
+//! rdma-bench: catmint's ping-pong latency and streaming bandwidth, measured
+//! the way perftest measures raw verbs (scripts/bench-rdma runs both side by
+//! side on soft-RoCE).
+//!
+//!     rdma-bench server ADDR:PORT [--conns N]
+//!     rdma-bench lat ADDR:PORT [--bind ADDR] [--size B] [--count N] [--warmup N]
+//!     rdma-bench bw  ADDR:PORT [--bind ADDR] [--size B] [--count N] [--window N]
+//!
+//! `lat`: one message in flight; each round trip is push, pop of the echo,
+//! timed from before the push to the echo's arrival (the full round trip;
+//! perftest's ib_send_lat prints half of it). `bw`: `--window` pushes of
+//! `--size` bytes in flight, `--count` in all; timed from the first push to
+//! the server's acknowledgement that it popped the last byte, so only data
+//! that arrived counts. The server answers either, one connection at a time.
+//! Every client prints one `RESULT` line (key=value) for scripts. The libOS
+//! is `LIBOS` (catmint for RDMA); `DEMI_SPIN_US` sets how long a waiter
+//! busy-polls before it sleeps.
+
+use demi::{LibOs, QDesc, QToken, QValue, SockType};
+use std::collections::VecDeque;
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+/// Bound on any one wait: a lost peer ends the run instead of hanging it.
+const BOUND: Duration = Duration::from_secs(30);
+
+const MODE_LAT: u8 = 1;
+const MODE_BW: u8 = 2;
+
+type Res<T> = Result<T, String>;
+
+fn ok<T>(r: demi::Result<T>, what: &str) -> Res<T> {
+    r.map_err(|e| format!("{what}: {e}"))
+}
+
+/// Waits for `qt`; a failed operation is an error.
+fn wait(os: &LibOs, qt: QToken, what: &str) -> Res<QValue> {
+    let r = ok(os.wait(qt, Some(BOUND)), what)?;
+    match r.value {
+        QValue::Failed(e) => Err(format!("{what}: {}", demi::errno_name(e))),
+        v => Ok(v),
+    }
+}
+
+fn pop(os: &LibOs, qd: QDesc, what: &str) -> Res<demi::Buffer> {
+    match wait(os, ok(os.pop(qd), what)?, what)? {
+        QValue::Pop { buf, .. } => Ok(buf),
+        v => Err(format!("{what}: unexpected {v:?}")),
+    }
+}
+
+/// The 16-byte request a client sends first: mode, size, count.
+fn hello(mode: u8, size: usize, count: u64) -> [u8; 16] {
+    let mut h = [0u8; 16];
+    h[0] = mode;
+    h[4..8].copy_from_slice(&(size as u32).to_le_bytes());
+    h[8..16].copy_from_slice(&count.to_le_bytes());
+    h
+}
+
+fn server(os: &LibOs, addr: SocketAddrV4, conns: Option<u64>) -> Res<()> {
+    let l = ok(os.socket(SockType::Stream), "socket")?;
+    ok(os.bind(l, addr), "bind")?;
+    ok(os.listen(l, 16), "listen")?;
+    println!("rdma-bench: listening on {addr} ({})", os.name());
+    let mut served = 0;
+    while conns.map_or(true, |n| served < n) {
+        let qt = ok(os.accept(l), "accept")?;
+        let QValue::Accept { qd, .. } = ok(os.wait(qt, None), "accept")?.value else {
+            return Err("accept failed".into());
+        };
+        if let Err(e) = serve(os, qd) {
+            eprintln!("rdma-bench: connection: {e}");
+        }
+        let _ = os.close(qd);
+        served += 1;
+    }
+    Ok(())
+}
+
+fn serve(os: &LibOs, qd: QDesc) -> Res<()> {
+    let h = pop(os, qd, "hello")?;
+    let h = h.as_slice();
+    if h.len() != 16 {
+        return Err(format!("hello of {} bytes", h.len()));
+    }
+    let size = u32::from_le_bytes(h[4..8].try_into().unwrap()) as u64;
+    let count = u64::from_le_bytes(h[8..16].try_into().unwrap());
+    match h[0] {
+        MODE_LAT => loop {
+            // Echo the received buffer itself (no copy) until end of file.
+            let m = pop(os, qd, "pop")?;
+            if m.is_empty() {
+                return Ok(());
+            }
+            wait(os, ok(os.push(qd, &m), "push")?, "push")?;
+        },
+        MODE_BW => {
+            // Keep a few pops posted so the next message finds one waiting.
+            let want = size * count;
+            let mut got = 0;
+            let mut pops: VecDeque<QToken> = VecDeque::new();
+            while got < want {
+                while pops.len() < 4 {
+                    pops.push_back(ok(os.pop(qd), "pop")?);
+                }
+                let qt = pops.pop_front().expect("posted");
+                let QValue::Pop { buf, .. } = wait(os, qt, "pop")? else { return Err("bad pop".into()) };
+                if buf.is_empty() {
+                    return Err(format!("end of file after {got} of {want} bytes"));
+                }
+                got += buf.len() as u64;
+            }
+            let ack = ok(os.buffer_from(&got.to_le_bytes()), "alloc")?;
+            wait(os, ok(os.push(qd, &ack), "push")?, "ack")?;
+            // Drain to end of file (the pops still posted finish with it).
+            while let Some(qt) = pops.pop_front() {
+                let _ = os.wait(qt, Some(BOUND));
+            }
+            Ok(())
+        }
+        m => Err(format!("unknown mode {m}")),
+    }
+}
+
+fn connect(os: &LibOs, to: SocketAddrV4, bind: Option<Ipv4Addr>) -> Res<QDesc> {
+    let qd = ok(os.socket(SockType::Stream), "socket")?;
+    if let Some(ip) = bind {
+        ok(os.bind(qd, SocketAddrV4::new(ip, 0)), "bind")?;
+    }
+    wait(os, ok(os.connect(qd, to), "connect")?, "connect")?;
+    Ok(qd)
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    let i = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
+    sorted[i]
+}
+
+fn lat(os: &LibOs, qd: QDesc, size: usize, count: u64, warmup: u64) -> Res<()> {
+    wait(os, ok(os.push(qd, &ok(os.buffer_from(&hello(MODE_LAT, size, count)), "alloc")?), "push")?, "hello")?;
+    let msg = ok(os.buffer_from(&vec![0x5a; size]), "alloc")?;
+    let mut rtt = Vec::with_capacity(count as usize);
+    for i in 0..warmup + count {
+        let t0 = Instant::now();
+        let push = ok(os.push(qd, &msg), "push")?;
+        let echo = pop(os, qd, "echo")?;
+        let dt = t0.elapsed();
+        wait(os, push, "push")?;
+        if echo.len() != size {
+            return Err(format!("echo of {} bytes, sent {size}", echo.len()));
+        }
+        if i >= warmup {
+            rtt.push(dt.as_secs_f64() * 1e6);
+        }
+    }
+    rtt.sort_by(f64::total_cmp);
+    let mean = rtt.iter().sum::<f64>() / rtt.len() as f64;
+    println!(
+        "RESULT lat size={size} count={count} min_us={:.1} p50_us={:.1} p99_us={:.1} max_us={:.1} mean_us={mean:.1}",
+        rtt[0],
+        percentile(&rtt, 0.50),
+        percentile(&rtt, 0.99),
+        rtt[rtt.len() - 1]
+    );
+    Ok(())
+}
+
+fn bw(os: &LibOs, qd: QDesc, size: usize, count: u64, window: usize) -> Res<()> {
+    wait(os, ok(os.push(qd, &ok(os.buffer_from(&hello(MODE_BW, size, count)), "alloc")?), "push")?, "hello")?;
+    // One registered buffer, pushed over and over (the device only reads it).
+    let msg = ok(os.buffer_from(&vec![0xa5; size]), "alloc")?;
+    let ack = ok(os.pop(qd), "pop")?;
+    let t0 = Instant::now();
+    let mut inflight = VecDeque::with_capacity(window);
+    for _ in 0..count {
+        if inflight.len() == window {
+            wait(os, inflight.pop_front().expect("full"), "push")?;
+        }
+        inflight.push_back(ok(os.push(qd, &msg), "push")?);
+    }
+    for qt in inflight {
+        wait(os, qt, "push")?;
+    }
+    let QValue::Pop { buf, .. } = wait(os, ack, "ack")? else { return Err("bad ack".into()) };
+    let secs = t0.elapsed().as_secs_f64();
+    let bytes = size as u64 * count;
+    if buf.as_slice() != bytes.to_le_bytes() {
+        return Err("the server counted a different number of bytes".into());
+    }
+    println!(
+        "RESULT bw size={size} count={count} window={window} seconds={secs:.3} MBps={:.2} msgps={:.0}",
+        bytes as f64 / secs / 1e6,
+        count as f64 / secs
+    );
+    Ok(())
+}
+
+struct Opts {
+    bind: Option<Ipv4Addr>,
+    size: usize,
+    count: u64,
+    warmup: u64,
+    window: usize,
+    conns: Option<u64>,
+}
+
+fn parse(args: &[String]) -> Res<Opts> {
+    let mut o = Opts { bind: None, size: 64, count: 1000, warmup: 100, window: 16, conns: None };
+    let mut it = args.iter();
+    while let Some(flag) = it.next() {
+        let v = it.next().ok_or(format!("{flag} needs a value"))?;
+        let num = || v.parse::<u64>().map_err(|_| format!("{flag} {v}: not a number"));
+        match flag.as_str() {
+            "--bind" => o.bind = Some(v.parse().map_err(|_| format!("--bind {v}: not an IPv4 address"))?),
+            "--size" => o.size = num()?.max(1) as usize,
+            "--count" => o.count = num()?.max(1),
+            "--warmup" => o.warmup = num()?,
+            "--window" => o.window = num()?.max(1) as usize,
+            "--conns" => o.conns = Some(num()?),
+            _ => return Err(format!("unknown option {flag}")),
+        }
+    }
+    Ok(o)
+}
+
+fn run(args: &[String]) -> Res<()> {
+    let usage = "usage: rdma-bench server|lat|bw ADDR:PORT [--bind ADDR] [--size B] [--count N] [--warmup N] \
+                 [--window N] [--conns N]";
+    let (Some(mode), Some(addr)) = (args.get(1), args.get(2)) else { return Err(usage.into()) };
+    let addr: SocketAddrV4 = addr.parse().map_err(|_| format!("{addr}: not ADDR:PORT\n{usage}"))?;
+    let o = parse(&args[3..])?;
+    let os = ok(LibOs::from_env(), "libOS")?;
+    match mode.as_str() {
+        "server" => server(&os, addr, o.conns),
+        "lat" | "bw" => {
+            let qd = connect(&os, addr, o.bind)?;
+            if mode == "lat" {
+                lat(&os, qd, o.size, o.count, o.warmup)?;
+            } else {
+                bw(&os, qd, o.size, o.count, o.window)?;
+            }
+            ok(os.close(qd), "close")
+        }
+        _ => Err(usage.into()),
+    }
+}
+
+fn main() -> ExitCode {
+    demi::init_logging();
+    let args: Vec<String> = std::env::args().collect();
+    match run(&args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("rdma-bench: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
