@@ -3,7 +3,7 @@
 # include works from any directory and under `make -C`.
 #
 #   make rxe-deps    install qemu, busybox-static, rdma-core tools, perftest...
-#   make test-rxe    rxe-setup's test suite (a few VM boots, ~2-3 min on TCG)
+#   make test-rxe    rxe-setup's test suite (seven short VM boots, 2-3 min on TCG)
 #   make bench-rxe   ib_send_lat -R / ib_send_bw -R across rxe0/rxe1, one boot
 
 RXE_SETUP_DIR := $(patsubst %/,%,$(dir $(lastword $(MAKEFILE_LIST))))
