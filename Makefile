@@ -10,7 +10,7 @@ DEPS_CATMINT := libibverbs-dev librdmacm-dev libclang-dev ibverbs-providers
 # catnip (DPDK): bindings and tests (veth/netns tools, ping, nftables for loss).
 DEPS_CATNIP := libdpdk-dev libclang-dev pkg-config ethtool iputils-ping nftables
 
-.PHONY: test-catnip bench-catnip
+.PHONY: test-catnip bench-catnip bench-engine
 .PHONY: all deps build test test-rust test-c demo examples install install-files bench clean fmt lint
 
 all: build examples
@@ -60,7 +60,16 @@ install-files:
 # DPDK for catnip and rdma-core for catmint), as -l flags for demi.pc.
 LIBS_PRIVATE = $(shell readelf -d target/release/libdemi.so | sed -n 's/.*(NEEDED).*\[lib\(.*\)\.so.*\]/-l\1/p' | grep -v '^-lld-linux' | tr '\n' ' ')
 
+# Every benchmark in one run (about 10 minutes on 2 cores, root for DPDK and
+# namespaces, one rxe-run VM boot): writes docs/BENCHMARKS.md and its plots.
+# `make bench-engine` is the engine bench alone.
 bench: build
+	@scripts/install-deps fonts-dejavu-core
+	@rxe-setup/install-deps
+	$(CARGO) build --release --example bench-suite --example catnip-bench --bin demi
+	target/release/examples/bench-suite
+
+bench-engine: build
 	$(CARGO) bench --bench engine
 
 fmt:

@@ -1,0 +1,155 @@
+#!/bin/bash
+# The RDMA half of `make bench`, run inside ONE rxe-setup/rxe-run (two
+# soft-RoCE devices): catmint through `demi ping`/`demi stream` next to
+# perftest (ib_send_lat -R, ib_send_bw -R) and rsockets (rstream), always
+# from rxe1's side (10.77.0.2) to a server on rxe0's (10.77.0.1), so every
+# packet crosses the veth pair. catmint's RC ping runs twice: with demi's
+# default wait (spin 50 µs, then sleep) and with both ends busy-polling.
+#
+# Inputs (environment, set by examples/bench-suite): BENCH_OUT (a folder
+# shared with the host), BENCH_DEMI (the demi binary), BENCH_SIZES and
+# BENCH_UD_SIZES (message sizes for the throughput runs), BENCH_PING_COUNT,
+# BENCH_LAT_ITERS, BENCH_STREAM_SECS.
+#
+# Output: for each run NAME, BENCH_OUT/NAME.out (its stdout) and NAME.err,
+# and a line "NAME<TAB>STATUS<TAB>COMMAND" in BENCH_OUT/index.tsv (the
+# server's command, when there is one, follows after " <- server: ").
+# Every process is bounded by timeout(1); servers are reaped by pid.
+set -uo pipefail
+
+OUT=${BENCH_OUT:?}
+DEMI=${BENCH_DEMI:?}
+SIZES=${BENCH_SIZES:-64 256 1024 4096 16384 65536 262144 1048576}
+UD_SIZES=${BENCH_UD_SIZES:-64 256 1016}
+PING_COUNT=${BENCH_PING_COUNT:-2000}
+LAT_ITERS=${BENCH_LAT_ITERS:-2000}
+SECS=${BENCH_STREAM_SECS:-2}
+A0=${DEMI_RXE_ADDR0:-10.77.0.1}
+A1=${DEMI_RXE_ADDR1:-10.77.0.2}
+D0=${DEMI_RXE_DEV0:-rxe0}
+D1=${DEMI_RXE_DEV1:-rxe1}
+# shellcheck source=../../rxe-setup/lib/rdma-helpers.sh
+source "$(dirname "$(readlink -f "$0")")/../../rxe-setup/lib/rdma-helpers.sh"
+
+cleanup() {
+    [[ -n $SERVER_PID ]] && kill "$SERVER_PID" 2>/dev/null
+    steer_off
+}
+trap cleanup EXIT
+: >"$OUT/index.tsv"
+
+note() { printf '%s\n' "$*" >&2; }
+
+# client NAME LIMIT SERVER-DESCRIPTION CMD...: runs a client, records it.
+client() {
+    local name=$1 limit=$2 server=$3 rc=0
+    shift 3
+    timeout -k 5 "$limit" "$@" >"$OUT/$name.out" 2>"$OUT/$name.err" || rc=$?
+    printf '%s\t%s\t%s%s\n' "$name" "$rc" "$*" "${server:+ <- server: $server}" >>"$OUT/index.tsv"
+    note "bench-rdma: $name: status $rc"
+}
+
+# A `demi echo` for the demi runs; waits for its "listening" line.
+demi_server() {
+    local log=$OUT/echo-$1.log
+    shift
+    timeout -k 5 900 "$DEMI" echo --quiet "$@" >"$log" 2>&1 &
+    SERVER_PID=$!
+    local i
+    for ((i = 0; i < 300; i++)); do
+        grep -q 'listening on' "$log" && return 0
+        kill -0 "$SERVER_PID" 2>/dev/null || return 1
+        sleep 0.1
+    done
+    return 1
+}
+
+stop_server() {
+    [[ -n $SERVER_PID ]] && kill "$SERVER_PID" 2>/dev/null
+    reap_server 2>/dev/null || true
+}
+
+# Pushes in flight for a stream of SIZE-byte messages: fewer for big ones,
+# so the last window drains quickly when the time is up.
+window() {
+    local w=$((4194304 / $1))
+    ((w > 32)) && w=32
+    ((w < 2)) && w=2
+    echo "$w"
+}
+
+ping -c 1 -W 5 -I "$A1" "$A0" >/dev/null 2>&1 # warm the neighbour caches
+
+# ---- catmint through demi, RC (stream sockets) then UD (datagrams)
+for kind in rc ud; do
+    if [[ $kind == rc ]]; then proto=tcp sizes=$SIZES port=7100; else proto=udp sizes=$UD_SIZES port=7101; fi
+    scmd="demi echo --libos catmint --proto $proto --bind $A0:$port"
+    if ! demi_server "$kind" --libos catmint --proto "$proto" --bind "$A0:$port"; then
+        note "bench-rdma: demi echo ($kind) did not start: $(tail -n 2 "$OUT/echo-$kind.log")"
+        cp "$OUT/echo-$kind.log" "$OUT/catmint-$kind-ping.err"
+        printf '%s\t%s\t%s\n' "catmint-$kind-ping" 1 "$scmd" >>"$OUT/index.tsv"
+        stop_server
+        continue
+    fi
+    common=(--libos catmint --proto "$proto" --to "$A0:$port" --bind "$A1" --timeout 30 --json)
+    client "catmint-$kind-ping" 300 "$scmd" "$DEMI" ping "${common[@]}" --size 64 --count "$PING_COUNT" --warmup 200
+    for s in $sizes; do
+        client "catmint-$kind-stream-$s" $((SECS + 120)) "$scmd" \
+            "$DEMI" stream "${common[@]}" --size "$s" --time "$SECS" --window "$(window "$s")"
+    done
+    stop_server
+done
+
+# ---- catmint RC again with both ends busy-polling (no sleep in waits)
+scmd="demi echo --libos catmint --bind $A0:7102 --spin-us 1000000"
+if demi_server rc-busy --libos catmint --bind "$A0:7102" --spin-us 1000000; then
+    client catmint-rc-busy-ping 300 "$scmd" "$DEMI" ping --libos catmint --to "$A0:7102" --bind "$A1" \
+        --spin-us 1000000 --timeout 30 --json --size 64 --count "$PING_COUNT" --warmup 200
+else
+    cp "$OUT/echo-rc-busy.log" "$OUT/catmint-rc-busy-ping.err"
+    printf '%s\t%s\t%s\n' catmint-rc-busy-ping 1 "$scmd" >>"$OUT/index.tsv"
+fi
+stop_server
+
+# ---- perftest over raw verbs (RC, rdma_cm); the steering rule sends its
+# unbound client out through rxe1 (see rxe-setup/README.md)
+perftest() { # NAME TOOL ARGS...
+    local name=$1 tool=$2
+    shift 2
+    steer_on
+    if ! SERVER_TIMEOUT=300 start_server "$OUT/$name.server" "$tool" -R -d "$D0" "$@"; then
+        note "bench-rdma: $tool server did not start"
+    fi
+    client "$name" 300 "$tool -R -d $D0 $*" "$tool" -R -d "$D1" "$@" "$A0"
+    steer_off
+    kill "$SERVER_PID" 2>/dev/null
+    reap_server 2>/dev/null || true
+}
+perftest perftest-lat-64 ib_send_lat -s 64 -n "$LAT_ITERS" -U -F
+# Iterations, not -D: perftest's duration mode reports 0 for large messages
+# that take a while each. About 16 MiB per run, 20 to 5000 messages.
+for s in $SIZES; do
+    n=$((16777216 / s))
+    ((n > 5000)) && n=5000
+    ((n < 20)) && n=20
+    perftest "perftest-bw-$s" ib_send_bw -s "$s" -n "$n" -F
+done
+
+# ---- rsockets: rstream ping-pong (-C 1) and streaming (-C N one way, then back)
+rstream_pair() { # NAME ARGS...
+    local name=$1
+    shift
+    SERVER_TIMEOUT=300 start_server "$OUT/$name.server" rstream -b "$A0" "$@" ||
+        note "bench-rdma: rstream server did not start"
+    client "$name" 300 "rstream -b $A0 $*" rstream -s "$A0" -b "$A1" "$@"
+    kill "$SERVER_PID" 2>/dev/null
+    reap_server 2>/dev/null || true
+}
+rstream_pair rstream-lat-64 -S 64 -C 1 -I "$LAT_ITERS"
+for s in $SIZES; do
+    c=$((8388608 / s))
+    ((c > 2000)) && c=2000
+    ((c < 4)) && c=4
+    rstream_pair "rstream-bw-$s" -S "$s" -C "$c" -I 1
+done
+note "bench-rdma: done"
