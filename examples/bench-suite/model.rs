@@ -90,6 +90,8 @@ pub struct Results {
     pub curves: Vec<Curve>,
     /// Runs that failed or were skipped, and why.
     pub missing: Vec<String>,
+    /// Things worth knowing about this run (retries, ...).
+    pub notes: Vec<String>,
     /// Facts about the run (versions, boot time, ...), for the prose.
     pub facts: Vec<(String, String)>,
 }

@@ -61,6 +61,10 @@ pub fn run(ctx: &Ctx, r: &mut Results) {
     if !o.status.success() {
         r.miss(format!("rxe-setup/rxe-run ... rdma-in-vm.sh: status {}: {}", o.status, last_line(&o.stderr)));
     }
+    let notes = std::fs::read_to_string(out.join("notes.txt")).unwrap_or_default();
+    r.notes.extend(
+        notes.lines().filter(|l| !l.trim().is_empty()).map(|l| l.replace(&ctx.demi.display().to_string(), "demi")),
+    );
     parse(ctx, &out, r);
 }
 
@@ -88,25 +92,39 @@ fn parse(ctx: &Ctx, out: &Path, r: &mut Results) {
         Ok((text, cmd))
     };
     // perftest: per-iteration latencies (-U), each half a round trip.
-    let perftest = read("perftest-lat-64").and_then(|(t, cmd)| {
-        let us: Vec<f64> = t
-            .lines()
-            .filter_map(|l| {
-                let (a, b) = l.split_once(',')?;
-                a.trim().parse::<u64>().ok()?;
-                b.trim().parse::<f64>().ok().map(|x| 2.0 * x)
-            })
-            .collect();
-        if us.is_empty() {
-            Err(format!("{cmd}: no latencies in its output"))
-        } else {
-            Ok((cdf_of(us), cmd))
+    let perftest = |name: &str| {
+        read(name).and_then(|(t, cmd)| {
+            let us: Vec<f64> = t
+                .lines()
+                .filter_map(|l| {
+                    let (a, b) = l.split_once(',')?;
+                    a.trim().parse::<u64>().ok()?;
+                    b.trim().parse::<f64>().ok().map(|x| 2.0 * x)
+                })
+                .collect();
+            if us.is_empty() {
+                Err(format!("{cmd}: no latencies in its output"))
+            } else {
+                Ok((cdf_of(us), cmd))
+            }
+        })
+    };
+    let mut lat: HashMap<&str, (Vec<[f64; 2]>, String)> = HashMap::new();
+    for name in ["perftest-lat-64", "perftest-lat-4096", "perftest-lat-65536", "perftest-loop-lat-64"] {
+        match perftest(name) {
+            Ok(x) => {
+                lat.insert(name, x);
+            }
+            Err(e) => r.miss(e),
         }
-    });
-    let perftest_label = "ib_send_lat -R (RC, raw verbs; 2 x its half round trip)";
-    match &perftest {
-        Ok((cdf, _)) => r.cdfs.push(Cdf { group: Group::SoftRoce, label: perftest_label.into(), points: cdf.clone() }),
-        Err(e) => r.miss(e.clone()),
+    }
+    let wire_label = "ib_send_lat -R (RC, raw verbs; 2 x its half round trip)";
+    let loop_label = "ib_send_lat -R, rxe0 loopback (2 x its half round trip)";
+    if let Some((c, _)) = lat.get("perftest-lat-64") {
+        r.cdfs.push(Cdf { group: Group::SoftRoce, label: wire_label.into(), points: c.clone() });
+    }
+    if let Some((c, _)) = lat.get("perftest-loop-lat-64") {
+        r.cdfs.push(Cdf { group: Group::SoftRoce, label: loop_label.into(), points: c.clone() });
     }
     // rstream ping-pong: usec/xfer is half a round trip, a mean.
     let rstream = read("rstream-lat-64").and_then(|(t, cmd)| {
@@ -117,13 +135,17 @@ fn parse(ctx: &Ctx, out: &Path, r: &mut Results) {
     if let Err(e) = &rstream {
         r.miss(e.clone());
     }
-    for (kind, label) in [
-        ("rc", "catmint RC (stream socket)"),
-        ("rc-busy", "catmint RC, busy-polling (--spin-us 1000000)"),
-        ("ud", "catmint UD (datagram socket)"),
-    ] {
-        let name = format!("catmint-{kind}-ping");
-        let v = read(&name).and_then(|(t, cmd)| {
+    let rc = "catmint RC (stream socket)";
+    let runs = [
+        ("catmint-rc-ping", "perftest-lat-64", format!("{rc}, 64 B"), true),
+        ("catmint-rc-busy-ping", "perftest-lat-64", format!("{rc}, busy-polling (--spin-us 1000000), 64 B"), true),
+        ("catmint-ud-ping", "perftest-lat-64", "catmint UD (datagram socket), 64 B".to_string(), true),
+        ("catmint-rc-ping-4096", "perftest-lat-4096", format!("{rc}, 4 KiB"), false),
+        ("catmint-rc-ping-65536", "perftest-lat-65536", format!("{rc}, 64 KiB"), false),
+        ("catmint-rc-loop-ping", "perftest-loop-lat-64", format!("{rc}, rxe0 loopback (unbound client), 64 B"), true),
+    ];
+    for (name, base, label, plotted) in runs {
+        let v = read(name).and_then(|(t, cmd)| {
             serde_json::from_str::<Value>(&t).map(|v| (v, cmd.clone())).map_err(|e| format!("{cmd}: not JSON ({e})"))
         });
         let (v, cmd) = match v {
@@ -137,21 +159,25 @@ fn parse(ctx: &Ctx, out: &Path, r: &mut Results) {
             .as_array()
             .map(|a| a.iter().filter_map(|p| Some([p[0].as_f64()?, p[1].as_f64()?])).collect())
             .unwrap_or_default();
-        let path = format!("{label}, 64 B, demi echo + demi ping, rxe1 -> rxe0");
-        if let Ok((pcdf, pcmd)) = &perftest {
+        let looped = base.contains("loop");
+        let path = format!("{label}, demi echo + demi ping{}", if looped { "" } else { ", rxe1 -> rxe0" });
+        if let Some((pcdf, pcmd)) = lat.get(base) {
+            let bname = if looped { loop_label } else { wire_label };
             for (fig, q) in [("RTT p50", 0.5), ("RTT p99", 0.99)] {
                 if let (Some(a), Some(b)) = (cdf_at(&cdf, q), cdf_at(pcdf, q)) {
                     let c = format!("{cmd} / {pcmd}");
-                    r.rows.push(row(Section::Rdma, &path, fig, a, "µs", Some((perftest_label, b)), true, c));
+                    r.rows.push(row(Section::Rdma, &path, fig, a, "µs", Some((bname, b)), true, c));
                 }
             }
         }
-        if let (Ok((rs, rcmd)), Some(mean)) = (&rstream, v["rtt_us"]["mean"].as_f64()) {
+        if let (Ok((rs, rcmd)), Some(mean), "perftest-lat-64") = (&rstream, v["rtt_us"]["mean"].as_f64(), base) {
             let c = format!("{cmd} / {rcmd}");
-            let base = "rstream -C 1 (rsockets; 2 x its usec/xfer)";
-            r.rows.push(row(Section::Rdma, &path, "RTT mean", mean, "µs", Some((base, *rs)), true, c));
+            let b = "rstream -C 1 (rsockets; 2 x its usec/xfer)";
+            r.rows.push(row(Section::Rdma, &path, "RTT mean", mean, "µs", Some((b, *rs)), true, c));
         }
-        r.cdfs.push(Cdf { group: Group::SoftRoce, label: format!("{label} (demi)"), points: cdf });
+        if plotted {
+            r.cdfs.push(Cdf { group: Group::SoftRoce, label: format!("{label} (demi)"), points: cdf });
+        }
     }
     throughput(out, &idx, r, read);
 }

@@ -180,9 +180,16 @@ pub fn render(r: &Results, plots: &[(String, String)]) -> String {
          trips of 64 B) over its RC stream and UD datagram sockets. The baselines are rdma-core's own tools: \
          perftest `ib_send_lat -R` ({} iterations, RC, raw verbs), which **reports half the round trip**: its \
          per-iteration figures (`-U`) are doubled here to give RTTs; and rsockets' `rstream -S 64 -C 1`, \
-         whose `usec/xfer` is also half a round trip (a mean), doubled likewise. Under TCG every figure is \
-         tens of times slower than on hardware and the clock itself is costly to read; compare rows within \
-         this section, not with the host's. The whole VM part took {} s.\n",
+         whose `usec/xfer` is also half a round trip (a mean), doubled likewise. perftest's `MB/sec` are \
+         MiB/s (2^20 bytes, per its `--help`). The 4 KiB and 64 KiB pings run a quarter as many rounds. \
+         The rows marked \"rxe0 loopback\" use an unbound client, which rdma_cm puts on rxe0 itself: \
+         nothing touches the veths, so next to the wire rows they show what the veth pair and the IP/UDP \
+         stack add. catmint's RC ping also runs with both ends busy-polling (`--spin-us 1000000`) besides \
+         demi's default wait (poll for 50 µs, then sleep on the completion channel): under TCG a wake-up \
+         from that sleep is slow, and the gap between the two rows is what it costs. TCG figures are tens \
+         of times slower than hardware and move with the host's load (the medians are the steadiest \
+         columns, tails swing by 10x between runs); compare rows of one run, within this section, never \
+         with the host's. The whole VM part took {} s.\n",
         fact(r, "rxe_mode"),
         fact(r, "rxe_boot"),
         fact(r, "rdma_ping_count"),
@@ -214,6 +221,13 @@ pub fn render(r: &Results, plots: &[(String, String)]) -> String {
     table(&mut o, &rows(r, Section::RdmaThroughput));
     plot(&mut o, "bench-throughput-softroce.png");
 
+    if !r.notes.is_empty() {
+        o.push_str("## Notes from this run\n\n");
+        for n in &r.notes {
+            let _ = writeln!(o, "- {}", n.replace('|', "\\|"));
+        }
+        o.push('\n');
+    }
     o.push_str("## Not measured in this run\n\n");
     if r.missing.is_empty() {
         o.push_str("Everything above was measured.\n");
