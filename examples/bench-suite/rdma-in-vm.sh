@@ -32,7 +32,7 @@ A0=${DEMI_RXE_ADDR0:-10.77.0.1}
 A1=${DEMI_RXE_ADDR1:-10.77.0.2}
 D0=${DEMI_RXE_DEV0:-rxe0}
 D1=${DEMI_RXE_DEV1:-rxe1}
-# shellcheck source=../../rxe-setup/lib/rdma-helpers.sh
+# shellcheck source-path=SCRIPTDIR source=../../rxe-setup/lib/rdma-helpers.sh
 source "$(dirname "$(readlink -f "$0")")/../../rxe-setup/lib/rdma-helpers.sh"
 
 cleanup() {
@@ -52,9 +52,14 @@ client() {
     local name=$1 limit=$2 server=$3 rc=0
     shift 3
     timeout -k 5 "$limit" "$@" >"$OUT/$name.out" 2>"$OUT/$name.err" || rc=$?
-    if ((rc != 0)); then
-        printf '%s: the first attempt failed (status %s: %s); retried once\n' "$*" "$rc" \
-            "$(grep -v '^ *$' "$OUT/$name.err" | tail -n 1)" >>"$OUT/notes.txt"
+    if ((rc != 0 && ${#ECHO_ARGS[@]})); then
+        local why
+        why=$(grep -v '^ *$' "$OUT/$name.err" | tail -n 1)
+        # A stalled demi echo stays stalled: retry against a fresh one.
+        stop_server
+        demi_server "$ECHO_NAME" "${ECHO_ARGS[@]}" || note "bench-rdma: demi echo did not restart"
+        why+="; retried with a fresh demi echo"
+        printf '%s: the first attempt failed (status %s: %s); retried once\n' "$*" "$rc" "$why" >>"$OUT/notes.txt"
         rc=0
         timeout -k 5 "$limit" "$@" >"$OUT/$name.out" 2>"$OUT/$name.err" || rc=$?
     fi
@@ -62,10 +67,15 @@ client() {
     note "bench-rdma: $name: status $rc"
 }
 
-# A `demi echo` for the demi runs; waits for its "listening" line.
+# A `demi echo` for the demi runs; waits for its "listening" line. Its
+# arguments are kept so a failed run can be retried against a fresh one.
+ECHO_NAME=
+ECHO_ARGS=()
 demi_server() {
     local log=$OUT/echo-$1.log
+    ECHO_NAME=$1
     shift
+    ECHO_ARGS=("$@")
     timeout -k 5 900 "$DEMI" echo --quiet "$@" >"$log" 2>&1 &
     SERVER_PID=$!
     local i
@@ -80,6 +90,11 @@ demi_server() {
 stop_server() {
     [[ -n $SERVER_PID ]] && kill "$SERVER_PID" 2>/dev/null
     reap_server 2>/dev/null || true
+}
+# After the demi part: no demi echo to restart.
+forget_server() {
+    stop_server
+    ECHO_ARGS=()
 }
 
 # Pushes in flight for a stream of SIZE-byte messages: fewer for big ones,
@@ -133,31 +148,57 @@ else
 fi
 stop_server
 
+forget_server
+
 # ---- perftest over raw verbs (RC, rdma_cm); the steering rule sends its
 # unbound client out through rxe1 (see rxe-setup/README.md)
+# pair NAME STEER SERVER-CMD... -- CLIENT-CMD...: one server/client run of a
+# tool whose server serves one client; one retry (new server) when the
+# client fails or prints no result (perftest's bandwidth can come out 0.00
+# when its clock calibration fails under TCG).
+pair() {
+    local name=$1 steer=$2 attempt
+    shift 2
+    local server=()
+    while [[ $1 != -- ]]; do
+        server+=("$1")
+        shift
+    done
+    shift
+    for attempt in 1 2; do
+        [[ $steer == steer ]] && steer_on
+        SERVER_TIMEOUT=300 start_server "$OUT/$name.server" "${server[@]}" ||
+            note "bench-rdma: ${server[0]} server did not start"
+        client "$name" 300 "${server[*]}" "$@"
+        steer_off
+        kill "$SERVER_PID" 2>/dev/null
+        reap_server 2>/dev/null || true
+        result_ok "$name" && return
+        ((attempt == 1)) && printf '%s: the first attempt gave no result (%s); retried once\n' "$*" \
+            "$(grep -v '^ *$' "$OUT/$name.err" "$OUT/$name.out" 2>/dev/null | tail -n 1 | cut -d: -f2-)" >>"$OUT/notes.txt"
+    done
+}
+# The run exited 0 and printed a non-zero figure.
+result_ok() {
+    [[ $(awk -F'\t' -v n="$1" '$1 == n { s = $2 } END { print s }' "$OUT/index.tsv") == 0 ]] || return 1
+    case $1 in
+        perftest-bw-*) grep -A1 '#bytes' "$OUT/$1.out" | tail -n 1 | awk '{ exit !($4 > 0) }' ;;
+        perftest-*) grep -q '^ *[0-9]*, *[0-9.]*$' "$OUT/$1.out" ;;
+        rstream-*) grep -q '^custom' "$OUT/$1.out" ;;
+    esac
+}
 perftest() { # NAME TOOL ARGS...
     local name=$1 tool=$2
     shift 2
-    steer_on
-    if ! SERVER_TIMEOUT=300 start_server "$OUT/$name.server" "$tool" -R -d "$D0" "$@"; then
-        note "bench-rdma: $tool server did not start"
-    fi
-    client "$name" 300 "$tool -R -d $D0 $*" "$tool" -R -d "$D1" "$@" "$A0"
-    steer_off
-    kill "$SERVER_PID" 2>/dev/null
-    reap_server 2>/dev/null || true
+    pair "$name" steer "$tool" -R -d "$D0" "$@" -- "$tool" -R -d "$D1" "$@" "$A0"
 }
 perftest perftest-lat-64 ib_send_lat -s 64 -n "$LAT_ITERS" -U -F
 for s in 4096 65536; do
     perftest "perftest-lat-$s" ib_send_lat -s "$s" -n $((LAT_ITERS / 4)) -U -F
 done
 # rxe0's internal loopback: no steering, both ends on rxe0.
-SERVER_TIMEOUT=300 start_server "$OUT/perftest-loop-lat-64.server" ib_send_lat -R -d "$D0" -s 64 -n "$LAT_ITERS" -U -F ||
-    note "bench-rdma: ib_send_lat server did not start"
-client perftest-loop-lat-64 300 "ib_send_lat -R -d $D0 -s 64 -n $LAT_ITERS -U -F" \
-    ib_send_lat -R -d "$D0" -s 64 -n "$LAT_ITERS" -U -F "$A0"
-kill "$SERVER_PID" 2>/dev/null
-reap_server 2>/dev/null || true
+lat=(ib_send_lat -R -d "$D0" -s 64 -n "$LAT_ITERS" -U -F)
+pair perftest-loop-lat-64 nosteer "${lat[@]}" -- "${lat[@]}" "$A0"
 # Iterations, not -D: perftest's duration mode reports 0 for large messages
 # that take a while each. About 16 MiB per run, 20 to 5000 messages.
 for s in $SIZES; do
@@ -171,11 +212,7 @@ done
 rstream_pair() { # NAME ARGS...
     local name=$1
     shift
-    SERVER_TIMEOUT=300 start_server "$OUT/$name.server" rstream -b "$A0" "$@" ||
-        note "bench-rdma: rstream server did not start"
-    client "$name" 300 "rstream -b $A0 $*" rstream -s "$A0" -b "$A1" "$@"
-    kill "$SERVER_PID" 2>/dev/null
-    reap_server 2>/dev/null || true
+    pair "$name" nosteer rstream -b "$A0" "$@" -- rstream -s "$A0" -b "$A1" "$@"
 }
 rstream_pair rstream-lat-64 -S 64 -C 1 -I "$LAT_ITERS"
 for s in $SIZES; do
