@@ -1,0 +1,1111 @@
+//! catmint over real RDMA: rdma-core and two soft-RoCE (rxe) devices.
+//!
+//! The tests marked `#[ignore = "needs soft-RoCE ..."]` need the test bed of
+//! `rxe-setup/rxe-run`: rxe0 on veth0 (`DEMI_RXE_ADDR0`, 10.77.0.1) and rxe1
+//! on veth1 (`DEMI_RXE_ADDR1`, 10.77.0.2), with policy routing so a socket
+//! bound to ADDR1 reaches ADDR0 over the veth wire. `make test-rdma` runs them
+//! there (scripts/rdma-suite.sh: `--ignored --test-threads=1`, because some of
+//! them read device-wide counters and change the veth qdiscs). On a machine
+//! without RDMA they show up as ignored, never as passed.
+//!
+//! The tests that are not ignored check what happens without any RDMA device:
+//! `LIBOS=catmint` must fail with ENODEV and a clear message, from Rust and
+//! from C.
+//!
+//! Two-process tests re-run this very binary as the peer: the test
+//! `peer_process` reads its role from `DEMI_RDMA_PEER` and reports on stdout
+//! in lines starting with `PEER ` (see [`Peer`]). Every wait is bounded and
+//! every child is killed by its pid when its handle drops.
+
+use demi::{Buffer, LibOs, QDesc, QResult, QToken, QValue, SockType};
+use std::collections::VecDeque;
+use std::io::{BufRead, BufReader};
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// Bound on any single wait (the VM is emulated: generous).
+const LONG: Duration = Duration::from_secs(30);
+
+// ---------------------------------------------------------------- helpers
+
+fn env_ip(var: &str, default: [u8; 4]) -> Ipv4Addr {
+    std::env::var(var).ok().and_then(|s| s.parse().ok()).unwrap_or(Ipv4Addr::from(default))
+}
+
+/// rxe0's address (the server side of every test).
+fn addr0() -> Ipv4Addr {
+    env_ip("DEMI_RXE_ADDR0", [10, 77, 0, 1])
+}
+
+/// rxe1's address: a client bound to it crosses the veth wire.
+fn addr1() -> Ipv4Addr {
+    env_ip("DEMI_RXE_ADDR1", [10, 77, 0, 2])
+}
+
+/// An address in the test subnet that nobody has.
+const NOBODY: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 99);
+
+fn catmint() -> LibOs {
+    demi::init_logging();
+    LibOs::new("catmint").expect("catmint starts (are the rxe devices up?)")
+}
+
+fn wait(os: &LibOs, qt: QToken) -> QResult {
+    os.wait(qt, Some(LONG)).expect("operation finishes in time")
+}
+
+fn wait_ok(os: &LibOs, qt: QToken) -> QResult {
+    let r = wait(os, qt);
+    assert_eq!(r.errno(), 0, "operation failed: {}", demi::errno_name(r.errno()));
+    r
+}
+
+/// Pops one message (catmint keeps message boundaries).
+fn pop_msg(os: &LibOs, qd: QDesc) -> Buffer {
+    match wait_ok(os, os.pop(qd).unwrap()).value {
+        QValue::Pop { buf, .. } => buf,
+        v => panic!("expected a pop, got {v:?}"),
+    }
+}
+
+fn push_wait(os: &LibOs, qd: QDesc, buf: &Buffer) {
+    let r = wait_ok(os, os.push(qd, buf).unwrap());
+    assert!(matches!(r.value, QValue::Push), "{:?}", r.value);
+}
+
+fn listener(os: &LibOs, ip: Ipv4Addr) -> (QDesc, SocketAddrV4) {
+    let qd = os.socket(SockType::Stream).unwrap();
+    os.bind(qd, SocketAddrV4::new(ip, 0)).unwrap();
+    os.listen(qd, 32).unwrap();
+    let addr = os.local_addr(qd).unwrap().expect("a bound listener has an address");
+    assert_ne!(addr.port(), 0, "the port was chosen");
+    (qd, addr)
+}
+
+/// A stream socket, bound to `from` (port chosen by the system) if given.
+fn client_socket(os: &LibOs, from: Option<Ipv4Addr>) -> QDesc {
+    let qd = os.socket(SockType::Stream).unwrap();
+    if let Some(ip) = from {
+        os.bind(qd, SocketAddrV4::new(ip, 0)).unwrap();
+    }
+    qd
+}
+
+fn connect(os: &LibOs, from: Option<Ipv4Addr>, to: SocketAddrV4) -> QDesc {
+    let qd = client_socket(os, from);
+    wait_ok(os, os.connect(qd, to).unwrap());
+    qd
+}
+
+/// A connected pair inside this process: (client, accepted, listener). The
+/// client binds to `from` if given.
+fn pair(os: &LibOs, from: Option<Ipv4Addr>) -> (QDesc, QDesc, QDesc) {
+    let (l, addr) = listener(os, addr0());
+    let c = client_socket(os, from);
+    let aqt = os.accept(l).unwrap();
+    // The engine moves both sides while we wait on either.
+    wait_ok(os, os.connect(c, addr).unwrap());
+    let QValue::Accept { qd: s, peer } = wait_ok(os, aqt).value else { panic!("expected an accept") };
+    if let Some(ip) = from {
+        assert_eq!(*peer.ip(), ip, "the server sees the client's bound address");
+    }
+    (c, s, l)
+}
+
+/// Runs the engine for `d` without waiting for anything in particular (lets
+/// teardown and credit messages progress).
+fn drive(os: &LibOs, d: Duration) {
+    let end = Instant::now() + d;
+    while Instant::now() < end {
+        if let Ok(done) = os.wait_next_n(16, Some(Duration::from_millis(20))) {
+            panic!("unexpected completions while idling: {done:?}");
+        }
+    }
+}
+
+/// xorshift64: a small seeded generator, so failures reproduce.
+struct Rng(u64);
+
+impl Rng {
+    fn new(seed: u64) -> Rng {
+        // Spread small seeds; never zero.
+        Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1)
+    }
+
+    fn next(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.0 = x;
+        x
+    }
+
+    /// Uniform in [0, 1).
+    fn unit(&mut self) -> f64 {
+        (self.next() >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    /// A length drawn log-uniformly from 1..=max.
+    fn log_len(&mut self, max: usize) -> usize {
+        let l = ((max as f64 + 1.0).ln() * self.unit()).exp() as usize;
+        l.clamp(1, max)
+    }
+
+    fn fill(&mut self, out: &mut [u8]) {
+        let mut chunks = out.chunks_exact_mut(8);
+        for c in &mut chunks {
+            c.copy_from_slice(&self.next().to_le_bytes());
+        }
+        let tail = chunks.into_remainder();
+        let last = self.next().to_le_bytes();
+        tail.copy_from_slice(&last[..tail.len()]);
+    }
+}
+
+/// A 64-bit checksum over bytes, eight at a time (cheap under emulation, and
+/// sensitive to position, so swapped or shifted data changes it).
+fn checksum(data: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325 ^ data.len() as u64;
+    let mut chunks = data.chunks_exact(8);
+    for c in &mut chunks {
+        let w = u64::from_le_bytes(c.try_into().unwrap());
+        h = (h ^ w).wrapping_mul(0x0000_0100_0000_01b3).rotate_left(29);
+    }
+    for &b in chunks.remainder() {
+        h = (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}
+
+/// A registered buffer of `len` random bytes from `rng`.
+fn random_buffer(os: &LibOs, rng: &mut Rng, len: usize) -> Buffer {
+    let mut b = os.sgaalloc(len).unwrap();
+    rng.fill(b.as_mut_slice().expect("fresh buffer"));
+    b
+}
+
+/// Counters of a network device or an rxe port.
+fn net_counter(dev: &str, name: &str) -> u64 {
+    read_number(&format!("/sys/class/net/{dev}/statistics/{name}"))
+}
+
+fn rxe_counter(dev: &str, name: &str) -> u64 {
+    read_number(&format!("/sys/class/infiniband/{dev}/ports/1/hw_counters/{name}"))
+}
+
+fn read_number(path: &str) -> u64 {
+    let s = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    s.trim().parse().unwrap_or_else(|e| panic!("{path}: {s:?}: {e}"))
+}
+
+fn rxe_dev(i: usize) -> String {
+    std::env::var(format!("DEMI_RXE_DEV{i}")).unwrap_or_else(|_| format!("rxe{i}"))
+}
+
+/// Runs a command that must succeed; returns its stdout.
+fn run(cmd: &str, args: &[&str]) -> String {
+    let out = Command::new(cmd).args(args).output().unwrap_or_else(|e| panic!("{cmd}: {e}"));
+    assert!(out.status.success(), "{cmd} {args:?} failed: {}\n{}", out.status, String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+// ------------------------------------------------------- peer processes
+
+/// A child process running this binary's `peer_process` test in a role. It
+/// is killed (SIGKILL, by its pid) when the handle drops, unless it exited.
+struct Peer {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    role: String,
+}
+
+impl Peer {
+    fn start(role: &str, env: &[(&str, &str)]) -> Peer {
+        let exe = std::env::current_exe().expect("path of this test binary");
+        let mut cmd = Command::new(exe);
+        cmd.args(["--exact", "peer_process", "--ignored", "--nocapture", "--test-threads=1", "-q"])
+            .env("DEMI_RDMA_PEER", role)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn the peer process");
+        let out = child.stdout.take().expect("piped stdout");
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(|l| l.ok()) {
+                if let Some(rest) = line.strip_prefix("PEER ") {
+                    if tx.send(rest.to_string()).is_err() {
+                        break;
+                    }
+                }
+            }
+        });
+        Peer { child, lines, role: role.to_string() }
+    }
+
+    /// The next report, which must start with `key`; returns what follows.
+    fn expect(&mut self, key: &str, within: Duration) -> String {
+        match self.lines.recv_timeout(within) {
+            Ok(line) => match line.strip_prefix(key) {
+                Some(rest) => rest.trim().to_string(),
+                None => panic!("peer {:?}: expected {key:?}, got {line:?}", self.role),
+            },
+            Err(_) => {
+                let status = self.child.try_wait().ok().flatten();
+                panic!("peer {:?}: no {key:?} within {within:?} (exit status {status:?})", self.role)
+            }
+        }
+    }
+
+    /// Waits (bounded) for the peer to exit and asserts that it succeeded.
+    fn finish(mut self, within: Duration) {
+        let end = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait for the peer") {
+                assert!(status.success(), "peer {:?} failed: {status}", self.role);
+                return;
+            }
+            assert!(Instant::now() < end, "peer {:?} still running after {within:?}", self.role);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGKILL, by pid.
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            self.kill();
+        }
+    }
+}
+
+/// Prints a report line for the parent.
+fn report(line: impl std::fmt::Display) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "PEER {line}").unwrap();
+    out.flush().unwrap();
+}
+
+/// Not a test of its own: the body of the peer processes the two-process
+/// tests start (it does nothing unless `DEMI_RDMA_PEER` names a role).
+#[test]
+#[ignore = "helper: the two-process tests below run it in a child process"]
+fn peer_process() {
+    let Ok(spec) = std::env::var("DEMI_RDMA_PEER") else {
+        eprintln!("peer_process: DEMI_RDMA_PEER is not set; nothing to do");
+        return;
+    };
+    let args: Vec<&str> = spec.split_whitespace().collect();
+    let arg = |i: usize| -> &str { args.get(i).unwrap_or_else(|| panic!("peer {spec:?}: argument {i} missing")) };
+    match arg(0) {
+        "echo" => peer_echo(arg(1).parse().unwrap(), arg(2).parse().unwrap()),
+        "sink" => peer_sink(arg(1).parse().unwrap(), arg(2).parse().unwrap()),
+        "slow-sink" => peer_slow_sink(arg(1).parse().unwrap(), arg(2).parse().unwrap(), arg(3).parse().unwrap()),
+        "doomed" => peer_doomed(arg(1).parse().unwrap(), arg(2).parse().unwrap()),
+        "connect" => peer_connect(arg(1).parse().unwrap(), arg(2)),
+        other => panic!("unknown peer role {other:?}"),
+    }
+}
+
+/// Accepts `conns` connections one after the other and echoes every message
+/// until the client closes; reports the totals.
+fn peer_echo(ip: Ipv4Addr, conns: usize) {
+    let os = catmint();
+    let (l, addr) = listener(&os, ip);
+    report(format_args!("listening {addr}"));
+    let (mut msgs, mut bytes) = (0u64, 0u64);
+    for _ in 0..conns {
+        let QValue::Accept { qd, .. } = wait_ok(&os, os.accept(l).unwrap()).value else { panic!() };
+        loop {
+            let buf = pop_msg(&os, qd);
+            if buf.is_empty() {
+                break;
+            }
+            msgs += 1;
+            bytes += buf.len() as u64;
+            push_wait(&os, qd, &buf);
+        }
+        os.close(qd).unwrap();
+    }
+    os.close(l).unwrap();
+    report(format_args!("done {msgs} {bytes}"));
+}
+
+/// The receiving side of the load test: serves `conns` connections at once.
+/// Each client first sends 16 bytes (its index and message count); the sink
+/// then pops that many messages, checksums each, and answers with one report
+/// of (length, checksum) per message, in arrival order.
+fn peer_sink(ip: Ipv4Addr, conns: usize) {
+    let os = catmint();
+    let (l, addr) = listener(&os, ip);
+    report(format_args!("listening {addr}"));
+    struct Conn {
+        qd: QDesc,
+        want: Option<u64>,
+        got: Vec<u8>,
+        received: u64,
+    }
+    let mut cs: Vec<Conn> = Vec::new();
+    let mut pending: Vec<(QToken, usize)> = Vec::new();
+    let mut accept = Some(os.accept(l).unwrap());
+    let mut finished = 0;
+    let mut reports = Vec::new();
+    while finished < conns {
+        let mut qts: Vec<QToken> = pending.iter().map(|p| p.0).collect();
+        qts.extend(accept);
+        let (i, r) = os.wait_any(&qts, Some(LONG)).expect("sink: traffic within the time bound");
+        if i == pending.len() {
+            let QValue::Accept { qd, .. } = r.value else { panic!("sink: accept failed: {:?}", r.value) };
+            cs.push(Conn { qd, want: None, got: Vec::new(), received: 0 });
+            pending.push((os.pop(qd).unwrap(), cs.len() - 1));
+            accept = (cs.len() < conns).then(|| os.accept(l).unwrap());
+            continue;
+        }
+        let (_, c) = pending.swap_remove(i);
+        let QValue::Pop { buf, .. } = r.value else { panic!("sink: pop failed: {:?}", r.value) };
+        assert!(!buf.is_empty(), "sink: connection {c} closed early");
+        let conn = &mut cs[c];
+        match conn.want {
+            None => {
+                assert_eq!(buf.len(), 16, "sink: the first message is the 16-byte hello");
+                conn.want = Some(u64::from_le_bytes(buf.as_slice()[8..16].try_into().unwrap()));
+            }
+            Some(_) => {
+                conn.got.extend_from_slice(&(buf.len() as u32).to_le_bytes());
+                conn.got.extend_from_slice(&checksum(buf.as_slice()).to_le_bytes());
+                conn.received += 1;
+            }
+        }
+        drop(buf); // re-posts the receive buffer
+        if Some(conn.received) == conn.want {
+            reports.push(os.push(conn.qd, &os.buffer_from(&conn.got).unwrap()).unwrap());
+            finished += 1;
+        } else {
+            pending.push((os.pop(conn.qd).unwrap(), c));
+        }
+    }
+    for qt in reports {
+        wait_ok(&os, qt);
+    }
+    // Each client closes once it has checked its report.
+    for c in &cs {
+        assert!(pop_msg(&os, c.qd).is_empty(), "sink: end of file after the report");
+        os.close(c.qd).unwrap();
+    }
+    report(format_args!("done {}", cs.iter().map(|c| c.received).sum::<u64>()));
+}
+
+/// Accepts one connection and pops `msgs` messages, sleeping `sleep_ms`
+/// between pops; checks each against the sender's generator (seed = index);
+/// then replies "ok" and waits for end of file.
+fn peer_slow_sink(ip: Ipv4Addr, msgs: u64, sleep_ms: u64) {
+    let os = catmint();
+    let (l, addr) = listener(&os, ip);
+    report(format_args!("listening {addr}"));
+    let QValue::Accept { qd, .. } = wait_ok(&os, os.accept(l).unwrap()).value else { panic!() };
+    for i in 0..msgs {
+        std::thread::sleep(Duration::from_millis(sleep_ms));
+        let buf = pop_msg(&os, qd);
+        let mut rng = Rng::new(i);
+        let len = slow_len(&mut rng);
+        assert_eq!(buf.len(), len, "slow sink: message {i} has the wrong length");
+        let mut want = vec![0u8; len];
+        rng.fill(&mut want);
+        assert!(buf.as_slice() == want, "slow sink: message {i} corrupted");
+    }
+    push_wait(&os, qd, &os.buffer_from(b"ok").unwrap());
+    assert!(pop_msg(&os, qd).is_empty(), "slow sink: end of file");
+    os.close(qd).unwrap();
+    report(format_args!("done {msgs}"));
+}
+
+/// Length of slow-sink message `i` (drawn from its generator first).
+fn slow_len(rng: &mut Rng) -> usize {
+    rng.log_len(80 << 10)
+}
+
+/// Connects to `to` from `from`, sends 8 messages, then stops reading (so the
+/// parent's pushes pile up) and waits to be killed.
+fn peer_doomed(to: SocketAddrV4, from: Ipv4Addr) {
+    let os = catmint();
+    let qd = connect(&os, Some(from), to);
+    for i in 0..8u8 {
+        push_wait(&os, qd, &os.buffer_from(&[i; 4096]).unwrap());
+    }
+    report("sent 8");
+    std::thread::sleep(LONG);
+    panic!("doomed peer was not killed");
+}
+
+/// Connects to `to` (from `from`, or unbound if "-") and reports the errno
+/// and how long the connect took.
+fn peer_connect(to: SocketAddrV4, from: &str) {
+    let os = catmint();
+    let qd = client_socket(&os, from.parse().ok());
+    let t0 = Instant::now();
+    let r = os.wait(os.connect(qd, to).unwrap(), Some(LONG)).expect("connect ends within the bound");
+    report(format_args!("result {} {}", r.errno(), t0.elapsed().as_millis()));
+    // The socket is usable again after a failed connect (catnap's rule).
+    assert_eq!(os.push(qd, &os.buffer_from(b"x").unwrap()).unwrap_err().errno(), libc::ENOTCONN);
+    os.close(qd).unwrap();
+}
+
+// ------------------------------------------------------ tests without RDMA
+
+/// True if this machine has RDMA devices (then catmint must start).
+fn have_rdma_devices() -> bool {
+    std::fs::read_dir("/sys/class/infiniband").is_ok_and(|mut d| d.next().is_some())
+}
+
+#[test]
+fn catmint_without_an_rdma_device_fails_with_enodev() {
+    match LibOs::new("catmint") {
+        Err(e) => {
+            assert!(!have_rdma_devices(), "catmint failed although RDMA devices exist: {e}");
+            assert_eq!(e.errno(), libc::ENODEV, "{e}");
+            assert!(e.why().contains("no RDMA device"), "the message says what is missing: {e}");
+            assert!(e.why().contains("rxe-run"), "the message says what to do: {e}");
+            // Trying again fails the same way (nothing half-initialised).
+            assert_eq!(LibOs::new("catmint").unwrap_err().errno(), libc::ENODEV);
+        }
+        Ok(os) => {
+            assert!(have_rdma_devices(), "catmint started without any RDMA device");
+            assert_eq!(os.name(), "catmint");
+        }
+    }
+}
+
+/// The directory holding libdemi.so of the profile this test was built with.
+fn lib_dir() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    exe.ancestors()
+        .skip(1)
+        .filter(|d| !d.ends_with("deps"))
+        .take_while(|d| !d.ends_with("target"))
+        .find(|d| d.join("libdemi.so").is_file())
+        .unwrap_or_else(|| panic!("libdemi.so not found above {}: run cargo build first", exe.display()))
+        .to_path_buf()
+}
+
+#[test]
+fn c_demi_init_with_catmint_and_no_rdma_device_returns_enodev() {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let libs = lib_dir();
+    let bin = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("catmint_nodev-{}", std::process::id()));
+    let cc = std::env::var("CC").unwrap_or_else(|_| "cc".into());
+    let built = Command::new(&cc)
+        .args(["-std=c11", "-Wall", "-Wextra", "-Werror", "-Wpedantic", "-g"])
+        .arg("-I")
+        .arg(repo.join("include"))
+        .arg(repo.join("tests/c/catmint_nodev.c"))
+        .arg("-o")
+        .arg(&bin)
+        .arg("-L")
+        .arg(&libs)
+        .arg("-ldemi")
+        .arg(format!("-Wl,-rpath,{}", libs.display()))
+        .status()
+        .expect("run the C compiler");
+    assert!(built.success(), "compiling tests/c/catmint_nodev.c failed");
+    let out = Command::new(&bin).env("LIBOS", "catmint").env_remove("RUST_LOG").output().unwrap();
+    let _ = std::fs::remove_file(&bin);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "catmint_nodev failed: {}\n{stdout}\n{stderr}", out.status);
+    if have_rdma_devices() {
+        assert!(stdout.contains("catmint_nodev: demi_init succeeded"), "{stdout}");
+    } else {
+        assert!(stdout.contains("catmint_nodev: ENODEV as expected"), "{stdout}");
+        assert!(stderr.contains("no RDMA device"), "demi_init logs why it failed: {stderr}");
+    }
+}
+
+// --------------------------------------------------------- tests over rxe
+
+/// Round trips with a peer process; the client is bound to `from`.
+fn ping_pong_with_peer(from: Option<Ipv4Addr>, rounds: usize) -> (u64, u64) {
+    let mut peer = Peer::start(&format!("echo {} 1", addr0()), &[]);
+    let server: SocketAddrV4 = peer.expect("listening", LONG).parse().unwrap();
+    let os = catmint();
+    let veth = (net_counter("veth0", "tx_packets"), net_counter("veth1", "tx_packets"));
+    let qd = connect(&os, from, server);
+    let mut rng = Rng::new(7);
+    let mut bytes = 0;
+    for round in 0..rounds {
+        // Mostly small messages, some larger than one receive buffer.
+        let len = if round % 50 == 49 { 100_000 } else { rng.log_len(4096) };
+        let msg = random_buffer(&os, &mut rng, len);
+        let push = os.push(qd, &msg).unwrap();
+        let echo = pop_msg(&os, qd);
+        wait_ok(&os, push);
+        assert_eq!(echo.len(), len, "round {round}: the echo is one whole message");
+        assert!(echo.as_slice() == msg.as_slice(), "round {round}: echo differs");
+        bytes += len as u64;
+    }
+    os.close(qd).unwrap();
+    assert_eq!(peer.expect("done", LONG), format!("{rounds} {bytes}"), "the peer saw every message once");
+    peer.finish(LONG);
+    (net_counter("veth0", "tx_packets") - veth.0, net_counter("veth1", "tx_packets") - veth.1)
+}
+
+#[test]
+#[ignore = "needs soft-RoCE: make test-rdma runs it inside rxe-setup/rxe-run"]
+fn two_processes_ping_pong_over_the_veth_wire() {
+    let rounds = 300;
+    let (v0, v1) = ping_pong_with_peer(Some(addr1()), rounds);
+    // Every push of the client leaves through veth1 (at least one packet
+    // each), every echo through veth0.
+    assert!(v1 >= rounds as u64, "veth1 sent only {v1} packets for {rounds} round trips");
+    assert!(v0 >= rounds as u64, "veth0 sent only {v0} packets for {rounds} round trips");
+}
+
+#[test]
+#[ignore = "needs soft-RoCE: make test-rdma runs it inside rxe-setup/rxe-run"]
+fn two_processes_ping_pong_over_rxe_loopback() {
+    let rounds = 300;
+    let (v0, v1) = ping_pong_with_peer(None, rounds);
+    // An unbound client takes rxe0's internal loopback: the wire stays quiet
+    // (a few stray packets, e.g. IPv6 housekeeping, are allowed).
+    assert!(v0 + v1 < rounds as u64 / 4, "loopback traffic went over the veth wire ({v0} + {v1} packets)");
+}
+
+#[test]
+#[ignore = "needs soft-RoCE: make test-rdma runs it inside rxe-setup/rxe-run"]
+fn integrity_under_load_10000_messages_over_16_connections() {
+    const CONNS: usize = 16;
+    const MSGS: usize = 10_000;
+    const _: () = assert!(MSGS % CONNS == 0);
+    const WINDOW: usize = 2;
+    let mut peer = Peer::start(&format!("sink {} {CONNS}", addr0()), &[]);
+    let server: SocketAddrV4 = peer.expect("listening", LONG).parse().unwrap();
+    let os = catmint();
+    let t0 = Instant::now();
+    struct Conn {
+        qd: QDesc,
+        rng: Rng,
+        left: usize,
+        sent: Vec<(u32, u64)>,
+        inflight: VecDeque<QToken>,
+    }
+    // Half the connections cross the veth wire, half use rxe loopback.
+    let mut cs: Vec<Conn> = (0..CONNS)
+        .map(|i| {
+            let from = (i % 2 == 0).then(addr1);
+            let qd = connect(&os, from, server);
+            // MSGS is a multiple of CONNS.
+            let n = MSGS / CONNS;
+            let mut hello = [0u8; 16];
+            hello[..8].copy_from_slice(&(i as u64).to_le_bytes());
+            hello[8..].copy_from_slice(&(n as u64).to_le_bytes());
+            push_wait(&os, qd, &os.buffer_from(&hello).unwrap());
+            Conn { qd, rng: Rng::new(1000 + i as u64), left: n, sent: Vec::new(), inflight: VecDeque::new() }
+        })
+        .collect();
+    let mut total_bytes = 0u64;
+    let mut largest = 0;
+    let mut pending: Vec<(QToken, usize)> = Vec::new();
+    let mut refill = |c: usize, cs: &mut Vec<Conn>, pending: &mut Vec<(QToken, usize)>| {
+        let conn = &mut cs[c];
+        while conn.left > 0 && conn.inflight.len() < WINDOW {
+            let len = conn.rng.log_len(1 << 20);
+            let msg = random_buffer(&os, &mut conn.rng, len);
+            conn.sent.push((len as u32, checksum(msg.as_slice())));
+            total_bytes += len as u64;
+            largest = largest.max(len);
+            let qt = os.push(conn.qd, &msg).unwrap();
+            // The buffer is dropped here: the push keeps it alive.
+            conn.inflight.push_back(qt);
+            pending.push((qt, c));
+            conn.left -= 1;
+        }
+    };
+    for c in 0..CONNS {
+        refill(c, &mut cs, &mut pending);
+    }
+    let mut reports = Vec::new();
+    let (mut done, mut last) = (0, Instant::now());
+    while !pending.is_empty() {
+        if last.elapsed() > Duration::from_secs(10) {
+            last = Instant::now();
+            let left: usize = cs.iter().map(|c| c.left).sum();
+            eprintln!("integrity: {done} pushes done, {left} to go after {:.0?}", t0.elapsed());
+        }
+        done += 1;
+        let qts: Vec<QToken> = pending.iter().map(|p| p.0).collect();
+        let (i, r) = os.wait_any(&qts, Some(LONG)).expect("pushes progress");
+        let (qt, c) = pending.swap_remove(i);
+        assert!(matches!(r.value, QValue::Push), "push on connection {c} failed: {:?}", r.value);
+        let pos = cs[c].inflight.iter().position(|&q| q == qt).unwrap();
+        cs[c].inflight.remove(pos);
+        refill(c, &mut cs, &mut pending);
+        if cs[c].left == 0 && cs[c].inflight.is_empty() {
+            reports.push((c, os.pop(cs[c].qd).unwrap()));
+        }
+    }
+    for (c, qt) in reports {
+        let QValue::Pop { buf, .. } = wait_ok(&os, qt).value else { panic!() };
+        let got: Vec<(u32, u64)> = buf
+            .as_slice()
+            .chunks_exact(12)
+            .map(|r| (u32::from_le_bytes(r[..4].try_into().unwrap()), u64::from_le_bytes(r[4..].try_into().unwrap())))
+            .collect();
+        let sent = &cs[c].sent;
+        assert_eq!(got.len(), sent.len(), "connection {c}: {} of {} messages arrived", got.len(), sent.len());
+        for (k, (g, s)) in got.iter().zip(sent).enumerate() {
+            assert_eq!(g.0, s.0, "connection {c}, message {k}: length {} arrived as {}", s.0, g.0);
+            assert_eq!(g.1, s.1, "connection {c}, message {k} ({} bytes): checksum differs", s.0);
+        }
+    }
+    for c in &cs {
+        os.close(c.qd).unwrap();
+    }
+    assert_eq!(peer.expect("done", LONG), MSGS.to_string());
+    peer.finish(LONG);
+    assert!(largest > 512 << 10, "the size draw reached large messages (largest {largest})");
+    eprintln!(
+        "integrity: {MSGS} messages, {:.1} MiB over {CONNS} connections in {:.1?}",
+        total_bytes as f64 / (1 << 20) as f64,
+        t0.elapsed()
+    );
+}
+
+#[test]
+#[ignore = "needs soft-RoCE: make test-rdma runs it inside rxe-setup/rxe-run"]
+fn one_and_sixteen_mebibyte_messages_arrive_whole_in_one_pop() {
+    let os = catmint();
+    let (c, s, _l) = pair(&os, Some(addr1()));
+    let mut rng = Rng::new(16);
+    for len in [1 << 20, 16 << 20] {
+        let msg = random_buffer(&os, &mut rng, len);
+        let want = checksum(msg.as_slice());
+        let push = os.push(c, &msg).unwrap();
+        drop(msg); // the push keeps it alive
+        let got = pop_msg(&os, s);
+        assert_eq!(got.len(), len, "a {len}-byte message arrives in one pop");
+        assert_eq!(checksum(got.as_slice()), want, "{len}-byte message corrupted");
+        wait_ok(&os, push);
+    }
+    // Boundaries hold back to back: a large message, a tiny one, a large one.
+    let lens = [1 << 20, 3, (1 << 20) + 1];
+    let msgs: Vec<Buffer> = lens.iter().map(|&l| random_buffer(&os, &mut rng, l)).collect();
+    let pushes: Vec<QToken> = msgs.iter().map(|m| os.push(c, m).unwrap()).collect();
+    for (m, &len) in msgs.iter().zip(&lens) {
+        let got = pop_msg(&os, s);
+        assert_eq!(got.len(), len, "message boundaries are kept");
+        assert!(got.as_slice() == m.as_slice());
+    }
+    for qt in pushes {
+        wait_ok(&os, qt);
+    }
+}
+
+/// RNR counters of both rxe devices: (RNR NAKs received, sent, retries exhausted).
+fn rnr_counters() -> [u64; 6] {
+    let (d0, d1) = (rxe_dev(0), rxe_dev(1));
+    [
+        rxe_counter(&d0, "rcvd_rnr_err"),
+        rxe_counter(&d0, "send_rnr_err"),
+        rxe_counter(&d0, "retry_rnr_exceeded_err"),
+        rxe_counter(&d1, "rcvd_rnr_err"),
+        rxe_counter(&d1, "send_rnr_err"),
+        rxe_counter(&d1, "retry_rnr_exceeded_err"),
+    ]
+}
+
+#[test]
+#[ignore = "needs soft-RoCE: make test-rdma runs it inside rxe-setup/rxe-run"]
+fn slow_receiver_loses_nothing_and_sees_no_rnr() {
+    const MSGS: u64 = 300;
+    const DEPTH: &str = "4";
+    // The receiver posts only 4 receives (+2 reserved) and sleeps between pops.
+    let mut peer = Peer::start(&format!("slow-sink {} {MSGS} 3", addr0()), &[("DEMI_RDMA_RECV_DEPTH", DEPTH)]);
+    let server: SocketAddrV4 = peer.expect("listening", LONG).parse().unwrap();
+    let os = catmint();
+    let qd = connect(&os, Some(addr1()), server);
+    let rnr = rnr_counters();
+    let sent0 = rxe_counter(&rxe_dev(1), "sent_pkts");
+    // Push everything at once: far more than the receiver's depth.
+    let mut pushes = Vec::new();
+    for i in 0..MSGS {
+        let mut rng = Rng::new(i);
+        let len = slow_len(&mut rng);
+        pushes.push(os.push(qd, &random_buffer(&os, &mut rng, len)).unwrap());
+    }
+    let ack = os.pop(qd).unwrap();
+    for (i, qt) in pushes.into_iter().enumerate() {
+        let r = os.wait(qt, Some(LONG * 2)).expect("every push completes");
+        assert!(matches!(r.value, QValue::Push), "push {i} failed: {:?}", r.value);
+    }
+    let QValue::Pop { buf, .. } = wait_ok(&os, ack).value else { panic!() };
+    assert_eq!(buf.as_slice(), b"ok", "the receiver checked every message");
+    os.close(qd).unwrap();
+    assert_eq!(peer.expect("done", LONG), MSGS.to_string());
+    peer.finish(LONG);
+    assert!(rxe_counter(&rxe_dev(1), "sent_pkts") > sent0 + MSGS, "the counters are live");
+    assert_eq!(rnr_counters(), rnr, "RNR counters moved: a send found no posted receive");
+}
+
+#[test]
+#[ignore = "needs soft-RoCE: make test-rdma runs it inside rxe-setup/rxe-run"]
+fn killed_peer_fails_pending_operations_with_econnreset() {
+    let os = catmint();
+    let (l, addr) = listener(&os, addr0());
+    let acc = os.accept(l).unwrap();
+    let mut peer = Peer::start(&format!("doomed {addr} {}", addr1()), &[]);
+    let QValue::Accept { qd, .. } = wait_ok(&os, acc).value else { panic!() };
+    for i in 0..8u8 {
+        assert_eq!(pop_msg(&os, qd).as_slice(), &[i; 4096][..]);
+    }
+    peer.expect("sent 8", LONG);
+    // The peer reads nothing: pushes beyond its credits stay queued here.
+    let big = random_buffer(&os, &mut Rng::new(3), 64 << 10);
+    let pushes: Vec<QToken> = (0..64).map(|_| os.push(qd, &big).unwrap()).collect();
+    let pops: Vec<QToken> = (0..2).map(|_| os.pop(qd).unwrap()).collect();
+    // Let the first pushes go out; the pops stay pending.
+    assert_eq!(os.wait(pops[0], Some(Duration::from_millis(300))).unwrap_err().errno(), libc::ETIMEDOUT);
+    let t0 = Instant::now();
+    peer.kill();
+    let (mut failed, mut ok) = (0, 0);
+    for &qt in pushes.iter().chain(&pops) {
+        let r = os.wait(qt, Some(Duration::from_secs(5))).expect("pending operations end after the peer died");
+        match r.value {
+            QValue::Failed(e) => {
+                assert_eq!(e, libc::ECONNRESET, "{}", demi::errno_name(e));
+                failed += 1;
+            }
+            QValue::Push => ok += 1,
+            v => panic!("unexpected {v:?}"),
+        }
+    }
+    let took = t0.elapsed();
+    assert!(took < Duration::from_secs(2), "pending operations took {took:?} to fail");
+    assert!(failed >= 2 + 32, "most pushes were still pending ({ok} completed, {failed} failed)");
+    // Later calls fail cleanly, and close works.
+    let r = match os.push(qd, &big) {
+        Ok(qt) => wait(&os, qt).errno(),
+        Err(e) => e.errno(),
+    };
+    assert_eq!(r, libc::ECONNRESET, "push after the reset: {}", demi::errno_name(r));
+    let r = match os.pop(qd) {
+        Ok(qt) => wait(&os, qt).errno(),
+        Err(e) => e.errno(),
+    };
+    assert_eq!(r, libc::ECONNRESET, "pop after the reset: {}", demi::errno_name(r));
+    os.close(qd).unwrap();
+    // The listener and the library are not wedged.
+    let acc = os.accept(l).unwrap();
+    let c = connect(&os, Some(addr1()), addr);
+    let QValue::Accept { qd: s, .. } = wait_ok(&os, acc).value else { panic!() };
+    push_wait(&os, c, &os.buffer_from(b"still alive").unwrap());
+    assert_eq!(pop_msg(&os, s).as_slice(), b"still alive");
+}
+
+#[test]
+#[ignore = "needs soft-RoCE: make test-rdma runs it inside rxe-setup/rxe-run"]
+fn first_connect_with_a_cold_neighbour_cache_succeeds() {
+    // Forget what ARP learnt, as after boot: the connect from ADDR1 must
+    // resolve ADDR0 over veth1 first.
+    run("ip", &["neigh", "flush", "dev", "veth0"]);
+    run("ip", &["neigh", "flush", "dev", "veth1"]);
+    let os = catmint();
+    let (l, addr) = listener(&os, addr0());
+    let c = client_socket(&os, Some(addr1()));
+    let acc = os.accept(l).unwrap();
+    let t0 = Instant::now();
+    let r = wait(&os, os.connect(c, addr).unwrap());
+    let took = t0.elapsed();
+    assert_eq!(r.errno(), 0, "first connect failed after {took:?}: {}", demi::errno_name(r.errno()));
+    wait_ok(&os, acc);
+    assert!(took < Duration::from_secs(2), "first connect took {took:?}");
+}
+
+#[test]
+#[ignore = "needs soft-RoCE: make test-rdma runs it inside rxe-setup/rxe-run"]
+fn connect_to_a_port_without_listener_is_refused() {
+    let os = catmint();
+    let (l, addr) = listener(&os, addr0());
+    os.close(l).unwrap();
+    for from in [Some(addr1()), None] {
+        let qd = client_socket(&os, from);
+        let t0 = Instant::now();
+        let r = wait(&os, os.connect(qd, addr).unwrap());
+        assert_eq!(r.errno(), libc::ECONNREFUSED, "from {from:?}: {}", demi::errno_name(r.errno()));
+        assert!(t0.elapsed() < Duration::from_secs(5), "refusal took {:?}", t0.elapsed());
+        assert_eq!(os.push(qd, &os.buffer_from(b"x").unwrap()).unwrap_err().errno(), libc::ENOTCONN);
+        // The same socket connects once somebody listens.
+        let (l2, addr2) = listener(&os, addr0());
+        let acc = os.accept(l2).unwrap();
+        wait_ok(&os, os.connect(qd, addr2).unwrap());
+        wait_ok(&os, acc);
+        os.close(qd).unwrap();
+        os.close(l2).unwrap();
+    }
+}
+
+#[test]
+#[ignore = "needs soft-RoCE: make test-rdma runs it inside rxe-setup/rxe-run"]
+fn connect_to_an_unused_address_fails_within_the_timeout() {
+    const TIMEOUT_MS: u128 = 800;
+    for from in [addr1().to_string(), "-".to_string()] {
+        let mut peer =
+            Peer::start(&format!("connect {NOBODY}:7000 {from}"), &[("DEMI_RDMA_TIMEOUT_MS", &TIMEOUT_MS.to_string())]);
+        let res = peer.expect("result", LONG);
+        let (errno, ms) = res.split_once(' ').unwrap();
+        let (errno, ms): (i32, u128) = (errno.parse().unwrap(), ms.parse().unwrap());
+        assert!(
+            [libc::EHOSTUNREACH, libc::ETIMEDOUT, libc::ENETUNREACH].contains(&errno),
+            "from {from}: connect to {NOBODY} failed with {}",
+            demi::errno_name(errno)
+        );
+        // Bounded by the configured timeout (plus slack for the emulated VM).
+        assert!(ms <= TIMEOUT_MS + 1500, "from {from}: took {ms} ms with DEMI_RDMA_TIMEOUT_MS={TIMEOUT_MS}");
+        peer.finish(LONG);
+    }
+}
+
+#[test]
+#[ignore = "needs soft-RoCE: make test-rdma runs it inside rxe-setup/rxe-run"]
+fn state_errors_match_catnap() {
+    use libc::{EADDRINUSE, EADDRNOTAVAIL, EALREADY, EBADF, ECANCELED, EDESTADDRREQ, EINVAL, EISCONN, ENOTCONN};
+    let os = catmint();
+    let (c, s, l) = pair(&os, Some(addr1()));
+    let (l2, addr2) = listener(&os, addr0());
+    let x = os.buffer_from(b"x").unwrap();
+    // EISCONN / EINVAL / EBADF on connect.
+    assert_eq!(os.connect(c, addr2).unwrap_err().errno(), EISCONN);
+    assert_eq!(os.connect(s, addr2).unwrap_err().errno(), EISCONN);
+    assert_eq!(os.connect(l, addr2).unwrap_err().errno(), EINVAL);
+    assert_eq!(os.connect(9999, addr2).unwrap_err().errno(), EBADF);
+    // bind: twice, in use, an address no RDMA device has.
+    assert_eq!(os.bind(l, SocketAddrV4::new(addr0(), 0)).unwrap_err().errno(), EINVAL);
+    assert_eq!(os.bind(c, SocketAddrV4::new(addr1(), 0)).unwrap_err().errno(), EINVAL);
+    let t = os.socket(SockType::Stream).unwrap();
+    assert_eq!(os.bind(t, addr2).unwrap_err().errno(), EADDRINUSE);
+    assert_eq!(os.bind(t, SocketAddrV4::new(NOBODY, 0)).unwrap_err().errno(), EADDRNOTAVAIL);
+    // An unconnected socket.
+    assert_eq!(os.push(t, &x).unwrap_err().errno(), ENOTCONN);
+    assert_eq!(os.pop(t).unwrap_err().errno(), ENOTCONN);
+    assert_eq!(os.peer_addr(t).unwrap_err().errno(), ENOTCONN);
+    assert_eq!(os.listen(t, 1).unwrap_err().errno(), EDESTADDRREQ);
+    assert_eq!(os.accept(t).unwrap_err().errno(), EINVAL);
+    assert_eq!(os.connect(t, "0.0.0.0:80".parse().unwrap()).unwrap_err().errno(), EINVAL);
+    // A listener.
+    assert_eq!(os.push(l, &x).unwrap_err().errno(), EINVAL);
+    assert_eq!(os.pop(l).unwrap_err().errno(), EINVAL);
+    assert_eq!(os.peer_addr(l).unwrap_err().errno(), ENOTCONN);
+    assert_eq!(os.accept(c).unwrap_err().errno(), EINVAL);
+    // Zero bytes, bad descriptors.
+    assert_eq!(os.push(c, &Buffer::heap(0)).unwrap_err().errno(), EINVAL);
+    assert_eq!(os.push(777, &x).unwrap_err().errno(), EBADF);
+    assert_eq!(os.pop(777).unwrap_err().errno(), EBADF);
+    assert_eq!(os.close(777).unwrap_err().errno(), EBADF);
+    // EALREADY while a connect is in progress (address resolution of an
+    // address nobody answers takes the whole timeout); close cancels it.
+    let u = client_socket(&os, Some(addr1()));
+    let qt = os.connect(u, SocketAddrV4::new(NOBODY, 7000)).unwrap();
+    assert_eq!(os.connect(u, addr2).unwrap_err().errno(), EALREADY);
+    assert_eq!(os.push(u, &x).unwrap_err().errno(), ENOTCONN);
+    os.close(u).unwrap();
+    assert_eq!(wait(&os, qt).errno(), ECANCELED);
+    // Close cancels pending pops and accepts; the closed qd is gone.
+    let pop = os.pop(c).unwrap();
+    let acc = os.accept(l2).unwrap();
+    os.close(c).unwrap();
+    os.close(l2).unwrap();
+    assert_eq!(wait(&os, pop).errno(), ECANCELED);
+    assert_eq!(wait(&os, acc).errno(), ECANCELED);
+    assert_eq!(os.close(c).unwrap_err().errno(), EBADF);
+    assert_eq!(os.push(c, &x).unwrap_err().errno(), EBADF);
+    // The peer of the closed socket reads end of file, again and again.
+    assert!(pop_msg(&os, s).is_empty(), "end of file after the peer closed");
+    assert!(pop_msg(&os, s).is_empty(), "end of file stays");
+    // Tokens: consumed and forged ones are refused.
+    let qt = os.pop(s).unwrap();
+    wait(&os, qt);
+    assert_eq!(os.wait(qt, Some(Duration::ZERO)).unwrap_err().errno(), EINVAL);
+    assert_eq!(os.wait(qt ^ (1 << 40), Some(Duration::ZERO)).unwrap_err().errno(), EINVAL);
+    os.close(s).unwrap();
+    os.close(l).unwrap();
+}
+
+/// Counts this process's rdma resources of `kind` ("qp", "mr", "cm_id").
+/// rdma(8) names the thread that created each object ("pid" is its thread
+/// id), so match any thread of this process.
+fn my_rdma_resources(kind: &str) -> usize {
+    let tids: Vec<String> = std::fs::read_dir("/proc/self/task")
+        .expect("/proc/self/task")
+        .map(|e| format!(" pid {} ", e.unwrap().file_name().to_string_lossy()))
+        .collect();
+    run("rdma", &["resource", "show", kind])
+        .lines()
+        .filter(|l| {
+            let l = format!("{l} ");
+            tids.iter().any(|t| l.contains(t.as_str()))
+        })
+        .count()
+}
+
+fn resource_counts() -> [usize; 3] {
+    [my_rdma_resources("qp"), my_rdma_resources("mr"), my_rdma_resources("cm_id")]
+}
+
+/// Opens `n` connections in this process, moves data, closes them all.
+fn open_use_close(os: &LibOs, n: usize, during: &mut Vec<[usize; 3]>) {
+    let mut rng = Rng::new(n as u64);
+    let conns: Vec<_> = (0..n).map(|i| pair(os, (i % 2 == 0).then(addr1))).collect();
+    for &(c, s, _) in &conns {
+        let msg = random_buffer(os, &mut rng, 200_000);
+        let push = os.push(c, &msg).unwrap();
+        assert!(pop_msg(os, s).as_slice() == msg.as_slice());
+        wait_ok(os, push);
+    }
+    during.push(resource_counts());
+    for (c, s, l) in conns {
+        os.close(c).unwrap();
+        os.close(s).unwrap();
+        os.close(l).unwrap();
+    }
+}
+
+/// Drives the engine until the [qp, mr, cm_id] counts satisfy `done`
+/// (teardown waits for FIN completions and disconnect events) or 10 s pass.
+fn settle(os: &LibOs, done: impl Fn(&[usize; 3]) -> bool) -> [usize; 3] {
+    let end = Instant::now() + Duration::from_secs(10);
+    loop {
+        drive(os, Duration::from_millis(100));
+        let now = resource_counts();
+        if done(&now) || Instant::now() > end {
+            return now;
+        }
+    }
+}
+
+#[test]
+#[ignore = "needs soft-RoCE: make test-rdma runs it inside rxe-setup/rxe-run"]
+fn close_frees_queue_pairs_ids_and_memory_regions() {
+    let os = catmint();
+    let empty = resource_counts();
+    assert_eq!((empty[0], empty[2]), (0, 0), "a fresh libOS holds no QP or cm_id");
+    // First use fills the registered pool, which keeps its chunks for reuse:
+    // count from after one warm-up round.
+    let mut during = Vec::new();
+    open_use_close(&os, 6, &mut during);
+    let base = settle(&os, |n| n[0] == 0 && n[2] == 0);
+    assert_eq!((base[0], base[2]), (0, 0), "QPs/ids left after the warm-up: {base:?}");
+    drive(&os, Duration::from_millis(200));
+    let base = resource_counts();
+    for round in 0..3 {
+        open_use_close(&os, 6, &mut during);
+        let after = settle(&os, |n| *n == base);
+        assert_eq!(after, base, "round {round}: [qp, mr, cm_id] after close vs. before");
+    }
+    // The counts were taken while the connections were open, too.
+    for d in &during {
+        assert!(
+            d[0] >= 8 && d[2] >= 8,
+            "[qp, mr, cm_id] while open: {d:?} (pid {})\n{}\n{}",
+            std::process::id(),
+            run("rdma", &["resource", "show", "qp"]),
+            run("rdma", &["resource", "show", "cm_id"])
+        );
+    }
+}
+
+/// Puts a netem qdisc on the veths for as long as it lives.
+struct Netem(&'static [&'static str]);
+
+impl Netem {
+    fn add(devs: &'static [&'static str], args: &[&str]) -> Netem {
+        let _ = Command::new("modprobe").arg("sch_netem").status();
+        let n = Netem(devs);
+        for dev in devs {
+            let mut a = vec!["qdisc", "replace", "dev", dev, "root", "netem"];
+            a.extend_from_slice(args);
+            run("tc", &a);
+        }
+        n
+    }
+
+    /// Packets the qdiscs dropped so far.
+    fn dropped(&self) -> u64 {
+        self.0
+            .iter()
+            .map(|dev| {
+                let s = run("tc", &["-s", "qdisc", "show", "dev", dev]);
+                let n = s.split("dropped ").nth(1).and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next());
+                n.and_then(|n| n.parse::<u64>().ok()).unwrap_or_else(|| panic!("no drop count in {s:?}"))
+            })
+            .sum()
+    }
+}
+
+impl Drop for Netem {
+    fn drop(&mut self) {
+        for dev in self.0 {
+            let _ = Command::new("tc").args(["qdisc", "del", "dev", dev, "root"]).status();
+        }
+    }
+}
+
+/// Echoes `n` messages of log-uniform sizes up to `max` through a pair;
+/// checks every byte; returns the bytes moved.
+fn echo_messages(os: &LibOs, c: QDesc, s: QDesc, n: usize, max: usize, seed: u64) -> u64 {
+    let mut rng = Rng::new(seed);
+    let mut bytes = 0;
+    for k in 0..n {
+        let len = rng.log_len(max);
+        let msg = random_buffer(os, &mut rng, len);
+        let push = os.push(c, &msg).unwrap();
+        let got = pop_msg(os, s);
+        assert_eq!(got.len(), len, "message {k}");
+        assert!(got.as_slice() == msg.as_slice(), "message {k} corrupted on the way out");
+        let back = os.push(s, &got).unwrap();
+        let echo = pop_msg(os, c);
+        assert!(echo.as_slice() == msg.as_slice(), "message {k} corrupted on the way back");
+        wait_ok(os, push);
+        wait_ok(os, back);
+        bytes += 2 * len as u64;
+    }
+    bytes
+}
+
+#[test]
+#[ignore = "needs soft-RoCE: make test-rdma runs it inside rxe-setup/rxe-run"]
+fn rc_streams_survive_netem_loss_and_reordering() {
+    let os = catmint();
+    let (c, s, _l) = pair(&os, Some(addr1()));
+    let seq0 = rxe_counter(&rxe_dev(0), "out_of_seq_request") + rxe_counter(&rxe_dev(1), "out_of_seq_request");
+    {
+        let netem = Netem::add(&["veth0", "veth1"], &["loss", "1%"]);
+        let t0 = Instant::now();
+        let bytes = echo_messages(&os, c, s, 80, 64 << 10, 1);
+        let dropped = netem.dropped();
+        eprintln!("netem loss 1%: {bytes} bytes in {:.1?}", t0.elapsed());
+        assert!(dropped > 0, "netem dropped nothing in {bytes} bytes: the traffic missed the wire");
+        eprintln!("netem loss 1%: intact, {dropped} packets dropped");
+    }
+    {
+        let _netem = Netem::add(&["veth0", "veth1"], &["delay", "2ms", "reorder", "25%", "50%"]);
+        let t0 = Instant::now();
+        let bytes = echo_messages(&os, c, s, 30, 16 << 10, 2);
+        eprintln!("netem reorder 25%: {bytes} bytes intact in {:.1?}", t0.elapsed());
+    }
+    let seq1 = rxe_counter(&rxe_dev(0), "out_of_seq_request") + rxe_counter(&rxe_dev(1), "out_of_seq_request");
+    assert!(seq1 > seq0, "the responders saw out-of-sequence packets (loss and reordering reached RC)");
+    // The qdiscs are gone and the connection still works at full speed.
+    assert!(!run("tc", &["qdisc", "show", "dev", "veth1"]).contains("netem"));
+    echo_messages(&os, c, s, 10, 64 << 10, 3);
+}
