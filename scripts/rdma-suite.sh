@@ -10,7 +10,9 @@
 #      and change the veth qdiscs;
 #   3. the C examples as two processes with LIBOS=catmint: the server on
 #      ADDR0, the client bound to ADDR1 (the veth packet counters must move)
-#      and a client that binds nothing (rxe loopback).
+#      and a client that binds nothing (rxe loopback);
+#   4. the demi command: `demi devices`, and `demi ping` bound to ADDR1
+#      against `demi echo` on ADDR0 over RC and UD.
 #
 # Inputs (set by scripts/test-rdma): DEMI_SUITE_CATNAP and DEMI_SUITE_RDMA
 # (test binaries), DEMI_SUITE_EXAMPLES (directory of the built C examples).
@@ -54,7 +56,7 @@ fail() {
 # The last lines of a log, indented under a failure.
 show() { sed 's/^/    | /' "$1" 2>/dev/null | tail -n "${2:-15}"; }
 stage() { printf '# %s (%d s into the suite)\n' "$1" $((SECONDS - SUITE_START)); }
-# DEMI_SUITE_ONLY=WORDS runs only the parts named (catnap, rdma, examples);
+# DEMI_SUITE_ONLY=WORDS runs only the parts named (catnap, rdma, examples, demi);
 # DEMI_SUITE_TESTS=WORDS only the tests whose names contain one of them.
 want() { [[ -z ${DEMI_SUITE_ONLY:-} || " $DEMI_SUITE_ONLY " == *" $1 "* ]]; }
 
@@ -206,6 +208,45 @@ if want examples; then
     example_pair tcp-pingpong 7103 "$A1" yes 20 200000
     example_pair udp-pingpong 7104 "$A1" yes 300 64
     example_pair udp-pingpong 7105 "" no 300 64
+fi
+
+# 4. The demi command (src/bin/demi.rs) over catmint: `demi devices` sees
+# both soft-RoCE devices; `demi echo` on ADDR0 and `demi ping` bound to
+# ADDR1, stream (RC) and datagram (UD) sockets, over the veth wire.
+DEMI=${DEMI_SUITE_DEMI:-$(dirname "$0")/../target/release/demi}
+demi_ping() {
+    local proto=$1 port=$2 slog=$LOGS/demi-echo-$1 clog=$LOGS/demi-ping-$1 crc=0 before moved
+    local name="demi ping --libos catmint --proto $proto: 300 x 64 B from $A1 to $A0"
+    timeout -k 5 90 "$DEMI" echo --libos catmint --proto "$proto" --bind "$A0:$port" >"$slog" 2>&1 &
+    SERVER_PID=$!
+    if ! wait_for_line "$slog" 'listening on'; then
+        fail "$name" "demi echo did not start" "$(show "$slog")"
+        kill "$SERVER_PID" 2>/dev/null
+        reap_server
+        return
+    fi
+    before=$(tx veth1)
+    timeout -k 5 60 "$DEMI" ping --libos catmint --proto "$proto" --to "$A0:$port" --bind "$A1" \
+        --size 64 --count 300 --timeout 20 --json >"$clog" 2>&1 || crc=$?
+    moved=$(($(tx veth1) - before))
+    kill "$SERVER_PID" 2>/dev/null
+    reap_server
+    if ((crc == 0 && moved >= 300)) && grep -q '"count":300' "$clog"; then
+        pass "$name (veth1 tx +$moved; p50 $(sed -n 's/.*"p50":\([0-9.]*\).*/\1/p' "$clog") us)"
+    else
+        fail "$name" "status $crc, veth1 tx +$moved" "$(show "$clog")" "server:" "$(show "$slog")"
+    fi
+}
+if want demi; then
+    stage "the demi command over catmint"
+    if "$DEMI" devices >"$LOGS/demi-devices" 2>&1 && grep -q 'ACTIVE .*on veth0' "$LOGS/demi-devices" &&
+        grep -q 'ACTIVE .*on veth1' "$LOGS/demi-devices" && grep -q "::ffff:$A1" "$LOGS/demi-devices"; then
+        pass "demi devices lists rxe0 and rxe1 (ACTIVE, their GIDs and netdevs)"
+    else
+        fail "demi devices lists rxe0 and rxe1 (ACTIVE, their GIDs and netdevs)" "$(show "$LOGS/demi-devices")"
+    fi
+    demi_ping tcp 7106
+    demi_ping udp 7107
 fi
 
 stage "leftovers"
