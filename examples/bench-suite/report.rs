@@ -98,7 +98,7 @@ pub fn render(r: &Results, plots: &[(String, String)]) -> String {
         "Written whole by `make bench` (the program `examples/bench-suite`), which runs every benchmark of the \
          project in one go, side by side on one machine: nothing in this file is typed by hand. This run: \
          started {}, took {} s, on {} CPU cores, Linux {}, load average {} at the start and {} at the end \
-         (other engineers build and run VMs on the same two cores, so tails are noisy). DPDK {}, perftest {}, \
+         (a busy machine shows first in the tails: p99 and beyond move much more between runs than medians). DPDK {}, perftest {}, \
          rdma-core {}.\n",
         fact(r, "started"),
         fact(r, "seconds"),
