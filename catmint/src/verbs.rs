@@ -190,6 +190,13 @@ impl Cq {
 
     /// Consumes pending channel events so the descriptor is quiet again;
     /// true if there were any.
+    ///
+    /// An event uses up the notification `arm` asked for, so the CQ is armed
+    /// again at once: a waiter arms, polls one last time and then sleeps, and
+    /// if that poll took an event (for a completion it was not waiting for)
+    /// the sleep must still end on the next completion. The cost is one
+    /// system call per event read, i.e. only after a sleep; busy polls read
+    /// no events.
     pub fn drain_channel(&mut self) -> bool {
         let before = self.unacked;
         loop {
@@ -203,6 +210,9 @@ impl Cq {
             self.unacked += 1;
         }
         let got = self.unacked != before;
+        if got {
+            self.request_notify();
+        }
         if self.unacked >= 64 {
             // SAFETY: we acknowledge exactly the events we read.
             unsafe { ffi::ibv_ack_cq_events(self.raw.as_ptr(), self.unacked) };
@@ -213,12 +223,16 @@ impl Cq {
 
     /// Asks for a channel event on the next completion.
     pub fn arm(&mut self) {
+        self.request_notify();
+        self.armed = true;
+    }
+
+    fn request_notify(&mut self) {
         // SAFETY: raw is a live CQ.
         let rc = unsafe { ffi::ibv_req_notify_cq(self.raw.as_ptr(), 0) };
         if rc != 0 {
             log::error!("catmint: ibv_req_notify_cq failed ({rc})");
         }
-        self.armed = true;
     }
 }
 
