@@ -8,14 +8,16 @@
 #   2. tests/rdma.rs (its soft-RoCE tests are #[ignore]d elsewhere, so they
 #      run here with --ignored), one at a time: some read device counters
 #      and change the veth qdiscs;
-#   3. the C examples as two processes with LIBOS=catmint: the server on
+#   3. catmint/tests/rxe.rs: the transport's own soft-RoCE tests;
+#   4. the C examples as two processes with LIBOS=catmint: the server on
 #      ADDR0, the client bound to ADDR1 (the veth packet counters must move)
 #      and a client that binds nothing (rxe loopback);
-#   4. the demi command: `demi devices`, and `demi ping` bound to ADDR1
+#   5. the demi command: `demi devices`, and `demi ping` bound to ADDR1
 #      against `demi echo` on ADDR0 over RC and UD.
 #
-# Inputs (set by scripts/test-rdma): DEMI_SUITE_CATNAP and DEMI_SUITE_RDMA
-# (test binaries), DEMI_SUITE_EXAMPLES (directory of the built C examples).
+# Inputs (set by scripts/test-rdma): DEMI_SUITE_CATNAP, DEMI_SUITE_RDMA and
+# DEMI_SUITE_CATMINT (test binaries), DEMI_SUITE_EXAMPLES (directory of the
+# built C examples).
 # Prints "ok - NAME" / "not ok - NAME" per check, then "N passed, N failed";
 # exits 1 if anything failed. Every process is bounded by timeout(1), and
 # servers are reaped (by pid) before the next check.
@@ -25,6 +27,7 @@ A0=${DEMI_RXE_ADDR0:-10.77.0.1}
 A1=${DEMI_RXE_ADDR1:-10.77.0.2}
 CATNAP=${DEMI_SUITE_CATNAP:?path of the catnap test binary}
 RDMA=${DEMI_SUITE_RDMA:?path of the rdma test binary}
+CATMINT=${DEMI_SUITE_CATMINT:?path of the catmint rxe test binary}
 EXAMPLES=${DEMI_SUITE_EXAMPLES:?directory of the C examples}
 LOGS=$(mktemp -d /tmp/rdma-suite.XXXXXX)
 SERVER_PID=
@@ -199,6 +202,11 @@ if want rdma; then
     stage "tests/rdma.rs (soft-RoCE tests)"
     LIMITS[integrity_under_load_10000_messages_over_16_connections]=240
     libtest rdma 90 "$RDMA" --ignored
+fi
+
+if want catmint; then
+    stage "catmint/tests/rxe.rs (the transport's own soft-RoCE tests)"
+    libtest catmint 60 "$CATMINT" --ignored
 fi
 
 if want examples; then
