@@ -10,7 +10,7 @@ DEPS_CATMINT := libibverbs-dev librdmacm-dev libclang-dev ibverbs-providers
 # catnip (DPDK): bindings and tests (veth/netns tools, ping, nftables for loss).
 DEPS_CATNIP := libdpdk-dev libclang-dev pkg-config ethtool iputils-ping nftables
 
-.PHONY: test-catnip bench-catnip bench-engine
+.PHONY: test-catnip bench-catnip bench-engine test-rdma bench-rdma
 .PHONY: all deps build test test-rust test-c demo examples install install-files bench clean fmt lint
 
 all: build examples
@@ -32,6 +32,7 @@ examples: build
 test: build examples test-catnip
 	$(CARGO) test --release -p demi -p catmint -- --test-threads=2
 	$(MAKE) test-rxe
+	$(MAKE) test-rdma
 	@echo "make test: all suites passed"
 
 # The tour: what the build and the soft-RoCE VM need, the build, then a
@@ -92,6 +93,17 @@ test-catnip: build
 bench-catnip: build
 	@mkdir -p $(BUILD)
 	$(CARGO) run --release --example catnip-bench -- --markdown $(BUILD)/catnip-bench.md
+
+# catmint (RDMA) over soft-RoCE in ONE rxe-run boot (scripts/test-rdma): the
+# catnap integration tests with LIBOS=catmint, tests/rdma.rs (--ignored),
+# catmint/tests/rxe.rs, the C examples as two processes. Ends "N passed, N failed".
+test-rdma: examples rxe-deps
+	scripts/test-rdma --no-build
+
+# catmint next to perftest (ib_send_lat/bw -R) and rsockets on the same
+# soft-RoCE link, one boot (scripts/bench-rdma; --markdown for the tables).
+bench-rdma: build rxe-deps
+	scripts/bench-rdma --no-build
 
 # The soft-RoCE test bed: rxe-deps, test-rxe, bench-rxe.
 include rxe-setup/rxe.mk
