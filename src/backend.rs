@@ -116,4 +116,11 @@ pub trait Backend: Send {
     /// busy-polled (DPDK). After arming, the engine polls once more before it
     /// sleeps, so work that raced with arming is not missed.
     fn arm(&mut self) -> Option<RawFd>;
+
+    /// The longest a waiter may sleep on the armed descriptor before it polls
+    /// again anyway (None: as long as its timeout allows). For devices whose
+    /// wake-up notifications cannot be fully trusted.
+    fn max_sleep(&self) -> Option<std::time::Duration> {
+        None
+    }
 }

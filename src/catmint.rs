@@ -203,6 +203,13 @@ impl Backend for Catmint {
     fn arm(&mut self) -> Option<RawFd> {
         Some(self.t.arm())
     }
+
+    /// Soft-RoCE (rxe) now and then fails to deliver a completion-channel
+    /// event for a CQE (seen as streams stalling until the peer gave up);
+    /// polling every 20 ms while asleep bounds such a stall at no real cost.
+    fn max_sleep(&self) -> Option<Duration> {
+        Some(Duration::from_millis(20))
+    }
 }
 
 /// The options catmint accepts (kept, without effect on RDMA).

@@ -257,8 +257,13 @@ impl LibOs {
                 continue;
             };
             st.sleepers.push(me);
+            let cap = st.engine.max_sleep();
             drop(st);
             let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+            let left = match (left, cap) {
+                (Some(l), Some(c)) => Some(l.min(c)),
+                (l, c) => l.or(c),
+            };
             let slept = sys::wait_readable(&[dev_fd, me], left);
             let mut st = self.lock();
             if let Some(i) = st.sleepers.iter().position(|&fd| fd == me) {

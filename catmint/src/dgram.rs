@@ -158,8 +158,8 @@ impl Catmint {
             _ => None,
         };
         let channel = self.channel.clone();
-        let ms = self.cfg.timeout.as_millis().min(i32::MAX as u128) as i32;
         let deadline = Instant::now() + self.cfg.timeout;
+        let ms = crate::attempt_ms(deadline).unwrap_or(1);
         let r = self.insert_with(|key| {
             let id = CmId::new(&channel, PortSpace::Udp, key)?;
             id.resolve_addr(src, dst, ms)?;
@@ -211,6 +211,22 @@ impl Catmint {
                 }
                 self.graveyard.push(Sock::Resolver { id, owner, dst, deadline });
                 Ok(None)
+            }
+            RDMA_CM_EVENT_ADDR_ERROR if crate::attempt_ms(deadline).is_some() => {
+                // One attempt timed out: try again until the deadline (see
+                // RESOLVE_ATTEMPT).
+                let src = match self.socks[o].sock.as_ref() {
+                    Some(Sock::Dgram(ud)) => Some(SocketAddrV4::new(*ud.local.ip(), 0)),
+                    _ => None,
+                };
+                let ms = crate::attempt_ms(deadline).unwrap_or(1);
+                match id.resolve_addr(src, dst, ms) {
+                    Ok(()) => Ok(Some(Sock::Resolver { id, owner, dst, deadline })),
+                    Err(e) => {
+                        self.graveyard.push(Sock::Resolver { id, owner, dst, deadline });
+                        Err(e.errno)
+                    }
+                }
             }
             kind @ (RDMA_CM_EVENT_ADDR_ERROR
             | RDMA_CM_EVENT_ROUTE_ERROR

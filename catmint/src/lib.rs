@@ -113,6 +113,7 @@ enum Sock {
     Resolving {
         id: CmId,
         bound: Option<SocketAddrV4>,
+        to: SocketAddrV4,
         tag: Tag,
         deadline: Instant,
     },
@@ -173,6 +174,19 @@ struct Entry {
 }
 
 const IDX_BITS: u32 = 24;
+/// Longest single address resolution. The kernel finishes one early when
+/// the neighbour (ARP) entry turns valid, but not always (seen on soft-RoCE:
+/// the first resolution towards a new neighbour waits for its full timeout
+/// although ARP answered), so resolutions are short and retried until the
+/// connect's own deadline.
+pub(crate) const RESOLVE_ATTEMPT: Duration = Duration::from_millis(1000);
+
+/// The timeout of the next resolution attempt, or None past the deadline.
+pub(crate) fn attempt_ms(deadline: Instant) -> Option<i32> {
+    let left = deadline.checked_duration_since(Instant::now())?;
+    Some(left.min(RESOLVE_ATTEMPT).as_millis().clamp(1, i32::MAX as u128) as i32)
+}
+
 /// Busy polls between reads of the CM channel.
 const CM_EVERY: u32 = 32;
 const IDX_MASK: u64 = (1 << IDX_BITS) - 1;
@@ -431,6 +445,7 @@ impl Catmint {
     /// Moves everything forward without blocking; appends what finished.
     pub fn poll(&mut self, out: &mut Vec<(Tag, Done)>) {
         // Read the CM channel after a sleep, and every CM_EVERY busy polls.
+        let after_sleep = self.armed;
         if self.armed || self.cm_countdown == 0 {
             self.cm_countdown = CM_EVERY;
             self.armed = false;
@@ -439,6 +454,15 @@ impl Catmint {
             self.cm_countdown -= 1;
         }
         self.poll_cqs(out);
+        if after_sleep {
+            // Cheap insurance after every sleep: let each connection post what
+            // its credits allow and return credits it owes.
+            for e in self.socks.iter_mut() {
+                if let Some(Sock::Connected(ep)) = e.sock.as_mut() {
+                    ep.progress_sends(out);
+                }
+            }
+        }
         let mut keys = std::mem::take(&mut self.keys);
         self.notify.take(&mut keys);
         for key in keys.drain(..) {

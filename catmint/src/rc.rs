@@ -19,6 +19,10 @@ use crate::{Done, Payload, Tag};
 use std::collections::VecDeque;
 use std::sync::Arc;
 
+/// Local ACK timeout exponent: 4.096 µs x 2^14 = 67 ms before a lost packet
+/// is retransmitted (rdma_cm's RoCE default waits about 2 s).
+const ACK_TIMEOUT: u8 = 14;
+
 /// Receives kept posted beyond the granted credits (CREDIT and FIN).
 pub const RESERVED: u32 = 2;
 
@@ -103,6 +107,9 @@ impl Rc {
         attr.cap.max_recv_sge = 1;
         attr.cap.max_inline_data = cfg.inline;
         id.create_qp(pd, cq, &mut attr)?;
+        if let Err(e) = id.set_ack_timeout(ACK_TIMEOUT) {
+            log::warn!("catmint: {e}; keeping rdma_cm's ACK timeout");
+        }
         let hdrs = pool.alloc(cfg.sq_depth as usize * HDR_LEN)?;
         let mut ep = Rc {
             id: Some(id),
@@ -191,6 +198,16 @@ impl Rc {
 
     /// Posts as many queued segments as credits and send-queue room allow.
     pub fn progress_sends(&mut self, out: &mut Vec<(Tag, Done)>) {
+        if !self.sends.is_empty() {
+            log::trace!(
+                "catmint: ep {:#x} sends: {} queued, {} credits, {} inflight, owe_ack {}",
+                self.key,
+                self.sends.len(),
+                self.credits,
+                self.inflight.len(),
+                self.owe_ack
+            );
+        }
         while self.error.is_none() && self.credits > 0 && self.sq_room() {
             let Some(p) = self.sends.front_mut() else { break };
             let total = p.data.bytes().len();
@@ -298,10 +315,14 @@ impl Rc {
                 flags |= flag::ACK;
             }
             let credits = self.to_return.min(u16::MAX as u32) as u16;
-            if self.post_send(Header { total: 0, credits, flags }, None, false, None, None).is_ok() {
-                self.to_return -= credits as u32;
-                self.owe_ack = false;
-                self.credit_msg_out = true;
+            match self.post_send(Header { total: 0, credits, flags }, None, false, None, None) {
+                Ok(()) => {
+                    log::trace!("catmint: ep {:#x} returns {credits} credits in a CREDIT message", self.key);
+                    self.to_return -= credits as u32;
+                    self.owe_ack = false;
+                    self.credit_msg_out = true;
+                }
+                Err(e) => log::warn!("catmint: ep {:#x}: CREDIT message: {e}", self.key),
             }
         }
     }
@@ -358,6 +379,15 @@ impl Rc {
             return;
         };
         self.credits += h.credits as u32;
+        log::trace!(
+            "catmint: ep {:#x} got {} B, {} credits (now {}), flags {:#x}; to_return {}",
+            self.key,
+            len,
+            h.credits,
+            self.credits,
+            h.flags,
+            self.to_return
+        );
         if h.flags & flag::ACK != 0 {
             self.credit_msg_out = false;
         }

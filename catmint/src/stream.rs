@@ -7,7 +7,7 @@ use crate::cm::{CmEvent, CmId, PortSpace};
 use crate::rc::Rc;
 use crate::sys::{ffi, Error, Result};
 use crate::wire::Hello;
-use crate::{conn_param, connect_errno, Catmint, Done, Listener, Sock, SockId, Tag};
+use crate::{attempt_ms, conn_param, connect_errno, Catmint, Done, Listener, Sock, SockId, Tag};
 use std::collections::VecDeque;
 use std::net::SocketAddrV4;
 use std::time::Instant;
@@ -64,15 +64,15 @@ impl Catmint {
     }
 
     pub fn connect(&mut self, s: SockId, to: SocketAddrV4, tag: Tag) -> Result<()> {
-        let timeout_ms = self.cfg.timeout.as_millis().min(i32::MAX as u128) as i32;
         let deadline = Instant::now() + self.cfg.timeout;
+        let timeout_ms = attempt_ms(deadline).unwrap_or(1);
         let sock = self.take(s).ok_or(Error::new("connect", libc::EBADF))?;
         let (result, sock) = match sock {
             // A bound id resolves from its own address.
             Sock::Idle { id, bound } => match id.resolve_addr(None, to, timeout_ms) {
                 Ok(()) => {
                     self.timed += 1;
-                    (Ok(()), Sock::Resolving { id, bound, tag, deadline })
+                    (Ok(()), Sock::Resolving { id, bound, to, tag, deadline })
                 }
                 Err(e) => (Err(e), Sock::Idle { id, bound }),
             },
@@ -95,14 +95,24 @@ impl Catmint {
             return self.on_resolver_event(s, sock, ev, out);
         }
         let sock = match (kind, sock) {
-            (RDMA_CM_EVENT_ADDR_RESOLVED, Sock::Resolving { id, bound, tag, deadline }) => {
-                let ms = self.cfg.timeout.as_millis().min(i32::MAX as u128) as i32;
-                match id.resolve_route(ms) {
-                    Ok(()) => Sock::Resolving { id, bound, tag, deadline },
+            (RDMA_CM_EVENT_ADDR_ERROR, Sock::Resolving { id, bound, to, tag, deadline })
+                if attempt_ms(deadline).is_some() =>
+            {
+                // One attempt timed out: try again until the deadline.
+                let ms = attempt_ms(deadline).unwrap_or(1);
+                match id.resolve_addr(None, to, ms) {
+                    Ok(()) => Sock::Resolving { id, bound, to, tag, deadline },
                     Err(e) => self.connect_failed(s, id, bound, tag, e.errno, out),
                 }
             }
-            (RDMA_CM_EVENT_ROUTE_RESOLVED, Sock::Resolving { id, bound, tag, deadline }) => {
+            (RDMA_CM_EVENT_ADDR_RESOLVED, Sock::Resolving { id, bound, to, tag, deadline }) => {
+                let ms = self.cfg.timeout.as_millis().min(i32::MAX as u128) as i32;
+                match id.resolve_route(ms) {
+                    Ok(()) => Sock::Resolving { id, bound, to, tag, deadline },
+                    Err(e) => self.connect_failed(s, id, bound, tag, e.errno, out),
+                }
+            }
+            (RDMA_CM_EVENT_ROUTE_RESOLVED, Sock::Resolving { id, bound, tag, deadline, .. }) => {
                 let key = self.key_of(s);
                 match self.new_endpoint(id, key) {
                     Ok(ep) => {

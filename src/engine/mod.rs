@@ -257,6 +257,11 @@ impl Engine {
         self.backend.arm()
     }
 
+    /// See [`Backend::max_sleep`].
+    pub fn max_sleep(&self) -> Option<std::time::Duration> {
+        self.backend.max_sleep()
+    }
+
     /// Takes a finished operation; `Err(EINVAL)` if `qt` is not a live token,
     /// `Ok(None)` if it is still pending.
     pub fn take(&mut self, qt: QToken) -> Result<Option<QResult>> {
