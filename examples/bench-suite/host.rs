@@ -2,7 +2,7 @@
 //! `demi stream` over catnap and catnip next to the kernel baselines.
 
 use crate::kernel;
-use crate::model::{cdf_at, cdf_of, last_line, run_bounded, utc_now, Group, Results, Row, Section};
+use crate::model::{cdf_at, cdf_of, last_line, run_bounded, utc_now, why_failed, Group, Results, Row, Section};
 use serde_json::Value;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -143,7 +143,7 @@ pub fn engine(ctx: &Ctx, r: &mut Results) {
     );
     let out = match o {
         Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout).into_owned(),
-        Ok(o) => return r.miss(format!("{cmd}: status {}: {}", o.status, last_line(&o.stderr))),
+        Ok(o) => return r.miss(format!("{cmd}: status {}: {}", o.status, why_failed(&o.stderr))),
         Err(e) => return r.miss(format!("{cmd}: {e}")),
     };
     let cells = |label: &str| -> Option<Vec<f64>> {
@@ -210,25 +210,26 @@ pub fn catnip_bench(ctx: &Ctx, r: &mut Results) {
     let cmd = format!("cargo run --release --example catnip-bench -- --rounds {rounds} --seconds {secs}");
     eprintln!("bench: {cmd}");
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let o = run_bounded(
-        Command::new(cargo).args([
-            "run",
-            "--release",
-            "--example",
-            "catnip-bench",
-            "--",
-            "--rounds",
-            rounds,
-            "--seconds",
-            secs,
-        ]),
-        Duration::from_secs(600),
-    );
-    let out = match o {
-        Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout).into_owned(),
-        Ok(o) => return r.miss(format!("{cmd}: status {}: {}", o.status, last_line(&o.stderr))),
-        Err(e) => return r.miss(format!("{cmd}: {e}")),
-    };
+    let args = ["run", "--release", "--example", "catnip-bench", "--", "--rounds", rounds, "--seconds", secs];
+    // A run now and then fails to set up (e.g. ARP towards a memif peer
+    // whose link came up late): one retry, said in the file.
+    let mut out = None;
+    for attempt in 1..=2 {
+        let why = match run_bounded(Command::new(&cargo).args(args), Duration::from_secs(600)) {
+            Ok(o) if o.status.success() => {
+                out = Some(String::from_utf8_lossy(&o.stdout).into_owned());
+                break;
+            }
+            Ok(o) => format!("status {}: {}", o.status, why_failed(&o.stderr)),
+            Err(e) => e.to_string(),
+        };
+        if attempt == 1 {
+            r.notes.push(format!("{cmd}: the first attempt failed ({why}); retried once"));
+        } else {
+            return r.miss(format!("{cmd}: {why}"));
+        }
+    }
+    let Some(out) = out else { return };
     // | path | RTT p50 | RTT p99 | datagrams/s | ... |
     let mut table = Vec::new();
     for l in out.lines().filter(|l| l.starts_with("| ") && !l.starts_with("| path")) {

@@ -191,6 +191,17 @@ pub fn run_bounded(cmd: &mut Command, limit: Duration) -> std::io::Result<Output
     Ok(Output { status, stdout: t_out.join().unwrap_or_default(), stderr: t_err.join().unwrap_or_default() })
 }
 
+/// Why a Rust program failed: its panic message if it panicked, else the
+/// last line of its stderr.
+pub fn why_failed(stderr: &[u8]) -> String {
+    let text = String::from_utf8_lossy(stderr);
+    let lines: Vec<&str> = text.lines().collect();
+    match lines.iter().position(|l| l.contains("panicked at")) {
+        Some(i) => format!("{} {}", lines[i].trim(), lines.get(i + 1).map_or("", |l| l.trim())),
+        None => last_line(stderr),
+    }
+}
+
 /// The last non-empty line of some output (for "why it failed").
 pub fn last_line(b: &[u8]) -> String {
     String::from_utf8_lossy(b).lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("").trim().to_string()

@@ -55,6 +55,7 @@ client() {
     if ((rc != 0 && ${#ECHO_ARGS[@]})); then
         local why
         why=$(grep -v '^ *$' "$OUT/$name.err" | tail -n 1)
+        ((rc > 128 && rc != 137 && rc != 143)) && why+="${why:+; }killed by signal $((rc - 128)) ($(kill -l $((rc - 128))))"
         # A stalled demi echo stays stalled: retry against a fresh one.
         stop_server
         demi_server "$ECHO_NAME" "${ECHO_ARGS[@]}" || note "bench-rdma: demi echo did not restart"
