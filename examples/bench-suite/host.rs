@@ -117,7 +117,7 @@ pub fn start_server(mut cmd: Command) -> Result<Server, String> {
 pub fn demi_json(ctx: &Ctx, args: &[String], limit: Duration) -> Result<Value, String> {
     let o = run_bounded(Command::new(&ctx.demi).args(args), limit).map_err(|e| e.to_string())?;
     if !o.status.success() {
-        return Err(format!("status {}: {}", o.status, last_line(&o.stderr)));
+        return Err(format!("{}: {}", o.status, why_failed(&o.stderr)));
     }
     serde_json::from_slice(&o.stdout).map_err(|e| format!("not JSON ({e})"))
 }
@@ -143,7 +143,7 @@ pub fn engine(ctx: &Ctx, r: &mut Results) {
     );
     let out = match o {
         Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout).into_owned(),
-        Ok(o) => return r.miss(format!("{cmd}: status {}: {}", o.status, why_failed(&o.stderr))),
+        Ok(o) => return r.miss(format!("{cmd}: {}: {}", o.status, why_failed(&o.stderr))),
         Err(e) => return r.miss(format!("{cmd}: {e}")),
     };
     let cells = |label: &str| -> Option<Vec<f64>> {
@@ -220,7 +220,7 @@ pub fn catnip_bench(ctx: &Ctx, r: &mut Results) {
                 out = Some(String::from_utf8_lossy(&o.stdout).into_owned());
                 break;
             }
-            Ok(o) => format!("status {}: {}", o.status, why_failed(&o.stderr)),
+            Ok(o) => format!("{}: {}", o.status, why_failed(&o.stderr)),
             Err(e) => e.to_string(),
         };
         if attempt == 1 {

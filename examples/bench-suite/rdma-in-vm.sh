@@ -176,7 +176,7 @@ pair() {
         reap_server 2>/dev/null || true
         result_ok "$name" && return
         ((attempt == 1)) && printf '%s: the first attempt gave no result (%s); retried once\n' "$*" \
-            "$(grep -v '^ *$' "$OUT/$name.err" "$OUT/$name.out" 2>/dev/null | tail -n 1 | cut -d: -f2-)" >>"$OUT/notes.txt"
+            "$(grep -hv '^[ -]*$' "$OUT/$name.err" "$OUT/$name.out" 2>/dev/null | tail -n 1)" >>"$OUT/notes.txt"
     done
 }
 # The run exited 0 and printed a non-zero figure.

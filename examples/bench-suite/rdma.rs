@@ -59,7 +59,7 @@ pub fn run(ctx: &Ctx, r: &mut Results) {
     r.fact("rdma_lat_iters", iters);
     r.fact("rdma_stream_secs", secs);
     if !o.status.success() {
-        r.miss(format!("rxe-setup/rxe-run ... rdma-in-vm.sh: status {}: {}", o.status, last_line(&o.stderr)));
+        r.miss(format!("rxe-setup/rxe-run ... rdma-in-vm.sh: {}: {}", o.status, last_line(&o.stderr)));
     }
     let notes = std::fs::read_to_string(out.join("notes.txt")).unwrap_or_default();
     r.notes.extend(
