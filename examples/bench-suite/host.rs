@@ -2,7 +2,7 @@
 //! `demi stream` over catnap and catnip next to the kernel baselines.
 
 use crate::kernel;
-use crate::model::{cdf_at, cdf_of, last_line, run_bounded, utc_now, why_failed, Group, Results, Row, Section};
+use crate::model::{cdf_at, cdf_of, run_bounded, utc_now, why_failed, Group, Results, Row, Section};
 use serde_json::Value;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
