@@ -28,9 +28,9 @@
 
 pub mod backend;
 pub mod buffer;
-mod catnap;
 #[cfg(feature = "catmint")]
 mod catmint;
+mod catnap;
 #[cfg(feature = "catnip")]
 mod catnip;
 pub mod config;

@@ -47,7 +47,7 @@ pub unsafe extern "C" fn demi_bind(qd: c_int, addr: *const sockaddr, size: sockl
     boundary("demi_bind", || {
         let os = libos()?;
         os.local_addr(qd)?; // EBADF before looking at the address, as connect does
-        // SAFETY: forwarded from this function's contract.
+                            // SAFETY: forwarded from this function's contract.
         let a = unsafe { sockaddr_in(addr, size) }?;
         os.bind(qd, a)
     })
