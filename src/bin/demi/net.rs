@@ -201,6 +201,26 @@ pub fn nodelay(os: &LibOs, qd: QDesc) {
     let _ = os.setsockopt(qd, libc::IPPROTO_TCP, libc::TCP_NODELAY, &1i32.to_ne_bytes());
 }
 
+/// The client side of `demi ping` and `demi stream`: checks the size, starts
+/// the libOS and opens the client socket (see `open_client`).
+pub fn client(
+    c: &Common,
+    bind: Option<SocketAddrV4>,
+    to: SocketAddrV4,
+    size: usize,
+    mode: u8,
+    timeout: f64,
+) -> Res<(LibOs, QDesc)> {
+    if c.proto == Proto::Udp && size < UDP_HEADER {
+        return Err(Fail::new(format!(
+            "--size {size} is too small for udp: every datagram carries a {UDP_HEADER}-byte header"
+        )));
+    }
+    let os = start(c, Role::Client, bind.map(|b| *b.ip()))?;
+    let qd = open_client(&os, c, bind, to, size, mode, Duration::from_secs_f64(timeout))?;
+    Ok((os, qd))
+}
+
 /// A client socket: bound if asked, connected (tcp, with the hello sent) or
 /// checked against the largest datagram (udp).
 pub fn open_client(

@@ -1,7 +1,7 @@
 //! `demi ping`: one message in flight; each round trip is timed from the
 //! push to the moment the whole echo is back (and checked byte for byte).
 
-use crate::net::{self, Role};
+use crate::net;
 use crate::stats::{self, Plan, Progress, Summary};
 use crate::{Fail, PingArgs, Proto, Res};
 use demi::{Buffer, LibOs, QDesc, QToken, QValue};
@@ -142,16 +142,8 @@ impl Pinger<'_> {
 
 pub fn run(a: &PingArgs) -> Res<()> {
     let c = &a.common;
-    if c.proto == Proto::Udp && a.size < net::UDP_HEADER {
-        return Err(Fail::new(format!(
-            "--size {} is too small for udp: every datagram carries a {}-byte header",
-            a.size,
-            net::UDP_HEADER
-        )));
-    }
-    let os = net::start(c, Role::Client, a.bind.map(|b| *b.ip()))?;
+    let (os, qd) = net::client(c, a.bind, a.to, a.size, net::MODE_PING, a.timeout)?;
     let timeout = Duration::from_secs_f64(a.timeout);
-    let qd = net::open_client(&os, c, a.bind, a.to, a.size, net::MODE_PING, timeout)?;
     let msg = net::message(&os, a.size, 1)?;
     let mut p =
         Pinger { os: &os, qd, to: a.to, proto: c.proto, msg, timeout, pop: None, seq: 0, answered: false, misses: 0 };

@@ -3,7 +3,7 @@
 //! figures are the echo side's: messages that arrived, over the time from
 //! the first arrival to the last.
 
-use crate::net::{self, Report, Role};
+use crate::net::{self, Report};
 use crate::stats::{Plan, Progress};
 use crate::{Fail, Proto, Res, StreamArgs};
 use demi::{Buffer, LibOs, QDesc, QValue};
@@ -40,16 +40,8 @@ struct Record {
 
 pub fn run(a: &StreamArgs) -> Res<()> {
     let c = &a.common;
-    if c.proto == Proto::Udp && a.size < net::UDP_HEADER {
-        return Err(Fail::new(format!(
-            "--size {} is too small for udp: every datagram carries a {}-byte header",
-            a.size,
-            net::UDP_HEADER
-        )));
-    }
-    let os = net::start(c, Role::Client, a.bind.map(|b| *b.ip()))?;
+    let (os, qd) = net::client(c, a.bind, a.to, a.size, net::MODE_STREAM, a.timeout)?;
     let timeout = Duration::from_secs_f64(a.timeout);
-    let qd = net::open_client(&os, c, a.bind, a.to, a.size, net::MODE_STREAM, timeout)?;
     let session = (u64::from(std::process::id()) << 32) ^ clock_seed();
     let mut data = net::message(&os, a.size, 3)?;
     let mut end = net::message(&os, if c.proto == Proto::Udp { net::UDP_HEADER } else { a.size }, 5)?;
