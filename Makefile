@@ -66,13 +66,14 @@ install-files:
 # DPDK for catnip and rdma-core for catmint), as -l flags for demi.pc.
 LIBS_PRIVATE = $(shell readelf -d target/release/libdemi.so | sed -n 's/.*(NEEDED).*\[lib\(.*\)\.so.*\]/-l\1/p' | grep -v '^-lld-linux' | tr '\n' ' ')
 
-# Every benchmark in one run (about 10 minutes on 2 cores, root for DPDK and
-# namespaces, one rxe-run VM boot): writes docs/BENCHMARKS.md and its plots.
-# `make bench-engine` is the engine bench alone.
+# Every benchmark in one run (about 12 minutes on 2 cores, root for DPDK and
+# namespaces, one rxe-run VM boot): writes docs/BENCHMARKS.md and its plots,
+# scripts/bench-rdma's section included. `make bench-engine` is the engine
+# bench alone.
 bench: build
 	@scripts/install-deps fonts-dejavu-core
 	@rxe-setup/install-deps
-	$(CARGO) build --release --example bench-suite --example catnip-bench --bin demi
+	$(CARGO) build --release --example bench-suite --example catnip-bench --example rdma-bench --bin demi
 	target/release/examples/bench-suite
 
 bench-engine: build
@@ -106,7 +107,8 @@ test-rdma: examples rxe-deps
 	scripts/test-rdma --no-build
 
 # catmint next to perftest (ib_send_lat/bw -R) and rsockets on the same
-# soft-RoCE link, one boot (scripts/bench-rdma; --markdown for the tables).
+# soft-RoCE link, one boot (scripts/bench-rdma: prints its Markdown section;
+# `scripts/bench-rdma --update-docs` also refreshes it in docs/BENCHMARKS.md).
 bench-rdma: build rxe-deps
 	scripts/bench-rdma --no-build
 

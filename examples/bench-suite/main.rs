@@ -9,12 +9,15 @@
 //! 3. `demi ping`/`demi stream` over catnap and catnip (memif) next to
 //!    kernel baselines run by this program (`role kernel-tcp|kernel-udp`);
 //! 4. catmint vs perftest and rsockets in one rxe-setup/rxe-run boot
-//!    (`rdma-in-vm.sh`).
+//!    (`rdma-in-vm.sh`), which ends with `scripts/bench-rdma`'s interleaved
+//!    rounds; `scripts/bench-rdma --render` makes their section of the file.
 //!
 //! `--no-host` / `--no-rdma` leave a half out (for working on the other).
 //! Needs root for DPDK and network namespaces (parts that cannot run are
 //! listed as not measured). `--quick` makes every run short, to check the
-//! suite itself; `--out` picks where the file and plots go (default docs/).
+//! suite itself (BENCH_REPEAT, BENCH_LAT_COUNT and BENCH_BW_BYTES, if set,
+//! still size bench-rdma's rounds); `--out` picks where the file and plots
+//! go (default docs/).
 //! Exit status 1 if anything could not be measured (the file is written anyway).
 
 mod host;

@@ -94,6 +94,9 @@ pub struct Results {
     pub notes: Vec<String>,
     /// Facts about the run (versions, boot time, ...), for the prose.
     pub facts: Vec<(String, String)>,
+    /// Whole Markdown sections other tools rendered (scripts/bench-rdma),
+    /// placed after the tables as they are.
+    pub sections: Vec<String>,
 }
 
 impl Results {

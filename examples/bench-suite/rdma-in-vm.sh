@@ -9,15 +9,22 @@
 # with both ends busy-polling, besides demi's default wait (spin 50 µs,
 # then sleep).
 #
+# Last, in the same boot, scripts/bench-rdma's interleaved rounds
+# (rdma-bench next to perftest and rstream, medians and ranges), which the
+# suite renders as the section "catmint (RDMA over soft-RoCE)".
+#
 # Inputs (environment, set by examples/bench-suite): BENCH_OUT (a folder
 # shared with the host), BENCH_DEMI (the demi binary), BENCH_SIZES and
 # BENCH_UD_SIZES (message sizes for the throughput runs), BENCH_PING_COUNT,
-# BENCH_LAT_ITERS, BENCH_STREAM_SECS.
+# BENCH_LAT_ITERS, BENCH_STREAM_SECS; for the rounds BENCH_RDMA_BIN (the
+# rdma-bench binary, or empty to skip them), BENCH_REPEAT, BENCH_LAT_COUNT
+# and BENCH_BW_BYTES (see scripts/bench-rdma).
 #
 # Output: for each run NAME, BENCH_OUT/NAME.out (its stdout) and NAME.err,
 # and a line "NAME<TAB>STATUS<TAB>COMMAND" in BENCH_OUT/index.tsv (the
 # server's command, when there is one, follows after " <- server: ");
-# retried runs are named in BENCH_OUT/notes.txt.
+# retried runs are named in BENCH_OUT/notes.txt. The rounds are the run
+# named bench-rdma (their raw lines in BENCH_OUT/bench-rdma.out).
 # Every process is bounded by timeout(1); servers are reaped by pid.
 set -uo pipefail
 
@@ -222,4 +229,9 @@ for s in $SIZES; do
     ((c < 4)) && c=4
     rstream_pair "rstream-bw-$s" -S "$s" -C "$c" -I 1
 done
+# ---- scripts/bench-rdma's rounds: its own section of the document, measured
+# here rather than in a second boot
+if [[ -n ${BENCH_RDMA_BIN:-} ]]; then
+    client bench-rdma 1500 "" "$(readlink -f "$(dirname "$(readlink -f "$0")")/../../scripts/bench-rdma")" --guest
+fi
 note "bench-rdma: done"

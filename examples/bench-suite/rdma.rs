@@ -1,6 +1,6 @@
 //! The soft-RoCE half: one rxe-run boot runs rdma-in-vm.sh (catmint through
-//! demi, perftest, rstream); this side reads what it left in the shared
-//! folder.
+//! demi, perftest, rstream, then scripts/bench-rdma's interleaved rounds);
+//! this side reads what it left in the shared folder.
 
 use crate::host::{row, size_label, Ctx, SIZES};
 use crate::model::{cdf_at, cdf_of, last_line, run_bounded, Cdf, Group, Results, Section};
@@ -24,22 +24,50 @@ pub fn run(ctx: &Ctx, r: &mut Results) {
     let sizes: Vec<String> = SIZES.iter().map(|s| s.to_string()).collect();
     let ud: Vec<String> = UD_SIZES.iter().map(|s| s.to_string()).collect();
     let (count, iters, secs) = if ctx.quick { ("500", "500", "1") } else { ("5000", "5000", "2") };
-    eprintln!("bench: the RDMA part in rxe-setup/rxe-run (one VM boot, a few minutes under TCG)");
+    eprintln!("bench: the RDMA part in rxe-setup/rxe-run (one VM boot, several minutes under TCG)");
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let rxe_run = repo.join("rxe-setup/rxe-run");
+    let mut cmd = Command::new(rxe_run);
+    // The VM sees the repository; a target folder elsewhere (CARGO_TARGET_DIR)
+    // must be shared too, or the binaries are missing in there.
+    let bins = ctx.demi.parent().expect("target folder");
+    if !bins.starts_with(repo) {
+        cmd.arg("--share").arg(bins);
+    }
+    cmd.args(["--timeout", "2400", "--"])
+        .arg(&script)
+        .env("BENCH_OUT", &out)
+        .env("BENCH_DEMI", &ctx.demi)
+        .env("BENCH_SIZES", sizes.join(" "))
+        .env("BENCH_UD_SIZES", ud.join(" "))
+        .env("BENCH_PING_COUNT", count)
+        .env("BENCH_LAT_ITERS", iters)
+        .env("BENCH_STREAM_SECS", secs);
+    // scripts/bench-rdma's rounds run last in the same boot (the section
+    // "catmint (RDMA over soft-RoCE)"); --quick shortens them too, unless
+    // the caller chose.
+    let rdma_bench = bins.join("examples/rdma-bench");
+    if rdma_bench.is_file() {
+        cmd.env("BENCH_RDMA_BIN", &rdma_bench);
+        if ctx.quick {
+            for (k, v) in [("BENCH_REPEAT", "1"), ("BENCH_LAT_COUNT", "500"), ("BENCH_BW_BYTES", "4194304")] {
+                if std::env::var_os(k).is_none() {
+                    cmd.env(k, v);
+                }
+            }
+        }
+    } else {
+        cmd.env("BENCH_RDMA_BIN", "");
+        r.miss(format!(
+            "the section \"{ROUNDS_SECTION}\": {} is missing (cargo build --release --example rdma-bench)",
+            rdma_bench.display()
+        ));
+    }
+    let when = crate::model::utc_now();
+    let load0 = crate::loadavg();
     let t0 = Instant::now();
-    let rxe_run = Path::new(env!("CARGO_MANIFEST_DIR")).join("rxe-setup/rxe-run");
-    let o = run_bounded(
-        Command::new(rxe_run)
-            .args(["--timeout", "1200", "--"])
-            .arg(&script)
-            .env("BENCH_OUT", &out)
-            .env("BENCH_DEMI", &ctx.demi)
-            .env("BENCH_SIZES", sizes.join(" "))
-            .env("BENCH_UD_SIZES", ud.join(" "))
-            .env("BENCH_PING_COUNT", count)
-            .env("BENCH_LAT_ITERS", iters)
-            .env("BENCH_STREAM_SECS", secs),
-        Duration::from_secs(1300),
-    );
+    let o = run_bounded(&mut cmd, Duration::from_secs(2500));
+    let load1 = crate::loadavg();
     let o = match o {
         Ok(o) => o,
         Err(e) => return r.miss(format!("rxe-setup/rxe-run: {e}")),
@@ -66,6 +94,47 @@ pub fn run(ctx: &Ctx, r: &mut Results) {
         notes.lines().filter(|l| !l.trim().is_empty()).map(|l| l.replace(&ctx.demi.display().to_string(), "demi")),
     );
     parse(ctx, &out, r);
+    if rdma_bench.is_file() {
+        rounds(ctx, &out, r, &[("BENCH_RDMA_WHEN", &when), ("BENCH_RDMA_LOAD0", &load0), ("BENCH_RDMA_LOAD1", &load1)]);
+    }
+}
+
+/// The heading scripts/bench-rdma writes (and finds again with --update-docs).
+const ROUNDS_SECTION: &str = "catmint (RDMA over soft-RoCE)";
+
+/// scripts/bench-rdma's rounds, run in this boot: its --render makes the
+/// section from their raw lines, and the document carries it as it is.
+fn rounds(ctx: &Ctx, out: &Path, r: &mut Results, meta: &[(&str, &str)]) {
+    let what = format!("the section \"{ROUNDS_SECTION}\"");
+    match index(out, &ctx.demi.display().to_string()).get("bench-rdma") {
+        None => return r.miss(format!("{what}: scripts/bench-rdma --guest did not run")),
+        Some((0, _)) => {}
+        Some((st, cmd)) => {
+            let e = std::fs::read_to_string(out.join("bench-rdma.err")).unwrap_or_default();
+            return r.miss(format!("{what}: {cmd}: status {st}: {}", last_line(e.as_bytes())));
+        }
+    }
+    let raw = out.join("bench-rdma.out");
+    // Lines "[Rn ]ERROR ..." are runs of a round that failed (the medians
+    // then have fewer rounds); "[Rn ]NOTE ..." are worth a note.
+    let text = std::fs::read_to_string(&raw).unwrap_or_default();
+    for line in text.lines() {
+        let round = |p: &str| p.len() > 1 && p.starts_with('R') && p[1..].bytes().all(|b| b.is_ascii_digit());
+        let l = line.split_once(' ').filter(|(p, _)| round(p)).map_or(line, |(_, rest)| rest);
+        if let Some(e) = l.strip_prefix("ERROR ") {
+            r.miss(format!("{what}: {}", e.trim()));
+        } else if let Some(n) = l.strip_prefix("NOTE ") {
+            r.notes.push(format!("scripts/bench-rdma rounds: {}", n.trim()));
+        }
+    }
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/bench-rdma");
+    let mut cmd = Command::new(script);
+    cmd.arg("--render").arg(&raw).envs(meta.iter().copied());
+    match run_bounded(&mut cmd, Duration::from_secs(60)) {
+        Ok(o) if o.status.success() => r.sections.push(String::from_utf8_lossy(&o.stdout).into_owned()),
+        Ok(o) => r.miss(format!("{what}: scripts/bench-rdma --render: {}: {}", o.status, last_line(&o.stderr))),
+        Err(e) => r.miss(format!("{what}: scripts/bench-rdma --render: {e}")),
+    }
 }
 
 /// NAME -> (status, command), from index.tsv.

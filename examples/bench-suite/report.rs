@@ -189,7 +189,9 @@ pub fn render(r: &Results, plots: &[(String, String)]) -> String {
          from that sleep is slow, and the gap between the two rows is what it costs. TCG figures are tens \
          of times slower than hardware and move with the host's load (the medians are the steadiest \
          columns, tails swing by 10x between runs); compare rows of one run, within this section, never \
-         with the host's. The whole VM part took {} s.\n",
+         with the host's. The same boot then runs `scripts/bench-rdma`'s interleaved rounds (the section \
+         \"catmint (RDMA over soft-RoCE)\" below: medians and ranges over rounds, and the targets). The \
+         whole VM part took {} s.\n",
         fact(r, "rxe_mode"),
         fact(r, "rxe_boot"),
         fact(r, "rdma_ping_count"),
@@ -221,6 +223,13 @@ pub fn render(r: &Results, plots: &[(String, String)]) -> String {
     table(&mut o, &rows(r, Section::RdmaThroughput));
     plot(&mut o, "bench-throughput-softroce.png");
 
+    // scripts/bench-rdma's section ("catmint (RDMA over soft-RoCE)"), as it
+    // rendered it: its own heading, so --update-docs can refresh it in place.
+    for s in &r.sections {
+        o.push_str(s.trim_end());
+        o.push_str("\n\n");
+    }
+
     if !r.notes.is_empty() {
         o.push_str("## Notes from this run\n\n");
         for n in &r.notes {
@@ -237,9 +246,10 @@ pub fn render(r: &Results, plots: &[(String, String)]) -> String {
         }
     }
     o.push_str(
-        "\n## Reproducing\n\n`make bench` (as root: DPDK and network namespaces; about 10 minutes on 2 cores) \
-         rewrites this file and the plots beside it. `demi ping` and `demi stream` are the same tools by hand: \
-         see `demi --help`.\n",
+        "\n## Reproducing\n\n`make bench` (as root: DPDK and network namespaces; about 12 minutes on 2 cores) \
+         rewrites this file and the plots beside it. `scripts/bench-rdma --update-docs` re-measures the section \
+         \"catmint (RDMA over soft-RoCE)\" alone (one VM boot) and replaces it in place. `demi ping` and \
+         `demi stream` are the same tools by hand: see `demi --help`.\n",
     );
     o
 }
