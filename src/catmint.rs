@@ -151,7 +151,7 @@ impl Backend for Catmint {
         op: OpId,
         out: &mut Completions,
     ) -> Result<()> {
-        self.t.send(s, Box::new(BufferPayload(buf)), to, op, &mut self.done).map_err(err)?;
+        self.t.send(s, Arc::new(BufferPayload(buf)), to, op, &mut self.done).map_err(err)?;
         self.flush(out);
         Ok(())
     }

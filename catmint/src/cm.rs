@@ -262,12 +262,23 @@ impl CmId {
     }
 }
 
-impl Drop for CmId {
-    fn drop(&mut self) {
-        if self.has_qp {
+impl CmId {
+    /// Destroys the QP (if any) and keeps the id, for an endpoint that
+    /// failed half-way: its id may still have an unacknowledged event, so it
+    /// must go to the graveyard rather than be destroyed at once.
+    pub fn destroy_qp(&mut self) {
+        if std::mem::take(&mut self.has_qp) {
             // SAFETY: we created the QP and nothing posts to it any more.
             unsafe { ffi::rdma_destroy_qp(self.raw()) };
+            self._cq = None;
+            self._pd = None;
         }
+    }
+}
+
+impl Drop for CmId {
+    fn drop(&mut self) {
+        self.destroy_qp();
         if let Err(e) = check!(rdma_destroy_id(self.raw())) {
             log::error!("catmint: {e}");
         }

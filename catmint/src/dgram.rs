@@ -6,6 +6,7 @@ use crate::sys::{ffi, Error, Result};
 use crate::ud::Ud;
 use crate::{connect_errno, Catmint, Done, Payload, Sock, SockId, Tag};
 use std::net::SocketAddrV4;
+use std::sync::Arc;
 use std::time::Instant;
 
 impl Catmint {
@@ -80,7 +81,7 @@ impl Catmint {
         &mut self,
         s: SockId,
         id: CmId,
-        sends: Vec<(Tag, Box<dyn Payload>, SocketAddrV4)>,
+        sends: Vec<(Tag, Arc<dyn Payload>, SocketAddrV4)>,
         pops: Vec<Tag>,
         out: &mut Vec<(Tag, Done)>,
     ) -> Result<Ud> {
@@ -106,7 +107,7 @@ impl Catmint {
     pub(crate) fn send_dgram(
         &mut self,
         s: SockId,
-        data: Box<dyn Payload>,
+        data: Arc<dyn Payload>,
         to: SocketAddrV4,
         tag: Tag,
         out: &mut Vec<(Tag, Done)>,
@@ -279,7 +280,7 @@ impl Catmint {
             Ok(mut ud) => {
                 let mut queue = std::collections::VecDeque::new();
                 for (tag, data, _) in first {
-                    queue.push_back((tag, std::sync::Arc::from(data)));
+                    queue.push_back((tag, data));
                 }
                 ud.peers.insert(dst, crate::ud::Peer::Resolving { resolver, queue });
                 self.put_back(o, Sock::Dgram(ud));

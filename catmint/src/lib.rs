@@ -102,7 +102,10 @@ impl Default for Config {
 struct Device {
     ctx: *mut ffi::ibv_context,
     pd: Arc<Pd>,
+    /// Every QP on the device holds a clone (see `CmId::create_qp`).
     cq: Arc<CqCell>,
+    /// The CQ was polled empty after its last QP went.
+    idle: bool,
 }
 
 enum Sock {
@@ -141,7 +144,7 @@ enum Sock {
     /// the source address of the first destination's route.
     DgramUnbound {
         id: CmId,
-        sends: Vec<(Tag, Box<dyn Payload>, SocketAddrV4)>,
+        sends: Vec<(Tag, Arc<dyn Payload>, SocketAddrV4)>,
         pops: Vec<Tag>,
         binding: bool,
     },
@@ -187,8 +190,10 @@ pub(crate) fn attempt_ms(deadline: Instant) -> Option<i32> {
     Some(left.min(RESOLVE_ATTEMPT).as_millis().clamp(1, i32::MAX as u128) as i32)
 }
 
-/// Busy polls between reads of the CM channel.
-const CM_EVERY: u32 = 32;
+/// Busy polls between reads of the CM channel (a read is a system call;
+/// connection events can wait a few hundred polls, and a sleeping waiter
+/// reads the channel as soon as it wakes).
+const CM_EVERY: u32 = 256;
 const IDX_MASK: u64 = (1 << IDX_BITS) - 1;
 
 /// The RDMA transport (see the crate docs).
@@ -214,6 +219,8 @@ pub struct Catmint {
     /// Polls left until the CM channel is read again (each read is a system
     /// call, too dear for every round of a busy wait).
     cm_countdown: u32,
+    /// A socket went away since the last pool trim.
+    trim_due: bool,
     _devices: Arc<DeviceList>,
 }
 
@@ -241,7 +248,7 @@ impl Catmint {
             epoll_add(&epoll, comp.fd())?;
             let cq = Cq::new(ctx, comp, 4096)?;
             log::info!("catmint: device {}", verbs::device_name(ctx));
-            devices.push(Device { ctx, pd, cq: Arc::new(Mutex::new(cq)) });
+            devices.push(Device { ctx, pd, cq: Arc::new(Mutex::new(cq)), idle: false });
         }
         let pool = Pool::new(devices.iter().map(|d| d.pd.clone()).collect());
         // SAFETY: ibv_wc is plain data.
@@ -262,6 +269,7 @@ impl Catmint {
             timed: 0,
             armed: false,
             cm_countdown: 0,
+            trim_due: false,
             _devices: list,
         })
     }
@@ -325,6 +333,7 @@ impl Catmint {
         for s in self.vacated.drain(..) {
             if self.socks[s].sock.is_none() && !self.free.contains(&s) {
                 self.free.push(s);
+                self.trim_due = true;
             }
         }
     }
@@ -361,7 +370,7 @@ impl Catmint {
     pub fn send(
         &mut self,
         s: SockId,
-        data: Box<dyn Payload>,
+        data: Arc<dyn Payload>,
         to: Option<SocketAddrV4>,
         tag: Tag,
         out: &mut Vec<(Tag, Done)>,
@@ -482,8 +491,23 @@ impl Catmint {
         if self.timed > 0 {
             self.check_timers(out);
         }
-        self.graveyard.clear();
+        self.bury();
         self.reclaim();
+        if std::mem::take(&mut self.trim_due) {
+            // Sockets went away: give back registered memory nobody uses.
+            let n = self.pool.trim();
+            if n > 0 {
+                log::debug!("catmint: freed {n} registered chunks");
+            }
+        }
+    }
+
+    /// Drops what waited in the graveyard (its events are acknowledged).
+    fn bury(&mut self) {
+        if !self.graveyard.is_empty() {
+            self.graveyard.clear();
+            self.trim_due = true;
+        }
     }
 
     /// Arms CQ notification; returns the descriptor to sleep on.
@@ -497,13 +521,16 @@ impl Catmint {
 
     fn poll_cqs(&mut self, out: &mut Vec<(Tag, Done)>) {
         for d in 0..self.devices.len() {
-            let cq = self.devices[d].cq.clone();
-            let mut cq = cq.lock().unwrap_or_else(|e| e.into_inner());
-            // Channel events exist only after arming, and reading is a system
-            // call: read until the notification we asked for is consumed.
-            if cq.armed {
-                cq.armed = !cq.drain_channel();
+            // A device without QPs has nothing to report once its CQ is
+            // empty: skip it (a client uses one device of several).
+            let dev = &mut self.devices[d];
+            let unused = Arc::strong_count(&dev.cq) == 1;
+            if unused && dev.idle {
+                continue;
             }
+            dev.idle = unused;
+            let cq = dev.cq.clone();
+            let mut cq = cq.lock().unwrap_or_else(|e| e.into_inner());
             loop {
                 let n = cq.poll(&mut self.wcs);
                 for i in 0..n {
@@ -539,7 +566,7 @@ impl Catmint {
             self.on_cm_event(&ev, out);
             drop(ev);
             // Only now may ids the event named be destroyed.
-            self.graveyard.clear();
+            self.bury();
         }
     }
 
@@ -561,7 +588,7 @@ impl Catmint {
             return Err((Error::new("rdma_cm id on an unknown device", libc::ENODEV), Some(id)));
         };
         let d = &self.devices[dev];
-        Rc::new(id, dev, &d.pd, &d.cq, &self.pool, self.rc_config(), key, &self.notify).map_err(|e| (e, None))
+        Rc::new(id, dev, &d.pd, &d.cq, &self.pool, self.rc_config(), key, &self.notify).map_err(|(e, id)| (e, Some(id)))
     }
 }
 

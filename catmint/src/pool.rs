@@ -6,12 +6,28 @@
 use crate::sys::Result;
 use crate::verbs::{Mr, Pd};
 use std::alloc::Layout;
+use std::collections::HashMap;
 use std::ptr::NonNull;
 use std::sync::{Arc, Mutex};
 
-/// Size classes; larger allocations get a chunk of their own.
-const CLASSES: [usize; 7] = [256, 1 << 10, 4 << 10, 16 << 10, 64 << 10, 256 << 10, 1 << 20];
+/// Size classes (powers of two, so a slot wastes less than half of itself);
+/// larger allocations get a chunk of their own.
+const CLASSES: [usize; 13] = {
+    let mut c = [0; 13];
+    let mut i = 0;
+    while i < c.len() {
+        c[i] = 256 << i;
+        i += 1;
+    }
+    c
+};
 const DEDICATED: u8 = u8::MAX;
+
+/// Bytes registered at a time for a size class: at least 8 slots (fewer
+/// registrations) and 256 KiB, at most 4 MiB.
+fn chunk_len(class_size: usize) -> usize {
+    (class_size * 8).clamp(256 << 10, 4 << 20)
+}
 
 /// Memory registered with every PD.
 pub struct Chunk {
@@ -115,7 +131,7 @@ impl Pool {
         }
         // Carve a new chunk into slots of this class.
         let size = CLASSES[class];
-        let chunk_len = (size * 8).max(256 << 10);
+        let chunk_len = chunk_len(size);
         let chunk = Chunk::new(chunk_len, &self.shared.pds)?;
         for i in 1..chunk_len / size {
             // SAFETY: i * size < chunk_len, inside the allocation.
@@ -134,6 +150,33 @@ impl Pool {
     /// Gives a slot back to the free list.
     pub fn recycle(&self, slot: Slot) {
         self.shared.give_back(slot);
+    }
+
+    /// Frees (and deregisters) every chunk none of whose slots is in use;
+    /// returns how many. Called when sockets go away, so that closing
+    /// everything gives the memory and its MRs back.
+    pub fn trim(&self) -> usize {
+        let mut freed = 0;
+        for (class, free) in self.shared.free.iter().enumerate() {
+            let mut free = free.lock().unwrap_or_else(|e| e.into_inner());
+            let per_chunk = chunk_len(CLASSES[class]) / CLASSES[class];
+            if free.len() < per_chunk {
+                continue;
+            }
+            // Each slot is in exactly one place, so a chunk with all its
+            // slots on the free list is unused.
+            let mut counts: HashMap<*const Chunk, usize> = HashMap::new();
+            for s in free.iter() {
+                *counts.entry(Arc::as_ptr(&s.chunk)).or_default() += 1;
+            }
+            counts.retain(|_, n| *n == per_chunk);
+            if !counts.is_empty() {
+                freed += counts.len();
+                // Dropping the last slots drops the chunk (MRs first).
+                free.retain(|s| !counts.contains_key(&Arc::as_ptr(&s.chunk)));
+            }
+        }
+        freed
     }
 
     pub(crate) fn shared(&self) -> &Arc<PoolShared> {
@@ -287,5 +330,52 @@ impl Drop for Block {
                 Home::Ring(r, i) => r.give_back(*i, slot),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A pool with no devices registers nothing, so its bookkeeping can be
+    /// checked without RDMA.
+    fn pool() -> Pool {
+        Pool::new(Vec::new())
+    }
+
+    #[test]
+    fn size_classes_are_powers_of_two_from_256_bytes_to_1_mib() {
+        assert_eq!(CLASSES[0], 256);
+        assert_eq!(CLASSES[CLASSES.len() - 1], 1 << 20);
+        assert!(CLASSES.windows(2).all(|w| w[1] == 2 * w[0]));
+        let p = pool();
+        assert_eq!(p.slot(32 << 10).unwrap().capacity(), 32 << 10, "a 32 KiB receive buffer wastes nothing");
+        assert_eq!(p.slot(257).unwrap().capacity(), 512);
+        assert_eq!(p.slot(3 << 20).unwrap().capacity(), 3 << 20, "dedicated chunk");
+    }
+
+    #[test]
+    fn trim_frees_exactly_the_chunks_with_no_slot_in_use() {
+        let p = pool();
+        let per_chunk = chunk_len(32 << 10) / (32 << 10);
+        assert_eq!(per_chunk, 8);
+        // One chunk and one slot of a second.
+        let mut blocks: Vec<Block> = (0..=per_chunk).map(|_| p.alloc(32 << 10).unwrap()).collect();
+        let last = blocks.pop().unwrap();
+        let second = Arc::as_ptr(&last.slot().chunk);
+        assert!(blocks.iter().all(|b| Arc::as_ptr(&b.slot().chunk) != second));
+        assert_eq!(p.trim(), 0, "every chunk has a slot in use");
+        drop(blocks);
+        assert_eq!(p.trim(), 1, "the first chunk is unused now");
+        assert_eq!(p.trim(), 0);
+        // The free list holds the second chunk's other slots only.
+        let again = p.alloc(32 << 10).unwrap();
+        assert_eq!(Arc::as_ptr(&again.slot().chunk), second);
+        drop(again);
+        drop(last);
+        assert_eq!(p.trim(), 1);
+        assert!(p.shared.free.iter().all(|f| f.lock().unwrap().is_empty()));
+        // And the pool still allocates afterwards.
+        assert_eq!(p.alloc(100).unwrap().len(), 100);
     }
 }

@@ -1,10 +1,12 @@
 //! A connected RC endpoint: message-preserving sends and receives with
 //! credit-based flow control.
 //!
+//! Framing is the immediate data of each send (see `wire`).
+//!
 //! Flow control: we keep `credits + 2` receives posted and grant the peer
 //! `credits`. Each data segment uses one credit; re-posted buffers are
-//! reported back in the header of our next segment, or, if we have nothing to
-//! send (or are starved ourselves), in a header-only CREDIT message that uses
+//! reported back in the immediate data of our next segment, or, if we have nothing to
+//! send (or are starved ourselves), in an empty CREDIT message that uses
 //! one of the two reserved receives. At most one CREDIT message is
 //! outstanding: the peer acknowledges it (ACK flag) after re-posting the
 //! receive it used. The other reserved receive takes the FIN of an orderly
@@ -14,7 +16,7 @@ use crate::cm::CmId;
 use crate::pool::{Block, Pool, Slot};
 use crate::recv::{registered, RecvRing};
 use crate::sys::{ffi, Error, Result};
-use crate::wire::{flag, Header, Hello, HDR_LEN};
+use crate::wire::{flag, Hello, Imm, MAX_MESSAGE};
 use crate::{Done, Payload, Tag};
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -80,12 +82,13 @@ pub struct Rc {
     sends: VecDeque<Pending>,
     inflight: VecDeque<Inflight>,
     seq: u64,
-    hdrs: Block,
 }
 
 impl Rc {
     /// Creates the QP on the id's device and pre-posts receives (before
-    /// connect or accept, as rping does).
+    /// connect or accept, as rping does). On failure the id comes back
+    /// without a QP: the caller must not destroy it before the event being
+    /// handled is acknowledged (rdma_destroy_id would wait for that forever).
     #[allow(clippy::too_many_arguments)] // the device's objects, one by one
     pub fn new(
         mut id: CmId,
@@ -96,21 +99,22 @@ impl Rc {
         cfg: RcConfig,
         key: u64,
         notify: &Arc<crate::pool::Notify>,
-    ) -> Result<Rc> {
+    ) -> std::result::Result<Rc, (Error, CmId)> {
         let recv = cfg.credits + RESERVED;
         // SAFETY: ibv_qp_init_attr is plain data; all-zero is a valid start.
         let mut attr: ffi::ibv_qp_init_attr = unsafe { std::mem::zeroed() };
         attr.qp_type = ffi::ibv_qp_type::IBV_QPT_RC;
         attr.cap.max_send_wr = cfg.sq_depth;
         attr.cap.max_recv_wr = recv;
-        attr.cap.max_send_sge = 2;
+        attr.cap.max_send_sge = 1;
         attr.cap.max_recv_sge = 1;
         attr.cap.max_inline_data = cfg.inline;
-        id.create_qp(pd, cq, &mut attr)?;
+        if let Err(e) = id.create_qp(pd, cq, &mut attr) {
+            return Err((e, id));
+        }
         if let Err(e) = id.set_ack_timeout(ACK_TIMEOUT) {
             log::warn!("catmint: {e}; keeping rdma_cm's ACK timeout");
         }
-        let hdrs = pool.alloc(cfg.sq_depth as usize * HDR_LEN)?;
         let mut ep = Rc {
             id: Some(id),
             dev,
@@ -133,10 +137,15 @@ impl Rc {
             sends: VecDeque::new(),
             inflight: VecDeque::new(),
             seq: 0,
-            hdrs,
         };
         let qp = ep.id().qp();
-        ep.recv.fill(qp, cfg.buf_size)?;
+        if let Err(e) = ep.recv.fill(qp, cfg.buf_size) {
+            let mut id = ep.id.take().expect("set above");
+            // The QP goes first, so the device no longer owns the receives
+            // that dropping `ep` recycles.
+            id.destroy_qp();
+            return Err((e, id));
+        }
         Ok(ep)
     }
 
@@ -152,7 +161,7 @@ impl Rc {
     /// Applies the peer's hello: initial credits and its segment size.
     pub fn established(&mut self, peer: Hello) {
         self.credits = peer.credits as u32;
-        self.peer_seg = peer.buf_size as usize - HDR_LEN;
+        self.peer_seg = peer.buf_size as usize;
     }
 
     pub fn is_broken(&self) -> bool {
@@ -169,13 +178,17 @@ impl Rc {
     }
 
     /// Queues a message.
-    pub fn send(&mut self, tag: Tag, data: Box<dyn Payload>, out: &mut Vec<(Tag, Done)>) {
+    pub fn send(&mut self, tag: Tag, data: Arc<dyn Payload>, out: &mut Vec<(Tag, Done)>) {
         if let Some(e) = self.error {
             out.push((tag, Done::Failed(e)));
             return;
         }
         if self.fin_sent {
             out.push((tag, Done::Failed(libc::EPIPE)));
+            return;
+        }
+        if data.bytes().len() > MAX_MESSAGE {
+            out.push((tag, Done::Failed(libc::EMSGSIZE)));
             return;
         }
         // Memory the device cannot read is copied into registered memory once.
@@ -211,6 +224,7 @@ impl Rc {
         while self.error.is_none() && self.credits > 0 && self.sq_room() {
             let Some(p) = self.sends.front_mut() else { break };
             let total = p.data.bytes().len();
+            let first_of_many = p.off == 0 && total > self.peer_seg;
             let seg = (total - p.off).min(self.peer_seg);
             let last = p.off + seg == total;
             let addr = p.data.bytes()[p.off..].as_ptr() as u64;
@@ -221,14 +235,16 @@ impl Rc {
             if last {
                 self.sends.pop_front();
             }
-            let mut flags = if last { flag::LAST } else { 0 };
-            if self.owe_ack {
-                flags |= flag::ACK;
-                self.owe_ack = false;
-            }
-            let credits = self.take_returns();
-            let hdr = Header { total: total as u32, credits, flags };
-            if let Err(e) = self.post_send(hdr, Some((addr, seg as u32, lkey)), last, last.then_some(tag), Some(keep)) {
+            // An ACK we owe goes out now whatever the segment: the peer may
+            // wait for it before it returns the credits we need for the next.
+            let ack = std::mem::take(&mut self.owe_ack);
+            let imm = if first_of_many {
+                Imm::First { total: total as u32, ack }
+            } else {
+                let flags = if last { flag::LAST } else { 0 } | if ack { flag::ACK } else { 0 };
+                Imm::Ctl { credits: self.take_returns(), flags }
+            };
+            if let Err(e) = self.post_send(imm, Some((addr, seg as u32, lkey)), last, last.then_some(tag), Some(keep)) {
                 self.fail(e.errno, out);
                 return;
             }
@@ -247,32 +263,23 @@ impl Rc {
         (self.inflight.len() as u32) < self.cfg.sq_depth
     }
 
-    /// Posts one WR: header plus an optional payload SGE.
+    /// Posts one send: immediate data plus an optional payload SGE.
     fn post_send(
         &mut self,
-        hdr: Header,
+        imm: Imm,
         payload: Option<(u64, u32, u32)>,
         signal_end: bool,
         tag: Option<Tag>,
         keep: Option<Arc<dyn Payload>>,
     ) -> Result<()> {
         let seq = self.seq;
-        let slot = (seq % self.cfg.sq_depth as u64) as usize * HDR_LEN;
-        hdr.emit(&mut self.hdrs.as_mut_slice()[slot..slot + HDR_LEN]);
-        let mut sges = [
-            ffi::ibv_sge {
-                addr: self.hdrs.as_ptr() as u64 + slot as u64,
-                length: HDR_LEN as u32,
-                lkey: self.hdrs.lkey(self.dev),
-            },
-            ffi::ibv_sge { addr: 0, length: 0, lkey: 0 },
-        ];
-        let mut num = 1;
-        if let Some((addr, len, lkey)) = payload {
-            sges[1] = ffi::ibv_sge { addr, length: len, lkey };
-            num = 2;
+        let mut sge = ffi::ibv_sge { addr: 0, length: 0, lkey: 0 };
+        let mut num = 0;
+        if let Some((addr, length, lkey)) = payload {
+            sge = ffi::ibv_sge { addr, length, lkey };
+            num = 1;
         }
-        let bytes = HDR_LEN as u32 + payload.map_or(0, |p| p.1);
+        let bytes = sge.length;
         // Signal message ends, and every 16th WR so the send queue drains.
         let signaled = signal_end || seq % 16 == 15 || self.inflight.len() as u32 + 1 >= self.cfg.sq_depth;
         let mut send_flags = 0;
@@ -285,13 +292,14 @@ impl Rc {
         // SAFETY: ibv_send_wr is plain data; zero is a valid start.
         let mut wr: ffi::ibv_send_wr = unsafe { std::mem::zeroed() };
         wr.wr_id = self.key << 32 | WR_SEND | (seq & WR_LOW);
-        wr.sg_list = sges.as_mut_ptr();
+        wr.sg_list = &mut sge;
         wr.num_sge = num;
-        wr.opcode = ffi::ibv_wr_opcode::IBV_WR_SEND;
+        wr.opcode = ffi::ibv_wr_opcode::IBV_WR_SEND_WITH_IMM;
         wr.send_flags = send_flags;
+        wr.imm_data_invalidated_rkey_union.imm_data = imm.encode().to_be();
         let mut bad = std::ptr::null_mut();
-        // SAFETY: the QP is live; the SGEs point at registered memory kept
-        // alive by `hdrs` and by `keep`/the queued payload until completion.
+        // SAFETY: the QP is live; the SGE points at registered memory kept
+        // alive by `keep` until completion.
         let rc = unsafe { ffi::ibv_post_send(self.id().qp(), &mut wr, &mut bad) };
         if rc != 0 {
             return Err(Error::new("ibv_post_send", rc));
@@ -301,7 +309,7 @@ impl Rc {
         Ok(())
     }
 
-    /// Returns credits in a header-only message when they pile up and no data
+    /// Returns credits in an empty CREDIT message when they pile up and no data
     /// will carry them soon.
     fn maybe_credit_message(&mut self) {
         let threshold = (self.cfg.credits / 4).max(1);
@@ -315,7 +323,7 @@ impl Rc {
                 flags |= flag::ACK;
             }
             let credits = self.to_return.min(u16::MAX as u32) as u16;
-            match self.post_send(Header { total: 0, credits, flags }, None, false, None, None) {
+            match self.post_send(Imm::Ctl { credits, flags }, None, false, None, None) {
                 Ok(()) => {
                     log::trace!("catmint: ep {:#x} returns {credits} credits in a CREDIT message", self.key);
                     self.to_return -= credits as u32;
@@ -347,7 +355,10 @@ impl Rc {
             let index = (wc.wr_id & WR_LOW) as u32;
             let Some(slot) = self.recv.complete(index) else { return };
             if ok {
-                self.on_recv(index, slot, wc.byte_len as usize, out);
+                let imm = (wc.wc_flags & ffi::ibv_wc_flags::IBV_WC_WITH_IMM.0 != 0)
+                    // SAFETY: the flag says the union holds immediate data.
+                    .then(|| u32::from_be(unsafe { wc.imm_data_invalidated_rkey_union.imm_data }));
+                self.on_recv(index, slot, wc.byte_len as usize, imm, out);
             } else {
                 self.pool_back(slot);
                 self.fail(libc::ECONNRESET, out);
@@ -369,31 +380,44 @@ impl Rc {
         }
     }
 
-    fn on_recv(&mut self, index: u32, slot: Slot, len: usize, out: &mut Vec<(Tag, Done)>) {
-        // SAFETY: the device wrote `len` bytes into this slot, which we own again.
-        let bytes = unsafe { std::slice::from_raw_parts(slot.ptr(), len.min(slot.capacity())) };
-        let Some(h) = Header::parse(bytes) else {
-            log::error!("catmint: malformed segment of {len} bytes; closing the connection");
-            self.pool_back(slot);
-            self.fail(libc::EPROTO, out);
-            return;
+    fn on_recv(&mut self, index: u32, slot: Slot, len: usize, imm: Option<u32>, out: &mut Vec<(Tag, Done)>) {
+        let Some(imm) = imm.and_then(Imm::decode).filter(|_| len <= slot.capacity()) else {
+            return self.protocol_error(slot, format_args!("a receive of {len} bytes with immediate {imm:x?}"), out);
         };
-        self.credits += h.credits as u32;
+        // SAFETY: the device wrote `len` bytes into this slot, which we own again.
+        let bytes = unsafe { std::slice::from_raw_parts(slot.ptr(), len) };
+        let (credits, flags) = match imm {
+            Imm::First { total, ack } => {
+                // A first segment is shorter than its message, and comes first.
+                if self.partial.is_some() || len == 0 || len >= total as usize {
+                    return self.protocol_error(slot, format_args!("first segment of {len} of {total} bytes"), out);
+                }
+                match self.pool.alloc(total as usize) {
+                    Ok(b) => self.partial = Some((b, 0)),
+                    Err(e) => {
+                        self.pool_back(slot);
+                        return self.fail(e.errno, out);
+                    }
+                }
+                (0, if ack { flag::ACK } else { 0 })
+            }
+            Imm::Ctl { credits, flags } => (credits, flags),
+        };
+        self.credits += credits as u32;
         log::trace!(
-            "catmint: ep {:#x} got {} B, {} credits (now {}), flags {:#x}; to_return {}",
+            "catmint: ep {:#x} got {} B, {:?} (credits now {}); to_return {}",
             self.key,
             len,
-            h.credits,
+            imm,
             self.credits,
-            h.flags,
             self.to_return
         );
-        if h.flags & flag::ACK != 0 {
+        if flags & flag::ACK != 0 {
             self.credit_msg_out = false;
         }
-        if h.flags & (flag::CREDIT | flag::FIN) != 0 {
+        if flags & (flag::CREDIT | flag::FIN) != 0 {
             // Reserved receive: re-post at once, owe the peer nothing but an ACK.
-            if h.flags & flag::FIN != 0 {
+            if flags & flag::FIN != 0 {
                 self.eof = true;
             } else {
                 self.owe_ack = true;
@@ -404,42 +428,37 @@ impl Rc {
             self.maybe_credit_message();
             return;
         }
-        let payload = len - HDR_LEN;
-        let total = h.total as usize;
-        if self.partial.is_none() && h.flags & flag::LAST != 0 && payload == total {
-            // The common case: hand the receive buffer itself to the application.
-            self.ready.push_back(self.recv.lend(slot, index, HDR_LEN, payload));
-            return;
-        }
-        // A segment of a larger message: copy it out and re-post at once.
-        if self.partial.is_none() {
-            match self.pool.alloc(total) {
-                Ok(b) => self.partial = Some((b, 0)),
-                Err(e) => {
-                    self.pool_back(slot);
-                    self.fail(e.errno, out);
-                    return;
-                }
+        let Some((block, filled)) = self.partial.as_mut() else {
+            // The common case, a whole message in one receive: hand the
+            // receive buffer itself to the application.
+            if flags & flag::LAST == 0 || len == 0 {
+                return self.protocol_error(slot, format_args!("lone segment of {len} bytes, flags {flags:#x}"), out);
             }
-        }
-        let (block, filled) = self.partial.as_mut().expect("set above");
-        if *filled + payload > block.len() {
-            self.pool_back(slot);
-            self.fail(libc::EPROTO, out);
+            self.ready.push_back(self.recv.lend(slot, index, 0, len));
             return;
+        };
+        // A segment of a larger message: copy it out and re-post at once.
+        if *filled + len > block.len() || (flags & flag::LAST != 0 && *filled + len != block.len()) {
+            let msg = format!("segment of {len} bytes at {} of {}", *filled, block.len());
+            return self.protocol_error(slot, format_args!("{msg}"), out);
         }
-        block.as_mut_slice()[*filled..*filled + payload].copy_from_slice(&bytes[HDR_LEN..len]);
-        *filled += payload;
-        let done = h.flags & flag::LAST != 0;
+        block.as_mut_slice()[*filled..*filled + len].copy_from_slice(bytes);
+        *filled += len;
         if let Err(e) = self.post_recv(index, slot) {
-            self.fail(e.errno, out);
-            return;
+            return self.fail(e.errno, out);
         }
         self.to_return += 1;
-        if done {
-            let (block, _) = self.partial.take().expect("set above");
+        if flags & flag::LAST != 0 {
+            let (block, _) = self.partial.take().expect("matched above");
             self.ready.push_back(block);
         }
+    }
+
+    /// The peer sent something catmint would never send: close the connection.
+    fn protocol_error(&mut self, slot: Slot, what: std::fmt::Arguments<'_>, out: &mut Vec<(Tag, Done)>) {
+        log::error!("catmint: ep {:#x}: malformed receive ({what}); closing the connection", self.key);
+        self.pool_back(slot);
+        self.fail(libc::EPROTO, out);
     }
 
     /// Matches received messages with waiting pops.
@@ -505,7 +524,7 @@ impl Rc {
         }
         let credits = self.take_returns();
         let flags = flag::FIN | if self.owe_ack { flag::ACK } else { 0 };
-        self.fin_sent = self.post_send(Header { total: 0, credits, flags }, None, true, None, None).is_ok();
+        self.fin_sent = self.post_send(Imm::Ctl { credits, flags }, None, true, None, None).is_ok();
         self.fin_sent
     }
 

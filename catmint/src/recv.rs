@@ -109,9 +109,9 @@ impl RecvRing {
 
 /// Makes `data` sendable on device `dev`: registered memory as is, anything
 /// else copied once into a pool block.
-pub fn registered(pool: &Pool, data: Box<dyn Payload>, dev: usize) -> Result<Arc<dyn Payload>> {
+pub fn registered(pool: &Pool, data: Arc<dyn Payload>, dev: usize) -> Result<Arc<dyn Payload>> {
     if data.lkey(dev).is_some() {
-        return Ok(Arc::from(data));
+        return Ok(data);
     }
     let mut b = pool.alloc(data.bytes().len())?;
     b.as_mut_slice().copy_from_slice(data.bytes());

@@ -150,7 +150,7 @@ impl Ud {
 
     /// Sends (or queues until `to` is resolved). Returns true if the caller
     /// must start resolving `to`.
-    pub fn send(&mut self, tag: Tag, data: Box<dyn Payload>, to: SocketAddrV4, out: &mut Vec<(Tag, Done)>) -> bool {
+    pub fn send(&mut self, tag: Tag, data: Arc<dyn Payload>, to: SocketAddrV4, out: &mut Vec<(Tag, Done)>) -> bool {
         if data.bytes().len() > self.max_payload {
             out.push((tag, Done::Failed(libc::EMSGSIZE)));
             return false;

@@ -160,8 +160,6 @@ pub struct Cq {
     channel: Arc<CompChannel>,
     /// Channel events read but not yet acknowledged (acked in batches).
     unacked: u32,
-    /// Notification was requested and its event not consumed yet.
-    pub armed: bool,
 }
 
 // SAFETY: as for Pd.
@@ -170,7 +168,7 @@ unsafe impl Send for Cq {}
 impl Cq {
     pub fn new(ctx: *mut ffi::ibv_context, channel: Arc<CompChannel>, depth: i32) -> Result<Cq> {
         let raw = nonnull!(ibv_create_cq(ctx, depth, std::ptr::null_mut(), channel.raw.as_ptr(), 0))?;
-        Ok(Cq { raw, channel, unacked: 0, armed: false })
+        Ok(Cq { raw, channel, unacked: 0 })
     }
 
     pub fn raw(&self) -> *mut ffi::ibv_cq {
@@ -188,17 +186,8 @@ impl Cq {
         n as usize
     }
 
-    /// Consumes pending channel events so the descriptor is quiet again;
-    /// true if there were any.
-    ///
-    /// An event uses up the notification `arm` asked for, so the CQ is armed
-    /// again at once: a waiter arms, polls one last time and then sleeps, and
-    /// if that poll took an event (for a completion it was not waiting for)
-    /// the sleep must still end on the next completion. The cost is one
-    /// system call per event read, i.e. only after a sleep; busy polls read
-    /// no events.
-    pub fn drain_channel(&mut self) -> bool {
-        let before = self.unacked;
+    /// Consumes pending channel events so the descriptor is quiet again.
+    fn drain_channel(&mut self) {
         loop {
             let mut cq = std::ptr::null_mut();
             let mut ctx = std::ptr::null_mut();
@@ -209,22 +198,24 @@ impl Cq {
             }
             self.unacked += 1;
         }
-        let got = self.unacked != before;
-        if got {
-            self.request_notify();
-        }
         if self.unacked >= 64 {
             // SAFETY: we acknowledge exactly the events we read.
             unsafe { ffi::ibv_ack_cq_events(self.raw.as_ptr(), self.unacked) };
             self.unacked = 0;
         }
-        got
     }
 
-    /// Asks for a channel event on the next completion.
+    /// Prepares to sleep on the channel: consumes old events, then asks for
+    /// one on the next completion. The caller polls the CQ once more after
+    /// this (a completion that came before the request raises no event).
+    ///
+    /// Events are read here only, not by busy polls: a poll that read the
+    /// channel would cost a system call per round (on every device, even
+    /// those without traffic), and the events it left unread at worst end
+    /// the next sleep early, since this drains them first.
     pub fn arm(&mut self) {
+        self.drain_channel();
         self.request_notify();
-        self.armed = true;
     }
 
     fn request_notify(&mut self) {

@@ -1,15 +1,29 @@
 //! What catmint puts on the wire besides application bytes.
 //!
-//! Every RC send starts with an 8-byte header (sent from a separate SGE, so the
-//! payload is never copied): the message's total length, receive credits being
-//! returned, and flags. Connection requests and replies carry our receive
-//! depth and buffer size in the CM private data.
+//! Every RC send is a SEND with immediate data, and the 32 bits of immediate
+//! data are all the framing there is: the payload goes out as the
+//! application's bytes alone (one SGE, nothing copied, and a 4 KiB message
+//! is 4 packets at a 1 KiB MTU, not 5). The immediate data of the first
+//! segment of a message longer than one receive buffer holds the message's
+//! length (so the receiver can allocate it) and the ACK flag (a sender that
+//! owes an ACK may have no other send to carry it); every other send carries
+//! receive credits being returned and flags. Connection requests and replies
+//! carry our receive depth and buffer size in the CM private data.
 
-/// Header bytes in front of every RC segment.
-pub const HDR_LEN: usize = 8;
+/// Checks the immediate data and the CM private data are ours.
 const MAGIC: u8 = 0xc7;
 
-/// Header flags.
+/// Bit 31 of the immediate data: a first segment, with the ACK flag in bit
+/// 30 and the total length in bits 0-29.
+const FIRST: u32 = 1 << 31;
+const FIRST_ACK: u32 = 1 << 30;
+/// Bits 24-30 of every other immediate: this pattern.
+const CTL_MAGIC: u32 = 0x47;
+
+/// The longest message (its length must fit in 30 bits).
+pub const MAX_MESSAGE: usize = (FIRST_ACK - 1) as usize;
+
+/// Flags of a control immediate.
 pub mod flag {
     /// This segment ends its message.
     pub const LAST: u8 = 1;
@@ -19,36 +33,44 @@ pub mod flag {
     pub const ACK: u8 = 4;
     /// Orderly close: no more data follows (end of file for the peer).
     pub const FIN: u8 = 8;
+    pub(super) const ALL: u8 = LAST | CREDIT | ACK | FIN;
 }
 
-/// A parsed segment header.
+/// The immediate data of one RC send.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Header {
-    /// Length of the whole message this segment belongs to.
-    pub total: u32,
-    /// Receive buffers the sender re-posted since its last report.
-    pub credits: u16,
-    pub flags: u8,
+pub enum Imm {
+    /// The first segment of a message of `total` bytes that takes more than
+    /// one receive buffer; `ack` as the ACK flag.
+    First { total: u32, ack: bool },
+    /// Any other send: credits returned (receive buffers re-posted since the
+    /// last report) and flags.
+    Ctl { credits: u16, flags: u8 },
 }
 
-impl Header {
-    pub fn emit(&self, out: &mut [u8]) {
-        out[0..4].copy_from_slice(&self.total.to_le_bytes());
-        out[4..6].copy_from_slice(&self.credits.to_le_bytes());
-        out[6] = self.flags;
-        out[7] = MAGIC;
+impl Imm {
+    /// The value to put in the work request (host order; the caller
+    /// converts to network order, as verbs wants).
+    pub fn encode(self) -> u32 {
+        match self {
+            Imm::First { total, ack } => {
+                debug_assert!(total as usize <= MAX_MESSAGE);
+                FIRST | if ack { FIRST_ACK } else { 0 } | total
+            }
+            Imm::Ctl { credits, flags } => CTL_MAGIC << 24 | (credits as u32) << 8 | flags as u32,
+        }
     }
 
-    /// Parses a received segment; None if it is too short or not ours.
-    pub fn parse(seg: &[u8]) -> Option<Header> {
-        if seg.len() < HDR_LEN || seg[7] != MAGIC {
+    /// Parses received immediate data (host order); None if it is not ours.
+    pub fn decode(v: u32) -> Option<Imm> {
+        if v & FIRST != 0 {
+            let total = v & MAX_MESSAGE as u32;
+            return (total > 0).then_some(Imm::First { total, ack: v & FIRST_ACK != 0 });
+        }
+        let flags = v as u8;
+        if v >> 24 != CTL_MAGIC || flags & !flag::ALL != 0 {
             return None;
         }
-        Some(Header {
-            total: u32::from_le_bytes(seg[0..4].try_into().ok()?),
-            credits: u16::from_le_bytes(seg[4..6].try_into().ok()?),
-            flags: seg[6],
-        })
+        Some(Imm::Ctl { credits: (v >> 8) as u16, flags })
     }
 }
 
@@ -57,11 +79,15 @@ impl Header {
 pub struct Hello {
     /// Data credits granted to the peer (receives we keep posted for it).
     pub credits: u16,
-    /// Size of each receive buffer, header included.
+    /// Size of each receive buffer: the most one send may carry.
     pub buf_size: u32,
 }
 
-const HELLO_VERSION: u8 = 1;
+/// The smallest receive buffer a peer may announce.
+pub const MIN_BUF_SIZE: u32 = 64;
+
+/// Version 2: immediate-data framing (version 1 had an 8-byte header).
+const HELLO_VERSION: u8 = 2;
 pub const HELLO_LEN: usize = 8;
 
 impl Hello {
@@ -82,7 +108,7 @@ impl Hello {
             credits: u16::from_le_bytes(b[2..4].try_into().ok()?),
             buf_size: u32::from_le_bytes(b[4..8].try_into().ok()?),
         };
-        (h.credits > 0 && h.buf_size as usize > HDR_LEN).then_some(h)
+        (h.credits > 0 && h.buf_size >= MIN_BUF_SIZE).then_some(h)
     }
 }
 
@@ -91,25 +117,35 @@ mod tests {
     use super::*;
 
     #[test]
-    fn header_bytes() {
-        let h = Header { total: 0x0102_0304, credits: 0x0506, flags: flag::LAST | flag::ACK };
-        let mut b = [0u8; 8];
-        h.emit(&mut b);
-        assert_eq!(b, [0x04, 0x03, 0x02, 0x01, 0x06, 0x05, 0x05, 0xc7]);
-        assert_eq!(Header::parse(&b), Some(h));
-        assert_eq!(Header::parse(&b[..7]), None, "short");
-        b[7] = 0;
-        assert_eq!(Header::parse(&b), None, "bad magic");
+    fn immediate_data_values() {
+        let ctl = Imm::Ctl { credits: 0x0506, flags: flag::LAST | flag::ACK };
+        assert_eq!(ctl.encode(), 0x4705_0605);
+        assert_eq!(Imm::decode(0x4705_0605), Some(ctl));
+        let first = Imm::First { total: 0x0102_0304, ack: false };
+        assert_eq!(first.encode(), 0x8102_0304);
+        assert_eq!(Imm::decode(0x8102_0304), Some(first));
+        let first_ack = Imm::First { total: 0x0102_0304, ack: true };
+        assert_eq!(first_ack.encode(), 0xc102_0304);
+        assert_eq!(Imm::decode(0xc102_0304), Some(first_ack));
+        assert_eq!(Imm::decode(0x8000_0000), None, "empty message");
+        assert_eq!(Imm::decode(0xc000_0000), None, "empty message");
+        assert_eq!(Imm::decode(0x4600_0001), None, "bad magic");
+        assert_eq!(Imm::decode(0x4700_0010), None, "unknown flag");
+        assert_eq!(Imm::decode(0), None);
+        assert_eq!(MAX_MESSAGE, (1 << 30) - 1);
+        let most = Imm::First { total: MAX_MESSAGE as u32, ack: true };
+        assert_eq!(Imm::decode(most.encode()), Some(most));
     }
 
     #[test]
     fn hello_bytes() {
         let h = Hello { credits: 32, buf_size: 32768 };
         let b = h.emit();
-        assert_eq!(b, [0xc7, 1, 32, 0, 0x00, 0x80, 0, 0]);
+        assert_eq!(b, [0xc7, 2, 32, 0, 0x00, 0x80, 0, 0]);
         assert_eq!(Hello::parse(&b), Some(h));
         assert_eq!(Hello::parse(&b[..5]), None);
         assert_eq!(Hello::parse(&Hello { credits: 0, buf_size: 100 }.emit()), None, "zero credits");
-        assert_eq!(Hello::parse(&[0xc7, 2, 1, 0, 0, 1, 0, 0]), None, "unknown version");
+        assert_eq!(Hello::parse(&[0xc7, 1, 1, 0, 0, 1, 0, 0]), None, "version 1 (header framing)");
+        assert_eq!(Hello::parse(&Hello { credits: 1, buf_size: 63 }.emit()), None, "buffers too small");
     }
 }
