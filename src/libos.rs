@@ -221,22 +221,34 @@ impl LibOs {
         if timeout == Some(Duration::ZERO) {
             return fail(libc::ETIMEDOUT, "operation still pending");
         }
-        let start = Instant::now();
-        let deadline = timeout.and_then(|t| start.checked_add(t));
-        let spin_until = start + self.shared.spin;
+        let mut rounds: u32 = 0;
+        // Set at the first clock read (see below), a few rounds in.
+        let mut times: Option<(Option<Instant>, Instant)> = None;
         loop {
             let mut st = self.lock();
             if let Some(r) = round(&mut st, &mut ready) {
                 return r;
             }
+            rounds = rounds.wrapping_add(1);
+            if rounds % CLOCK_EVERY != 0 {
+                drop(st);
+                if rounds % YIELD_EVERY == 0 {
+                    std::thread::yield_now();
+                }
+                std::hint::spin_loop();
+                continue;
+            }
             let now = Instant::now();
+            let (deadline, spin_until) =
+                *times.get_or_insert_with(|| (timeout.and_then(|t| now.checked_add(t)), now + self.shared.spin));
             if deadline.is_some_and(|d| now >= d) {
                 return fail(libc::ETIMEDOUT, "operation still pending");
             }
             if now < spin_until {
                 drop(st);
-                // Yield rather than spin hard: on a busy machine the peer we wait
-                // for may need this very CPU (seen on 2-core VMs: RTT = 2 x spin).
+                // Yield now and then rather than spin hard: on a busy machine
+                // the peer we wait for may need this very CPU (seen on 2-core
+                // VMs: RTT = 2 x spin).
                 std::thread::yield_now();
                 continue;
             }
@@ -276,6 +288,17 @@ impl LibOs {
         }
     }
 }
+
+/// While spinning, rounds between clock reads. Reading the clock can be a
+/// system call, and a slow one (an emulated HPET in VMs: a tenth of the time
+/// of a soft-RoCE round trip went there), so deadlines and the spin time are
+/// checked every few rounds and overrun by that many.
+const CLOCK_EVERY: u32 = 32;
+
+/// While spinning, rounds between yields: often enough that a peer (or the
+/// kernel thread) this thread's CPU is needed for gets it within microseconds,
+/// rarely enough that the system call does not slow the spin.
+const YIELD_EVERY: u32 = 8;
 
 /// One poll round: check, poll, check again; wakes sleepers if work finished.
 fn round<R>(st: &mut State, ready: &mut impl FnMut(&mut Engine) -> Option<Result<R>>) -> Option<Result<R>> {
