@@ -133,6 +133,40 @@ fn connect(os: &LibOs, to: SocketAddrV4, bind: Option<Ipv4Addr>) -> Res<QDesc> {
     Ok(qd)
 }
 
+/// Round trips are timed with the CPU's cycle counter, as perftest does:
+/// reading the system clock is a system call where the kernel cannot use the
+/// TSC (an emulated HPET in a qemu/TCG guest costs microseconds), and that
+/// cost would land inside every round trip measured here but not in
+/// perftest's. The counter's rate is measured against the system clock over
+/// the whole run.
+struct TickClock {
+    wall: Instant,
+    ticks: u64,
+}
+
+impl TickClock {
+    fn start() -> TickClock {
+        TickClock { wall: Instant::now(), ticks: ticks_now() }
+    }
+
+    fn us_per_tick(&self) -> f64 {
+        let ticks = ticks_now().wrapping_sub(self.ticks).max(1);
+        self.wall.elapsed().as_secs_f64() * 1e6 / ticks as f64
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+fn ticks_now() -> u64 {
+    // SAFETY: rdtsc has no preconditions on x86_64.
+    unsafe { std::arch::x86_64::_rdtsc() }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn ticks_now() -> u64 {
+    static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    START.get_or_init(Instant::now).elapsed().as_nanos() as u64
+}
+
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     let i = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
     sorted[i]
@@ -141,20 +175,23 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 fn lat(os: &LibOs, qd: QDesc, size: usize, count: u64, warmup: u64) -> Res<()> {
     wait(os, ok(os.push(qd, &ok(os.buffer_from(&hello(MODE_LAT, size, count)), "alloc")?), "push")?, "hello")?;
     let msg = ok(os.buffer_from(&vec![0x5a; size]), "alloc")?;
-    let mut rtt = Vec::with_capacity(count as usize);
+    let mut ticks = Vec::with_capacity(count as usize);
+    let clock = TickClock::start();
     for i in 0..warmup + count {
-        let t0 = Instant::now();
+        let t0 = ticks_now();
         let push = ok(os.push(qd, &msg), "push")?;
         let echo = pop(os, qd, "echo")?;
-        let dt = t0.elapsed();
+        let dt = ticks_now().wrapping_sub(t0);
         wait(os, push, "push")?;
         if echo.len() != size {
             return Err(format!("echo of {} bytes, sent {size}", echo.len()));
         }
         if i >= warmup {
-            rtt.push(dt.as_secs_f64() * 1e6);
+            ticks.push(dt);
         }
     }
+    let us_per_tick = clock.us_per_tick();
+    let mut rtt: Vec<f64> = ticks.iter().map(|&t| t as f64 * us_per_tick).collect();
     rtt.sort_by(f64::total_cmp);
     let mean = rtt.iter().sum::<f64>() / rtt.len() as f64;
     println!(
