@@ -45,10 +45,21 @@ source "$(dirname "$(readlink -f "$0")")/../../rxe-setup/lib/rdma-helpers.sh"
 cleanup() {
     [[ -n $SERVER_PID ]] && kill "$SERVER_PID" 2>/dev/null
     steer_off
+    # Kernel lines about crashed processes (traps, segfaults), if any.
+    dmesg 2>/dev/null | grep -E 'traps:|segfault|general protection|invalid opcode' >"$OUT/kernel-traps.txt"
 }
 trap cleanup EXIT
 : >"$OUT/index.tsv"
 : >"$OUT/notes.txt"
+
+# A crash (twice seen here: SIGILL, SIGTRAP in demi ping, never reproduced
+# on demand) must leave evidence: a core in the shared folder and the
+# kernel's trap line with the faulting address. This is the guest's own
+# kernel, booted for this run, so changing its settings touches nothing else.
+mkdir -p "$OUT/cores"
+echo "$OUT/cores/core.%e.%p" >/proc/sys/kernel/core_pattern 2>/dev/null || note "bench-rdma: cannot set core_pattern"
+echo 1 >/proc/sys/debug/exception-trace 2>/dev/null || true
+ulimit -c unlimited 2>/dev/null || true
 
 note() { printf '%s\n' "$*" >&2; }
 

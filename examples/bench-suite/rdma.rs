@@ -93,6 +93,14 @@ pub fn run(ctx: &Ctx, r: &mut Results) {
     r.notes.extend(
         notes.lines().filter(|l| !l.trim().is_empty()).map(|l| l.replace(&ctx.demi.display().to_string(), "demi")),
     );
+    // Crash evidence the guest kept (see rdma-in-vm.sh): say so loudly.
+    let traps = std::fs::read_to_string(out.join("kernel-traps.txt")).unwrap_or_default();
+    r.notes.extend(traps.lines().filter(|l| !l.trim().is_empty()).map(|l| format!("guest kernel: {}", l.trim())));
+    if let Ok(cores) = std::fs::read_dir(out.join("cores")) {
+        for c in cores.flatten() {
+            r.notes.push(format!("a process crashed and left {}", c.path().display()));
+        }
+    }
     parse(ctx, &out, r);
     if rdma_bench.is_file() {
         rounds(ctx, &out, r, &[("BENCH_RDMA_WHEN", &when), ("BENCH_RDMA_LOAD0", &load0), ("BENCH_RDMA_LOAD1", &load1)]);
