@@ -230,7 +230,8 @@ impl LibOs {
                 return r;
             }
             rounds = rounds.wrapping_add(1);
-            if rounds % CLOCK_EVERY != 0 {
+            // No spin time: straight to the clock check, which goes to sleep.
+            if rounds % CLOCK_EVERY != 0 && !self.shared.spin.is_zero() {
                 drop(st);
                 if rounds % YIELD_EVERY == 0 {
                     std::thread::yield_now();
