@@ -513,7 +513,15 @@ impl Catmint {
     /// Arms CQ notification; returns the descriptor to sleep on.
     pub fn arm(&mut self) -> RawFd {
         for d in &self.devices {
-            d.cq.lock().unwrap_or_else(|e| e.into_inner()).arm();
+            let mut cq = d.cq.lock().unwrap_or_else(|e| e.into_inner());
+            // QPs are created only by calls on this transport, and a thread
+            // arms again before each sleep: one that sleeps now waits for
+            // nothing on a QP created later.
+            if Arc::strong_count(&d.cq) > 1 {
+                cq.arm();
+            } else {
+                cq.quiesce();
+            }
         }
         self.armed = true;
         self.epoll.as_raw_fd()

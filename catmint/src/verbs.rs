@@ -160,6 +160,8 @@ pub struct Cq {
     channel: Arc<CompChannel>,
     /// Channel events read but not yet acknowledged (acked in batches).
     unacked: u32,
+    /// A notification was requested and its event (if raised) not read yet.
+    requested: bool,
 }
 
 // SAFETY: as for Pd.
@@ -168,7 +170,7 @@ unsafe impl Send for Cq {}
 impl Cq {
     pub fn new(ctx: *mut ffi::ibv_context, channel: Arc<CompChannel>, depth: i32) -> Result<Cq> {
         let raw = nonnull!(ibv_create_cq(ctx, depth, std::ptr::null_mut(), channel.raw.as_ptr(), 0))?;
-        Ok(Cq { raw, channel, unacked: 0 })
+        Ok(Cq { raw, channel, unacked: 0, requested: false })
     }
 
     pub fn raw(&self) -> *mut ffi::ibv_cq {
@@ -186,16 +188,18 @@ impl Cq {
         n as usize
     }
 
-    /// Consumes pending channel events so the descriptor is quiet again.
-    fn drain_channel(&mut self) {
-        loop {
-            let mut cq = std::ptr::null_mut();
-            let mut ctx = std::ptr::null_mut();
-            // SAFETY: the channel is live and non-blocking; out-pointers are locals.
-            let rc = unsafe { ffi::ibv_get_cq_event(self.channel.raw.as_ptr(), &mut cq, &mut ctx) };
-            if rc != 0 {
-                break;
-            }
+    /// Reads the event the last request may have raised, so the descriptor
+    /// is quiet again. A request raises at most one event, and `arm` reads
+    /// before it requests again: one read (none without a request) empties
+    /// the channel.
+    fn take_event(&mut self) {
+        if !std::mem::take(&mut self.requested) {
+            return;
+        }
+        let mut cq = std::ptr::null_mut();
+        let mut ctx = std::ptr::null_mut();
+        // SAFETY: the channel is live and non-blocking; out-pointers are locals.
+        if unsafe { ffi::ibv_get_cq_event(self.channel.raw.as_ptr(), &mut cq, &mut ctx) } == 0 {
             self.unacked += 1;
         }
         if self.unacked >= 64 {
@@ -205,17 +209,25 @@ impl Cq {
         }
     }
 
-    /// Prepares to sleep on the channel: consumes old events, then asks for
-    /// one on the next completion. The caller polls the CQ once more after
-    /// this (a completion that came before the request raises no event).
+    /// Prepares to sleep on the channel: consumes the old event, then asks
+    /// for one on the next completion. The caller polls the CQ once more
+    /// after this (a completion that came before the request raises no event).
     ///
     /// Events are read here only, not by busy polls: a poll that read the
     /// channel would cost a system call per round (on every device, even
-    /// those without traffic), and the events it left unread at worst end
-    /// the next sleep early, since this drains them first.
+    /// those without traffic), and an event it left unread at worst ends
+    /// the next sleep early, since this reads it first.
     pub fn arm(&mut self) {
-        self.drain_channel();
+        self.take_event();
         self.request_notify();
+        self.requested = true;
+    }
+
+    /// For a CQ no QP uses (none can add completions to it): reads what the
+    /// last `arm` may have raised and asks for nothing, so sleeping costs no
+    /// system call on a device without connections.
+    pub fn quiesce(&mut self) {
+        self.take_event();
     }
 
     fn request_notify(&mut self) {
@@ -229,7 +241,7 @@ impl Cq {
 
 impl Drop for Cq {
     fn drop(&mut self) {
-        self.drain_channel();
+        self.take_event();
         if self.unacked > 0 {
             // SAFETY: acknowledges the events read from this CQ's channel.
             unsafe { ffi::ibv_ack_cq_events(self.raw.as_ptr(), self.unacked) };
