@@ -1431,13 +1431,12 @@ fn ud_first_contact_under_netem_loss_fails_in_time_and_retries_later() {
     // The gap the test above leaves on purpose: the first datagram to a
     // destination waits for its resolution (address, route, a SIDR exchange
     // with the peer's socket) and the address handle made from it. Here that
-    // happens while the wire loses packets both ways. On this test bed the
-    // SIDR exchange itself does not cross the veths (rdma_cm carries it over
-    // the destination address's own device, as its rxe counters show: with
-    // the neighbour known it succeeds even under 100% loss); what the wire
-    // loses is neighbour resolution (ARP), which both address resolution and
-    // the address handle (ibv_create_ah resolves the destination MAC) need.
-    // So the neighbour caches are emptied before each lossy phase.
+    // happens while the wire loses packets both ways: the SIDR exchange
+    // (resolved from the sender's own address, so it crosses the veths as its
+    // datagrams do) and neighbour resolution (ARP), which both address
+    // resolution and the address handle (ibv_create_ah resolves the
+    // destination MAC) need. So the neighbour caches are emptied before each
+    // lossy phase.
     // Datagrams may be lost, but nothing wedges: every push
     // ends within DEMI_RDMA_TIMEOUT_MS (plus slack), a failed resolution is
     // not cached (the next push resolves again), a good one is, and once the

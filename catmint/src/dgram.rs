@@ -126,7 +126,7 @@ impl Catmint {
                 let first = !binding;
                 self.put_back(s, Sock::DgramUnbound { id, sends, pops, binding: true });
                 if first {
-                    if let Err(e) = self.spawn_resolver(s, to) {
+                    if let Err(e) = self.spawn_resolver(s, None, to) {
                         self.unbound_failed(s, e.errno, out);
                     }
                 }
@@ -141,7 +141,10 @@ impl Catmint {
     }
 
     fn start_resolver(&mut self, s: SockId, ud: &mut Ud, to: SocketAddrV4, out: &mut Vec<(Tag, Done)>) {
-        match self.spawn_resolver(s, to) {
+        // From our own address, so the route (and the address handle made
+        // from it) is the one our QP's device takes.
+        let src = SocketAddrV4::new(*ud.local.ip(), 0);
+        match self.spawn_resolver(s, Some(src), to) {
             Ok(r) => {
                 if let Some(crate::ud::Peer::Resolving { resolver, .. }) = ud.peers.get_mut(&to) {
                     *resolver = r;
@@ -151,13 +154,11 @@ impl Catmint {
         }
     }
 
-    /// Starts resolving `to` on a short-lived id of its own.
-    fn spawn_resolver(&mut self, owner: SockId, dst: SocketAddrV4) -> Result<SockId> {
+    /// Starts resolving `dst` on a short-lived id of its own, from `src`
+    /// (None: wherever the route goes, for a socket not bound yet). The
+    /// caller passes `src`: the owner is taken out of its slot meanwhile.
+    fn spawn_resolver(&mut self, owner: SockId, src: Option<SocketAddrV4>, dst: SocketAddrV4) -> Result<SockId> {
         let owner_key = self.key_of(owner);
-        let src = match self.socks[owner].sock.as_ref() {
-            Some(Sock::Dgram(ud)) => Some(SocketAddrV4::new(*ud.local.ip(), 0)),
-            _ => None,
-        };
         let channel = self.channel.clone();
         let deadline = Instant::now() + self.cfg.timeout;
         let ms = crate::attempt_ms(deadline).unwrap_or(1);
