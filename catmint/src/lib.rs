@@ -108,6 +108,13 @@ struct Device {
     idle: bool,
 }
 
+impl Device {
+    /// True while some QP uses the device's CQ (each holds a clone of it).
+    fn has_qps(&self) -> bool {
+        Arc::strong_count(&self.cq) > 1
+    }
+}
+
 enum Sock {
     Idle {
         id: CmId,
@@ -517,7 +524,7 @@ impl Catmint {
             // QPs are created only by calls on this transport, and a thread
             // arms again before each sleep: one that sleeps now waits for
             // nothing on a QP created later.
-            if Arc::strong_count(&d.cq) > 1 {
+            if d.has_qps() {
                 cq.arm();
             } else {
                 cq.quiesce();
@@ -532,7 +539,7 @@ impl Catmint {
             // A device without QPs has nothing to report once its CQ is
             // empty: skip it (a client uses one device of several).
             let dev = &mut self.devices[d];
-            let unused = Arc::strong_count(&dev.cq) == 1;
+            let unused = !dev.has_qps();
             if unused && dev.idle {
                 continue;
             }
