@@ -134,6 +134,22 @@ reap_server() {
     return "$rc"
 }
 
+# start_server NAME LOG PATTERN CMD...: runs CMD (bounded) in the background
+# as SERVER_PID, output to LOG, and waits for PATTERN in LOG. If it does not
+# come, check NAME fails (with the log), the server is reaped, and this
+# returns 1.
+start_server() {
+    local name=$1 log=$2 pattern=$3
+    shift 3
+    timeout -k 5 90 "$@" >"$log" 2>&1 &
+    SERVER_PID=$!
+    wait_for_line "$log" "$pattern" && return 0
+    fail "$name" "the server did not start" "$(show "$log")"
+    kill "$SERVER_PID" 2>/dev/null
+    reap_server
+    return 1
+}
+
 # One C example as two processes. bind is an address or "" (unbound:
 # rxe loopback). wire=yes: veth1 must carry at least COUNT packets;
 # wire=no: it must stay (nearly) quiet.
@@ -143,14 +159,8 @@ example_pair() {
     [[ $wire == yes ]] && path="over the veth wire"
     local name="$ex: $count x $size B from ${bind:-an unbound client} to $A0 ($path)"
     local slog=$LOGS/$ex-$port-s clog=$LOGS/$ex-$port-c
-    LIBOS=catmint timeout -k 5 90 "$EXAMPLES/$ex" server "$A0:$port" --idle 60 >"$slog" 2>&1 &
-    SERVER_PID=$!
-    if ! wait_for_line "$slog" 'server \(listening\|ready\)'; then
-        fail "$name" "the server did not start" "$(show "$slog")"
-        kill "$SERVER_PID" 2>/dev/null
-        reap_server
-        return
-    fi
+    start_server "$name" "$slog" 'server \(listening\|ready\)' \
+        env LIBOS=catmint "$EXAMPLES/$ex" server "$A0:$port" --idle 60 || return
     local before crc=0 src=0 args=(client "$A0:$port" --count "$count" --size "$size" --timeout 20)
     [[ -n $bind ]] && args+=(--bind "$bind")
     before=$(tx veth1)
@@ -225,14 +235,8 @@ DEMI=${DEMI_SUITE_DEMI:-$(dirname "$0")/../target/release/demi}
 demi_ping() {
     local proto=$1 port=$2 slog=$LOGS/demi-echo-$1 clog=$LOGS/demi-ping-$1 crc=0 before moved
     local name="demi ping --libos catmint --proto $proto: 300 x 64 B from $A1 to $A0"
-    timeout -k 5 90 "$DEMI" echo --libos catmint --proto "$proto" --bind "$A0:$port" >"$slog" 2>&1 &
-    SERVER_PID=$!
-    if ! wait_for_line "$slog" 'listening on'; then
-        fail "$name" "demi echo did not start" "$(show "$slog")"
-        kill "$SERVER_PID" 2>/dev/null
-        reap_server
-        return
-    fi
+    start_server "$name" "$slog" 'listening on' \
+        "$DEMI" echo --libos catmint --proto "$proto" --bind "$A0:$port" || return
     before=$(tx veth1)
     timeout -k 5 60 "$DEMI" ping --libos catmint --proto "$proto" --to "$A0:$port" --bind "$A1" \
         --size 64 --count 300 --timeout 20 --json >"$clog" 2>&1 || crc=$?
