@@ -301,13 +301,14 @@ const CLOCK_EVERY: u32 = 32;
 /// rarely enough that the system call does not slow the spin.
 const YIELD_EVERY: u32 = 8;
 
-/// One poll round: check, poll, check again; wakes sleepers if work finished.
+/// One poll round: poll, then check; wakes sleepers if work finished.
+///
+/// The device is polled even when the wanted result is already there: a
+/// program whose every wait finds a finished token (a push that completes
+/// at once, say) must still see its receives arrive. A poll is bounded work.
 fn round<R>(st: &mut State, ready: &mut impl FnMut(&mut Engine) -> Option<Result<R>>) -> Option<Result<R>> {
-    let mut r = ready(&mut st.engine);
-    if r.is_none() {
-        st.engine.poll();
-        r = ready(&mut st.engine);
-    }
+    st.engine.poll();
+    let r = ready(&mut st.engine);
     if st.engine.take_fresh() > 0 && !st.sleepers.is_empty() {
         wake(&st.sleepers);
     }

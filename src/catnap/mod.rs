@@ -35,6 +35,10 @@ struct Sock {
     pops: VecDeque<OpId>,
     /// The peer closed its side: every later stream pop is end of file.
     eof: bool,
+    /// The connection died (reset, timed out): every pending and later push
+    /// and pop fails with this errno. The kernel reports such an error once,
+    /// to whichever call comes first, so catnap remembers it for the rest.
+    dead: Option<i32>,
     /// False after a read found nothing, until epoll reports input again:
     /// a pop then waits for the edge instead of spending a system call.
     readable: bool,
@@ -50,9 +54,30 @@ impl Sock {
             pushes: VecDeque::new(),
             pops: VecDeque::new(),
             eof: false,
+            dead: None,
             readable: true,
         }
     }
+
+    /// Records a fatal stream error (see [`Sock::dead`]) and fails every
+    /// queued push and pop with it. Returns false for errors that end only
+    /// the operation that met them.
+    fn die(&mut self, errno: i32, out: &mut Completions) -> bool {
+        if self.ty != SockType::Stream || !is_fatal(errno) {
+            return false;
+        }
+        let errno = *self.dead.get_or_insert(errno);
+        for op in self.pushes.drain(..).map(|p| p.op).chain(self.pops.drain(..)) {
+            out.complete(op, Outcome::Failed(errno));
+        }
+        true
+    }
+}
+
+/// Stream errors after which the connection carries nothing more. EPIPE is
+/// not one: it follows an orderly shutdown, or a reset already reported.
+fn is_fatal(errno: i32) -> bool {
+    matches!(errno, libc::ECONNRESET | libc::ETIMEDOUT | libc::ECONNABORTED | libc::EHOSTUNREACH | libc::ENETUNREACH)
 }
 
 /// The catnap backend.
@@ -112,6 +137,12 @@ impl Catnap {
         }
         match sys::take_error(&sock.fd) {
             Ok(0) => {}
+            // The handshake finished and the peer then tore the connection
+            // down before this poll: one documented code for that race.
+            Ok(libc::EPIPE) => {
+                sock.connect = None;
+                out.complete(op, Outcome::Failed(libc::ECONNRESET));
+            }
             Ok(errno) => {
                 sock.connect = None;
                 out.complete(op, Outcome::Failed(errno));
@@ -150,6 +181,10 @@ impl Catnap {
 
     fn progress_pushes(&mut self, s: SockId, out: &mut Completions) {
         let Ok(sock) = self.sock(s) else { return };
+        if let Some(errno) = sock.dead {
+            sock.die(errno, out);
+            return;
+        }
         while let Some(p) = sock.pushes.front_mut() {
             match sys::send(&sock.fd, &p.buf.as_slice()[p.sent..], p.to) {
                 Ok(n) => {
@@ -165,6 +200,9 @@ impl Catnap {
                 Err(e) if e.errno() == libc::EINTR => {}
                 Err(e) => {
                     let op = p.op;
+                    if sock.die(e.errno(), out) {
+                        return;
+                    }
                     sock.pushes.pop_front();
                     out.complete(op, Outcome::Failed(e.errno()));
                 }
@@ -176,6 +214,10 @@ impl Catnap {
         let Some(Some(sock)) = self.socks.get_mut(s) else {
             return;
         };
+        if let Some(errno) = sock.dead {
+            sock.die(errno, out);
+            return;
+        }
         while let Some(&op) = sock.pops.front() {
             if !sock.eof && !sock.readable {
                 return;
@@ -200,6 +242,7 @@ impl Catnap {
                     return;
                 }
                 Err(e) if e.errno() == libc::EINTR => {}
+                Err(e) if sock.die(e.errno(), out) => return,
                 Err(e) => {
                     sock.pops.pop_front();
                     out.complete(op, Outcome::Failed(e.errno()));

@@ -32,8 +32,9 @@ pub extern "C" fn demi_init(args: *const demi_args) -> c_int {
 #[no_mangle]
 pub extern "C" fn demi_socket(qd_out: *mut c_int, domain: c_int, ty: c_int, protocol: c_int) -> c_int {
     boundary("demi_socket", || {
+        let os = libos()?;
         let out = output(qd_out, "qd_out is NULL")?;
-        let qd = libos()?.socket_raw(domain, ty, protocol)?;
+        let qd = os.socket_raw(domain, ty, protocol)?;
         // SAFETY: out was checked non-null; the caller provides storage for an int.
         unsafe { put(out, qd) };
         Ok(())
@@ -61,8 +62,9 @@ pub extern "C" fn demi_listen(qd: c_int, backlog: c_int) -> c_int {
 #[no_mangle]
 pub extern "C" fn demi_accept(qt_out: *mut demi_qtoken_t, qd: c_int) -> c_int {
     boundary("demi_accept", || {
+        let os = libos()?;
         let out = output(qt_out, "qt_out is NULL")?;
-        let qt = libos()?.accept(qd)?;
+        let qt = os.accept(qd)?;
         // SAFETY: out was checked non-null.
         unsafe { put(out, qt) };
         Ok(())
@@ -79,8 +81,8 @@ pub unsafe extern "C" fn demi_connect(
     size: socklen_t,
 ) -> c_int {
     boundary("demi_connect", || {
-        let out = output(qt_out, "qt_out is NULL")?;
         let os = libos()?;
+        let out = output(qt_out, "qt_out is NULL")?;
         // SAFETY: forwarded from this function's contract.
         let a = unsafe { sockaddr_in(addr, size) };
         // An unknown descriptor is EBADF whatever the address says.
@@ -109,8 +111,8 @@ pub extern "C" fn demi_close(qd: c_int) -> c_int {
 #[no_mangle]
 pub unsafe extern "C" fn demi_push(qt_out: *mut demi_qtoken_t, qd: c_int, sga: *const demi_sgarray_t) -> c_int {
     boundary("demi_push", || {
-        let out = output(qt_out, "qt_out is NULL")?;
         let os = libos()?;
+        let out = output(qt_out, "qt_out is NULL")?;
         // SAFETY: forwarded from this function's contract.
         let sga = unsafe { input(sga, "sga is NULL") }?;
         let qt = os.run(|e| {
@@ -136,8 +138,8 @@ pub unsafe extern "C" fn demi_pushto(
     size: socklen_t,
 ) -> c_int {
     boundary("demi_pushto", || {
-        let out = output(qt_out, "qt_out is NULL")?;
         let os = libos()?;
+        let out = output(qt_out, "qt_out is NULL")?;
         let qt = os.run(|e| {
             e.local_addr(qd)?; // EBADF first
                                // SAFETY: forwarded from this function's contract.
@@ -157,8 +159,9 @@ pub unsafe extern "C" fn demi_pushto(
 #[no_mangle]
 pub extern "C" fn demi_pop(qt_out: *mut demi_qtoken_t, qd: c_int) -> c_int {
     boundary("demi_pop", || {
+        let os = libos()?;
         let out = output(qt_out, "qt_out is NULL")?;
-        let qt = libos()?.pop(qd)?;
+        let qt = os.pop(qd)?;
         // SAFETY: out was checked non-null.
         unsafe { put(out, qt) };
         Ok(())

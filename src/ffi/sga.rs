@@ -36,10 +36,11 @@ pub extern "C" fn demi_sgaalloc(size: libc::size_t) -> demi_sgarray_t {
 #[no_mangle]
 pub unsafe extern "C" fn demi_sgafree(sga: *mut demi_sgarray_t) -> c_int {
     boundary("demi_sgafree", || {
+        let os = libos()?;
         // SAFETY: forwarded from this function's contract.
         let sga = unsafe { input(sga.cast_const(), "sga is NULL") }?;
         let handle = sga.sga_buf as u64;
-        let buf = libos()?.run(|e| e.handles.remove(handle))?;
+        let buf = os.run(|e| e.handles.remove(handle))?;
         // Dropped outside the lock: recycling device memory may take a moment.
         drop(buf);
         Ok(())

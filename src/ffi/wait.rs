@@ -6,6 +6,7 @@ use super::types::{
 use super::{boundary, input, libos, output, put, to_c_addr};
 use crate::engine::{Engine, QResult, QValue};
 use crate::error::{fail, Result};
+use crate::LibOs;
 use libc::{c_int, timespec};
 use std::time::Duration;
 
@@ -54,18 +55,24 @@ fn to_c(e: &mut Engine, r: QResult) -> demi_qresult_t {
 #[no_mangle]
 pub unsafe extern "C" fn demi_wait(qr_out: *mut demi_qresult_t, qt: demi_qtoken_t, timeout: *const timespec) -> c_int {
     boundary("demi_wait", || {
+        let os = libos()?;
         let out = output(qr_out, "qr_out is NULL")?;
         // SAFETY: forwarded from this function's contract.
         let timeout = unsafe { relative(timeout) }?;
-        let qr = libos()?.wait_until(timeout, |e| match e.take(qt) {
-            Ok(Some(r)) => Some(Ok(to_c(e, r))),
-            Ok(None) => None,
-            Err(err) => Some(Err(err)),
-        })?;
-        // SAFETY: out was checked non-null.
-        unsafe { put(out, qr) };
-        Ok(())
+        wait_one(os, out, qt, timeout)
     })
+}
+
+/// The body of `demi_wait` and `demi_timedwait` once their arguments are checked.
+fn wait_one(os: &LibOs, out: *mut demi_qresult_t, qt: demi_qtoken_t, timeout: Option<Duration>) -> Result<()> {
+    let qr = os.wait_until(timeout, |e| match e.take(qt) {
+        Ok(Some(r)) => Some(Ok(to_c(e, r))),
+        Ok(None) => None,
+        Err(err) => Some(Err(err)),
+    })?;
+    // SAFETY: the callers checked out non-null; C owns storage there.
+    unsafe { put(out, qr) };
+    Ok(())
 }
 
 /// Waits for `qt` until the absolute CLOCK_REALTIME time `abstime`.
@@ -78,19 +85,17 @@ pub unsafe extern "C" fn demi_timedwait(
     qt: demi_qtoken_t,
     abstime: *const timespec,
 ) -> c_int {
-    // SAFETY: forwarded from this function's contract.
-    let Ok(abs) = (unsafe { relative(abstime) }) else {
-        return libc::EINVAL;
-    };
-    let Some(abs) = abs else {
+    boundary("demi_timedwait", || {
+        let os = libos()?;
+        let out = output(qr_out, "qr_out is NULL")?;
+        // The same field checks as a relative timeout; NULL waits forever.
         // SAFETY: forwarded from this function's contract.
-        return unsafe { demi_wait(qr_out, qt, std::ptr::null()) };
-    };
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-    let left = abs.saturating_sub(now);
-    let rel = timespec { tv_sec: left.as_secs() as libc::time_t, tv_nsec: left.subsec_nanos() as libc::c_long };
-    // SAFETY: forwarded; rel is a live timespec.
-    unsafe { demi_wait(qr_out, qt, &rel) }
+        let timeout = unsafe { relative(abstime) }?.map(|abs| {
+            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+            abs.saturating_sub(now)
+        });
+        wait_one(os, out, qt, timeout)
+    })
 }
 
 /// Waits for the first of `num_qts` tokens to finish.
@@ -107,6 +112,7 @@ pub unsafe extern "C" fn demi_wait_any(
     timeout: *const timespec,
 ) -> c_int {
     boundary("demi_wait_any", || {
+        let os = libos()?;
         let out = output(qr_out, "qr_out is NULL")?;
         let off_out = output(ready_offset, "ready_offset is NULL")?;
         // SAFETY: forwarded; only checks for NULL here.
@@ -118,7 +124,7 @@ pub unsafe extern "C" fn demi_wait_any(
         let qts = unsafe { std::slice::from_raw_parts(qts, num_qts as usize) };
         // SAFETY: forwarded from this function's contract.
         let timeout = unsafe { relative(timeout) }?;
-        let (i, qr) = libos()?.wait_until(timeout, |e| {
+        let (i, qr) = os.wait_until(timeout, |e| {
             for (i, &qt) in qts.iter().enumerate() {
                 match e.take(qt) {
                     Ok(Some(r)) => return Some(Ok((i, to_c(e, r)))),
@@ -151,6 +157,7 @@ pub unsafe extern "C" fn demi_wait_next_n(
     timeout: *const timespec,
 ) -> c_int {
     boundary("demi_wait_next_n", || {
+        let os = libos()?;
         let qrs = output(qrs, "qrs is NULL")?;
         let n_out = output(num_out, "num_out is NULL")?;
         if num_qrs <= 0 {
@@ -158,7 +165,7 @@ pub unsafe extern "C" fn demi_wait_next_n(
         }
         // SAFETY: forwarded from this function's contract.
         let timeout = unsafe { relative(timeout) }?;
-        let n = libos()?.wait_until(timeout, |e| {
+        let n = os.wait_until(timeout, |e| {
             if !e.any_done() {
                 return None;
             }

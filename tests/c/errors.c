@@ -87,6 +87,56 @@ static void before_init(void)
     CHECK(is_poisoned(&qr, sizeof qr), "a failed wait left qr_out untouched");
     CHECK_EQ(off, -3, "demi_wait_any wrote ready_offset although it failed");
     CHECK_EQ(n, -3, "demi_wait_next_n wrote num_out although it failed");
+
+    /* EPERM whatever the arguments: NULL pointers, short or foreign
+     * addresses, bad sizes and timeouts do not get EINVAL before init. */
+    struct timespec bad_timeout = {0, 2000000000L};
+    struct sockaddr_in6 a6;
+    memset(&a6, 0, sizeof a6);
+    a6.sin6_family = AF_INET6;
+    CHECK_RC(demi_socket(NULL, AF_INET, SOCK_STREAM, 0), EPERM);
+    CHECK_RC(demi_socket(&qd, AF_UNIX, SOCK_RAW, 99), EPERM);
+    CHECK_RC(demi_bind(1, NULL, sizeof a), EPERM);
+    CHECK_RC(demi_bind(1, SA(&a), 3), EPERM);
+    CHECK_RC(demi_bind(-1, SA(&a6), sizeof a6), EPERM);
+    CHECK_RC(demi_listen(-1, -1), EPERM);
+    CHECK_RC(demi_accept(NULL, 1), EPERM);
+    CHECK_RC(demi_connect(NULL, 1, SA(&a), sizeof a), EPERM);
+    CHECK_RC(demi_connect(&qt, 1, NULL, 0), EPERM);
+    CHECK_RC(demi_connect(&qt, 1, SA(&a), 1), EPERM);
+    CHECK_RC(demi_close(-1), EPERM);
+    CHECK_RC(demi_push(NULL, 1, &sga), EPERM);
+    CHECK_RC(demi_push(&qt, 1, NULL), EPERM);
+    CHECK_RC(demi_pushto(NULL, 1, &sga, SA(&a), sizeof a), EPERM);
+    CHECK_RC(demi_pushto(&qt, 1, NULL, SA(&a), sizeof a), EPERM);
+    CHECK_RC(demi_pushto(&qt, 1, &sga, NULL, sizeof a), EPERM);
+    CHECK_RC(demi_pushto(&qt, 1, &sga, SA(&a), 2), EPERM);
+    CHECK_RC(demi_pop(NULL, 1), EPERM);
+    CHECK_EQ(qt, 77, "a failed call wrote qt_out");
+    CHECK_RC(demi_setsockopt(1, SOL_SOCKET, SO_REUSEADDR, NULL, sizeof one), EPERM);
+    CHECK_RC(demi_setsockopt(1, SOL_SOCKET, SO_REUSEADDR, &one, 1u << 20), EPERM);
+    CHECK_RC(demi_getsockopt(1, SOL_SOCKET, SO_REUSEADDR, NULL, &len), EPERM);
+    CHECK_RC(demi_getsockopt(1, SOL_SOCKET, SO_REUSEADDR, &one, NULL), EPERM);
+    CHECK_RC(demi_getpeername(1, NULL, &len), EPERM);
+    CHECK_RC(demi_getpeername(1, (struct sockaddr *)&a, NULL), EPERM);
+    CHECK_RC(demi_sgafree(NULL), EPERM);
+    CHECK(sga_is_null(demi_sgaalloc(0)), "demi_sgaalloc(0) returns a null sga");
+    CHECK_RC(demi_wait(NULL, 1, &zero_timeout), EPERM);
+    CHECK_RC(demi_wait(&qr, 1, &bad_timeout), EPERM);
+    CHECK_RC(demi_timedwait(NULL, 1, &abs_t), EPERM);
+    CHECK_RC(demi_timedwait(&qr, 1, &bad_timeout), EPERM);
+    CHECK_RC(demi_wait_any(NULL, &off, qts, 1, &zero_timeout), EPERM);
+    CHECK_RC(demi_wait_any(&qr, NULL, qts, 1, &zero_timeout), EPERM);
+    CHECK_RC(demi_wait_any(&qr, &off, NULL, 1, &zero_timeout), EPERM);
+    CHECK_RC(demi_wait_any(&qr, &off, qts, 0, &zero_timeout), EPERM);
+    CHECK_RC(demi_wait_any(&qr, &off, qts, 1, &bad_timeout), EPERM);
+    CHECK_RC(demi_wait_next_n(NULL, 1, &n, &zero_timeout), EPERM);
+    CHECK_RC(demi_wait_next_n(&qr, 0, &n, &zero_timeout), EPERM);
+    CHECK_RC(demi_wait_next_n(&qr, 1, NULL, &zero_timeout), EPERM);
+    CHECK_RC(demi_wait_next_n(&qr, 1, &n, &bad_timeout), EPERM);
+    CHECK(is_poisoned(&qr, sizeof qr), "a failed wait left qr_out untouched");
+    CHECK_EQ(off, -3, "demi_wait_any wrote ready_offset although it failed");
+    CHECK_EQ(n, -3, "demi_wait_next_n wrote num_out although it failed");
 }
 
 static void init_once(int argc, char **argv)
@@ -649,10 +699,13 @@ static void peer_reset_is_econnreset(void)
     CHECK_RC(demi_pop(&qt, s), 0);
     CHECK_RC(demi_close(c), 0);
     WAIT_FAILED(qt, ECONNRESET);
-    /* The connection is gone: pushes fail, and there is no peer any more. */
+    /* The connection is gone: later pushes and pops fail with the same
+     * ECONNRESET (not EPIPE), and there is no peer any more. */
     demi_sgarray_t sga = PATTERN_SGA(10, 1);
     CHECK_RC(demi_push(&qt, s, &sga), 0);
-    WAIT_FAILED(qt, EPIPE);
+    WAIT_FAILED(qt, ECONNRESET);
+    CHECK_RC(demi_pop(&qt, s), 0);
+    WAIT_FAILED(qt, ECONNRESET);
     CHECK_RC(demi_sgafree(&sga), 0);
     struct sockaddr_in peer;
     socklen_t plen = sizeof peer;

@@ -127,8 +127,46 @@ fn memif_client() {
     for (k, &s) in others.iter().enumerate() {
         assert_eq!(pop_one(&os, s).0, [k as u8; 9]);
     }
+    wait_fairness(&os, qd);
     wait_ok(&os, os.push(qd, &os.buffer_from(BYE).unwrap()).unwrap());
     assert_eq!(pop_one(&os, qd).0, BYE);
+}
+
+/// A wait that finds a finished token must still move the device: with a
+/// pop pending, each round pushes one datagram and waits for whichever of
+/// the two finishes first; the pop (its echo is on the wire) must complete.
+fn wait_fairness(os: &LibOs, qd: i32) {
+    let pop = os.pop(qd).unwrap();
+    wait_ok(os, os.push(qd, &os.buffer_from(b"fair").unwrap()).unwrap());
+    let noise = os.buffer_from(b"noise").unwrap();
+    let mut pushed = 0;
+    let mut popped = None;
+    // Paced, so that the echo has time to cross while the noise stays small.
+    let end = Instant::now() + Duration::from_secs(5);
+    while popped.is_none() && Instant::now() < end {
+        std::thread::sleep(Duration::from_micros(500));
+        let push = os.push(qd, &noise).unwrap();
+        pushed += 1;
+        let mut push_taken = false;
+        for r in os.wait_next_n(4, Some(Duration::from_millis(10))).unwrap_or_default() {
+            if r.qt == pop {
+                popped = Some(r);
+            } else {
+                assert_eq!((r.qt, r.errno()), (push, 0), "only the push and the pop are pending");
+                push_taken = true;
+            }
+        }
+        if !push_taken {
+            wait_ok(os, push);
+        }
+    }
+    let r = popped.unwrap_or_else(|| panic!("the pop stayed pending through {pushed} waits with a finished push"));
+    let QValue::Pop { buf, .. } = r.value else { panic!("{:?}", r.value) };
+    assert_eq!(buf.as_slice(), b"fair");
+    // Every noise datagram comes back too; take them before the goodbye.
+    for _ in 0..pushed {
+        assert_eq!(pop_one(os, qd).0, b"noise");
+    }
 }
 
 /// catnip as a client of the kernel's echo server (catnip resolves the
