@@ -10,7 +10,7 @@ DEPS_CATMINT := libibverbs-dev librdmacm-dev libclang-dev ibverbs-providers
 # catnip (DPDK): bindings and tests (veth/netns tools, ping, nftables for loss).
 DEPS_CATNIP := libdpdk-dev libclang-dev pkg-config ethtool iputils-ping nftables
 
-.PHONY: test-catnip bench-catnip bench-engine test-rdma bench-rdma
+.PHONY: test-catnip bench-catnip bench-engine test-rdma bench-rdma bench-cost
 .PHONY: all deps build test test-rust test-c demo examples install install-files bench clean fmt lint
 
 all: build examples
@@ -75,6 +75,13 @@ bench: build
 	@rxe-setup/install-deps
 	$(CARGO) build --release --example bench-suite --example catnip-bench --example rdma-bench --bin demi
 	target/release/examples/bench-suite
+	scripts/bench-cost --no-build --update-docs
+
+# Instructions per message (callgrind, counted, not timed): catnap and the
+# engine on the host, catmint next to perftest in one rxe-run boot; prints
+# its section of docs/BENCHMARKS.md (`--update-docs` writes it there).
+bench-cost: build examples
+	scripts/bench-cost --no-build
 
 bench-engine: build
 	$(CARGO) bench --bench engine
