@@ -291,6 +291,34 @@ fn tcp_echo_bounds_what_a_client_that_does_not_read_queues() {
 }
 
 #[test]
+fn tcp_echo_bounds_the_reports_a_client_that_does_not_read_asks_for() {
+    // Stream mode with 1-byte messages: every `E` byte asks for a 40-byte
+    // report. A client that sends them without reading must not pile up
+    // pushes (memory, and time for everyone else).
+    let mut echo = Echo::start(&["--bind", "127.0.0.1:0", "--quiet"], &[], None);
+    tcp_round_trip(echo.addr, b"warm up");
+    let before = echo.rss();
+    let mut c = TcpStream::connect(echo.addr).unwrap();
+    c.write_all(&hello(b'S', 1)).unwrap();
+    c.set_write_timeout(Some(Duration::from_millis(300))).unwrap();
+    let ends = [b'E'; 1 << 16];
+    for _ in 0..64 {
+        if c.write(&ends).is_err() {
+            break;
+        }
+    }
+    thread::sleep(Duration::from_millis(200));
+    let t = Instant::now();
+    tcp_round_trip(echo.addr, b"still there?");
+    let took = t.elapsed();
+    let grew = echo.rss().saturating_sub(before);
+    echo.assert_running();
+    eprintln!("report flood: another client served in {took:?}; the server grew by {} KiB", grew >> 10);
+    assert!(took < Duration::from_millis(500), "another client waited {took:?}");
+    assert!(grew < 24 << 20, "the server grew by {} MiB", grew >> 20);
+}
+
+#[test]
 fn the_bound_is_an_option_documented_in_help_and_readme() {
     let (o, _) = demi(&["echo", "--help"], None);
     let out = text(&o.stdout);

@@ -31,6 +31,11 @@ pub const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// too: no error, whatever it is, makes a hot loop.
 pub const RETRIES: u32 = 16;
 
+/// Pushes in flight per connection (udp: for the socket) before it is read
+/// no more: the bound on bytes alone would let a client that sends a byte
+/// at a time pile up millions of small pushes.
+pub const MAX_PUSHES: usize = 256;
+
 /// Shortest time between two reports of the same trouble.
 const REPORT_EVERY: Duration = Duration::from_secs(1);
 
@@ -329,11 +334,11 @@ impl Tcp<'_> {
     }
 
     /// Starts the connection's next pop, unless one is pending, the peer
-    /// has finished, or too much of its echo is unsent (then the last push
-    /// to finish below the bound calls this again).
+    /// has finished, or too much of its echo is unsent (then the push that
+    /// brings it below the bounds calls this again).
     fn pop(&mut self, id: u64) {
         let Some(conn) = self.conns.get_mut(&id) else { return };
-        if conn.popping || conn.eof || conn.unsent >= self.max_unsent {
+        if conn.popping || conn.eof || conn.unsent >= self.max_unsent || conn.pushes >= MAX_PUSHES {
             return;
         }
         match self.os.pop(conn.qd) {
@@ -400,6 +405,9 @@ fn handle(
         Mode::Hello(_) => unreachable!("handled above"),
         Mode::Ping => pushes.push(push(&buf)?),
         Mode::Stream { size, pos, kind, counter } => {
+            // The reports this buffer asks for go out as one push, however
+            // many end messages it holds.
+            let mut reports = Vec::new();
             let data = buf.as_slice();
             let mut i = 0;
             while i < data.len() {
@@ -419,10 +427,12 @@ fn handle(
                 }
                 let r = counter.report(0);
                 say(format!("{}: {}", conn.peer, describe(&r)));
-                let out =
-                    os.buffer_from(&r.encode()).map_err(|e| format!("cannot allocate: {}", net::error_text(&e)))?;
-                pushes.push(push(&out)?);
+                reports.extend_from_slice(&r.encode());
                 *counter = Counter::default();
+            }
+            if !reports.is_empty() {
+                let out = os.buffer_from(&reports).map_err(|e| format!("cannot allocate: {}", net::error_text(&e)))?;
+                pushes.push(push(&out)?);
             }
         }
     }

@@ -4,7 +4,7 @@
 //! start) is dropped and counted, said at debug level only; while
 //! `--max-unsent` bytes of echo are unsent the socket is not read.
 
-use crate::echo::{describe, fatal, Counter, Op, Pending, Throttled, ACCEPT_BACKOFF, RETRIES};
+use crate::echo::{describe, fatal, Counter, Op, Pending, Throttled, ACCEPT_BACKOFF, MAX_PUSHES, RETRIES};
 use crate::net;
 use crate::{Fail, Res};
 use demi::{Buffer, LibOs, QDesc, QValue};
@@ -22,6 +22,7 @@ pub fn run(os: &LibOs, qd: QDesc, at: SocketAddrV4, quiet: bool, max_unsent: usi
         pending: Pending::default(),
         sessions: HashMap::new(),
         unsent: 0,
+        pushes: 0,
         popping: false,
         dropped: 0,
         failures: 0,
@@ -46,6 +47,8 @@ struct Udp<'a> {
     sessions: HashMap<SocketAddrV4, Session>,
     /// Bytes pushed and not yet sent.
     unsent: usize,
+    /// Pushes not yet finished.
+    pushes: usize,
     /// A pop is pending.
     popping: bool,
     /// Datagrams not echoed (empty ones, echoes that failed).
@@ -63,6 +66,7 @@ impl Udp<'_> {
             match op {
                 Op::Push(_, len) => {
                     self.unsent -= len;
+                    self.pushes -= 1;
                     if let QValue::Failed(e) = value {
                         self.dropped += 1;
                         if !self.quiet {
@@ -80,10 +84,10 @@ impl Udp<'_> {
         }
     }
 
-    /// Starts the next pop unless one is pending or too much is unsent;
-    /// failing to is the socket's end.
+    /// Starts the next pop unless one is pending or too much is unsent (in
+    /// bytes or pushes); failing to is the socket's end.
     fn pop(&mut self) -> Res<()> {
-        if self.popping || self.unsent >= self.max_unsent {
+        if self.popping || self.unsent >= self.max_unsent || self.pushes >= MAX_PUSHES {
             return Ok(());
         }
         let qt = net::call(self.os.pop(self.qd), &format!("cannot receive on {}", self.at))?;
@@ -154,6 +158,7 @@ impl Udp<'_> {
         match self.os.pushto(self.qd, buf, to) {
             Ok(qt) => {
                 self.unsent += buf.len();
+                self.pushes += 1;
                 self.pending.add(qt, Op::Push(0, buf.len()));
             }
             Err(e) => self.drop_one(to, &e),
