@@ -67,9 +67,15 @@ impl Pinger<'_> {
         // what the path and the server buffer would never finish otherwise.
         // The whole round trip has one deadline, however the echo trickles.
         while push.is_some() || pop.is_some() {
-            let tokens: Vec<QToken> = push.iter().chain(pop.iter()).copied().collect();
+            // On the stack: this is inside the timed round trip.
+            let (mut both, mut n) = ([0 as QToken; 2], 0);
+            for &t in push.iter().chain(pop.iter()) {
+                both[n] = t;
+                n += 1;
+            }
+            let tokens = &both[..n];
             let left = end.saturating_duration_since(Instant::now());
-            let (i, r) = match os.wait_any(&tokens, Some(left)) {
+            let (i, r) = match os.wait_any(tokens, Some(left)) {
                 Ok(x) => x,
                 Err(e) if e.errno() == libc::ETIMEDOUT => {
                     return Err(Fail::new(format!(
