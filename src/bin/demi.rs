@@ -15,6 +15,8 @@
 mod devices;
 #[path = "demi/echo.rs"]
 mod echo;
+#[path = "demi/echo_udp.rs"]
+mod echo_udp;
 #[path = "demi/net.rs"]
 mod net;
 #[path = "demi/ping.rs"]
@@ -173,9 +175,14 @@ pub struct EchoArgs {
     /// Address to listen on
     #[arg(long, value_name = "ADDR:PORT")]
     pub bind: SocketAddrV4,
-    /// Print nothing per connection (only the "listening" line)
+    /// Print nothing per connection (only the "listening" line, and trouble such as running out of
+    /// descriptors, at most once a second)
     #[arg(long)]
     pub quiet: bool,
+    /// Stop reading a connection while this much of its echo is unsent, until it drains
+    /// (back-pressure on a client that sends without reading); udp: for the socket
+    #[arg(long, value_name = "BYTES", default_value = "8m", value_parser = parse_bound)]
+    pub max_unsent: usize,
 }
 
 #[derive(Args)]
@@ -238,8 +245,8 @@ pub struct StreamArgs {
 /// Largest message the tools send: 64 MiB.
 pub const MAX_SIZE: usize = 64 << 20;
 
-/// "64", "4k", "4K", "4KiB", "1m", "1MiB" -> bytes, 1..=64 MiB.
-pub fn parse_size(s: &str) -> Result<usize, String> {
+/// "64", "4k", "4K", "4KiB", "1m", "1MiB" -> bytes.
+fn parse_bytes(s: &str) -> Result<usize, String> {
     let t = s.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
@@ -250,7 +257,12 @@ pub fn parse_size(s: &str) -> Result<usize, String> {
         "m" | "mb" | "mib" => 1 << 20,
         _ => return Err(format!("{s:?}: unknown unit {unit:?} (use k or m)")),
     };
-    let bytes = n.checked_mul(mult).ok_or_else(|| format!("{s:?} is too large"))?;
+    n.checked_mul(mult).ok_or_else(|| format!("{s:?} is too large"))
+}
+
+/// A message size: 1..=64 MiB.
+pub fn parse_size(s: &str) -> Result<usize, String> {
+    let bytes = parse_bytes(s)?;
     if bytes == 0 {
         return Err("a message needs at least 1 byte".into());
     }
@@ -258,6 +270,15 @@ pub fn parse_size(s: &str) -> Result<usize, String> {
         return Err(format!("{s:?} is larger than the 64 MiB these tools send"));
     }
     Ok(bytes)
+}
+
+/// A bound on memory per connection: 1 byte..=1 GiB.
+fn parse_bound(s: &str) -> Result<usize, String> {
+    match parse_bytes(s)? {
+        0 => Err("the bound must be at least 1 byte".into()),
+        b if b > 1 << 30 => Err(format!("{s:?} is more than 1 GiB")),
+        b => Ok(b),
+    }
 }
 
 /// Seconds, > 0, at most a day.

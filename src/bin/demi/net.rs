@@ -105,7 +105,26 @@ pub fn errno_text(errno: i32) -> String {
     let text = text.split(" (os error").next().unwrap_or(&text).to_string();
     let mut chars = text.chars();
     let text = chars.next().map(|c| c.to_lowercase().collect::<String>() + chars.as_str()).unwrap_or_default();
-    format!("{}, {}", demi::errno_name(errno), text)
+    format!("{}, {}", errno_name(errno), text)
+}
+
+/// The library's errno names, plus those it lacks that the command meets
+/// (running out of descriptors).
+fn errno_name(errno: i32) -> &'static str {
+    match (demi::errno_name(errno), errno) {
+        ("errno", libc::EMFILE) => "EMFILE",
+        ("errno", libc::ENFILE) => "ENFILE",
+        (name, _) => name,
+    }
+}
+
+/// A library error as one message: its own text, or (for an errno the
+/// library has no name for) the name and text from here.
+pub fn error_text(e: &demi::Error) -> String {
+    match demi::errno_name(e.errno()) {
+        "errno" => format!("{}: {}", errno_text(e.errno()), e.why()),
+        _ => e.to_string(),
+    }
 }
 
 fn set(var: &str, value: Option<impl ToString>) {
@@ -170,7 +189,7 @@ pub fn start(c: &Common, role: Role, local: Option<Ipv4Addr>) -> Res<LibOs> {
             ));
         }
     }
-    LibOs::new(name).map_err(|e| Fail::new(format!("cannot start {name}: {e}")))
+    LibOs::new(name).map_err(|e| Fail::new(format!("cannot start {name}: {}", error_text(&e))))
 }
 
 /// Waits for `qt`; `Ok(None)` when `timeout` passed (the operation stays
@@ -182,7 +201,7 @@ pub fn wait_opt(os: &LibOs, qt: QToken, timeout: Duration, what: &str) -> Res<Op
             v => Ok(Some(v)),
         },
         Err(e) if e.errno() == libc::ETIMEDOUT => Ok(None),
-        Err(e) => Err(Fail::new(format!("{what}: {e}"))),
+        Err(e) => Err(Fail::new(format!("{what}: {}", error_text(&e)))),
     }
 }
 
@@ -193,7 +212,7 @@ pub fn wait(os: &LibOs, qt: QToken, timeout: Duration, what: &str) -> Res<QValue
 }
 
 pub fn call<T>(r: demi::Result<T>, what: &str) -> Res<T> {
-    r.map_err(|e| Fail::new(format!("{what}: {e}")))
+    r.map_err(|e| Fail::new(format!("{what}: {}", error_text(&e))))
 }
 
 /// Asks for TCP_NODELAY (catnap; other libOSes always send at once).
@@ -270,7 +289,7 @@ pub fn open_client(
                 timeout.as_secs_f64()
             )))
         }
-        Err(e) => return Err(Fail::new(format!("cannot connect to {to}: {e}"))),
+        Err(e) => return Err(Fail::new(format!("cannot connect to {to}: {}", error_text(&e)))),
     }
     nodelay(os, qd);
     let h = call(os.buffer_from(&hello(mode, size)), "cannot allocate a buffer")?;

@@ -58,27 +58,58 @@ impl Pinger<'_> {
 
     fn tcp(&mut self) -> Res<()> {
         let os = self.os;
-        let push = net::call(os.push(self.qd, &self.msg), "push")?;
-        let mut pop = net::call(os.pop(self.qd), "pop")?;
-        net::wait(os, push, self.timeout, "push")?;
+        let end = Instant::now() + self.timeout;
+        let mut push = Some(net::call(os.push(self.qd, &self.msg), "push")?);
+        let mut pop = Some(net::call(os.pop(self.qd), "pop")?);
         let want = self.msg.as_slice();
         let mut got = 0;
-        loop {
-            match net::wait(os, pop, self.timeout, "waiting for the echo")? {
+        // Take the echo in while the push goes out: a message larger than
+        // what the path and the server buffer would never finish otherwise.
+        // The whole round trip has one deadline, however the echo trickles.
+        while push.is_some() || pop.is_some() {
+            // On the stack: this is inside the timed round trip.
+            let (mut both, mut n) = ([0 as QToken; 2], 0);
+            for &t in push.iter().chain(pop.iter()) {
+                both[n] = t;
+                n += 1;
+            }
+            let tokens = &both[..n];
+            let left = end.saturating_duration_since(Instant::now());
+            let (i, r) = match os.wait_any(tokens, Some(left)) {
+                Ok(x) => x,
+                Err(e) if e.errno() == libc::ETIMEDOUT => {
+                    return Err(Fail::new(format!(
+                        "waiting for the echo: {got} of {} B back within {:.1} s",
+                        want.len(),
+                        self.timeout.as_secs_f64()
+                    )))
+                }
+                Err(e) => return Err(Fail::new(format!("waiting for the echo: {}", net::error_text(&e)))),
+            };
+            if push == Some(tokens[i]) {
+                push = None;
+                if let QValue::Failed(e) = r.value {
+                    return Err(Fail::new(format!("push: {}", net::errno_text(e))));
+                }
+                continue;
+            }
+            pop = None;
+            match r.value {
                 QValue::Pop { buf, .. } if !buf.is_empty() => {
                     let part = buf.as_slice();
                     if got + part.len() > want.len() || part != &want[got..got + part.len()] {
                         return Err(Fail::new("the echo differs from what was sent"));
                     }
                     got += part.len();
-                    if got == want.len() {
-                        return Ok(());
+                    if got < want.len() {
+                        pop = Some(net::call(os.pop(self.qd), "pop")?);
                     }
-                    pop = net::call(os.pop(self.qd), "pop")?;
                 }
+                QValue::Failed(e) => return Err(Fail::new(format!("waiting for the echo: {}", net::errno_text(e)))),
                 _ => return Err(Fail::new("the server closed the connection")),
             }
         }
+        Ok(())
     }
 
     fn udp(&mut self) -> Res<bool> {
@@ -97,6 +128,10 @@ impl Pinger<'_> {
         net::wait(os, push, self.timeout, "push")?;
         let end = Instant::now() + self.timeout;
         loop {
+            // Other datagrams do not extend the wait, however many come.
+            if Instant::now() >= end {
+                return self.missed();
+            }
             let pop = match self.pop.take() {
                 Some(p) => p,
                 None => net::call(os.pop(self.qd), "pop")?,

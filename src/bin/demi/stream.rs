@@ -78,8 +78,10 @@ pub fn run(a: &StreamArgs) -> Res<()> {
         now = Instant::now();
         progress.tick(sent, now);
     }
+    // The last pushes drain within one timeout, not one each.
+    let drained = Instant::now() + timeout;
     while let Some(qt) = inflight.pop_front() {
-        net::wait(&os, qt, timeout, "push")?;
+        net::wait(&os, qt, drained.saturating_duration_since(Instant::now()), "push")?;
         sent += 1;
     }
     let seconds = start.elapsed().as_secs_f64();
@@ -145,9 +147,20 @@ fn tcp_report(os: &LibOs, qd: QDesc, end: &Buffer, timeout: Duration) -> Res<Rep
     let qt = net::call(os.push(qd, end), "push")?;
     net::wait(os, qt, timeout, "sending the end of the stream")?;
     let mut got = Vec::with_capacity(net::REPORT_LEN);
+    // One deadline for the whole report, however it trickles in.
+    let end = Instant::now() + timeout;
     while got.len() < net::REPORT_LEN {
         let qt = net::call(os.pop(qd), "pop")?;
-        match net::wait(os, qt, timeout, "waiting for the report")? {
+        let left = end.saturating_duration_since(Instant::now());
+        let v = net::wait_opt(os, qt, left, "waiting for the report")?.ok_or_else(|| {
+            Fail::new(format!(
+                "waiting for the report: {} of {} B within {:.1} s",
+                got.len(),
+                net::REPORT_LEN,
+                timeout.as_secs_f64()
+            ))
+        })?;
+        match v {
             QValue::Pop { buf, .. } if !buf.is_empty() => got.extend_from_slice(buf.as_slice()),
             _ => return Err(Fail::new("the server closed the connection before its report")),
         }
@@ -164,7 +177,8 @@ fn udp_report(os: &LibOs, qd: QDesc, end: &Buffer, to: SocketAddrV4, session: u6
         let qt = net::call(os.pushto(qd, end, to), "push")?;
         net::wait(os, qt, timeout, "sending the end of the stream")?;
         let until = Instant::now() + each;
-        loop {
+        // Other datagrams do not extend the wait, however many come.
+        while Instant::now() < until {
             let p = match pop.take() {
                 Some(p) => p,
                 None => net::call(os.pop(qd), "pop")?,
