@@ -56,6 +56,8 @@ pub fn errno_name(errno: i32) -> &'static str {
         libc::EEXIST => "EEXIST",
         libc::ENODEV => "ENODEV",
         libc::EINVAL => "EINVAL",
+        libc::ENFILE => "ENFILE",
+        libc::EMFILE => "EMFILE",
         libc::ENOSPC => "ENOSPC",
         libc::EPIPE => "EPIPE",
         libc::ENOSYS => "ENOSYS",

@@ -105,17 +105,7 @@ pub fn errno_text(errno: i32) -> String {
     let text = text.split(" (os error").next().unwrap_or(&text).to_string();
     let mut chars = text.chars();
     let text = chars.next().map(|c| c.to_lowercase().collect::<String>() + chars.as_str()).unwrap_or_default();
-    format!("{}, {}", errno_name(errno), text)
-}
-
-/// The library's errno names, plus those it lacks that the command meets
-/// (running out of descriptors).
-fn errno_name(errno: i32) -> &'static str {
-    match (demi::errno_name(errno), errno) {
-        ("errno", libc::EMFILE) => "EMFILE",
-        ("errno", libc::ENFILE) => "ENFILE",
-        (name, _) => name,
-    }
+    format!("{}, {}", demi::errno_name(errno), text)
 }
 
 /// A library error as one message: its own text, or (for an errno the
