@@ -60,9 +60,10 @@ static int wait_ok(demi_qtoken_t qt, demi_qresult_t *qr, const char *what)
 int main(int argc, char **argv)
 {
     struct sockaddr_in to, from;
+    memset(&from, 0, sizeof from);
     if (argc < 5 || argc > 6 || (strcmp(argv[1], "tcp") != 0 && strcmp(argv[1], "udp") != 0) ||
-        parse_addr(argv[2], &to) != 0 || (argc == 6 && parse_addr(argv[5], &from) != 0 &&
-                                          inet_pton(AF_INET, argv[5], &from.sin_addr) != 1)) {
+        parse_addr(argv[2], &to) != 0 ||
+        (argc == 6 && parse_addr(argv[5], &from) != 0 && inet_pton(AF_INET, argv[5], &from.sin_addr) != 1)) {
         fprintf(stderr, "usage: demi-pingpong tcp|udp ADDR:PORT SIZE COUNT [BIND_ADDR[:PORT]]\n");
         return 2;
     }
