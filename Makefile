@@ -121,3 +121,35 @@ bench-rdma: build rxe-deps
 
 # The soft-RoCE test bed: rxe-deps, test-rxe, bench-rxe.
 include rxe-setup/rxe.mk
+
+# Fuzzing: cargo-fuzz (libFuzzer) targets in fuzz/ (fuzz/README.md): the
+# catnip wire parsers, catmint's wire formats and the C ABI's argument
+# conversions. fuzz/ is a crate outside the workspace; cargo-fuzz wants
+# nightly rustc features, which fuzz/run enables on stable with
+# RUSTC_BOOTSTRAP=1. `make fuzz` gives each target FUZZ_SECS seconds,
+# `make fuzz-smoke` FUZZ_SMOKE_SECS (about 4 minutes with a cold build, 2
+# warm); both print runs, exec/s, corpus and crashes per target and fail on a
+# crash (its input is kept in fuzz/artifacts/).
+FUZZ_SECS ?= 60
+FUZZ_SMOKE_SECS ?= 10
+CARGO_FUZZ_VERSION ?= 0.13.2
+.PHONY: fuzz fuzz-cargo fuzz-smoke fuzz-tools fuzz-lint
+
+fuzz: fuzz-cargo
+
+fuzz-cargo: fuzz-tools
+	CARGO=$(CARGO) fuzz/run $(FUZZ_SECS)
+
+fuzz-smoke: fuzz-tools
+	CARGO=$(CARGO) fuzz/run $(FUZZ_SMOKE_SECS)
+
+# cargo-fuzz from crates.io if it is missing; libfuzzer-sys compiles libFuzzer
+# with the C++ compiler of build-essential, and the targets link rdma-core
+# (catmint), so the build's own deps are needed too.
+fuzz-tools: deps
+	@$(CARGO) fuzz --version >/dev/null 2>&1 || $(CARGO) install cargo-fuzz --locked --version $(CARGO_FUZZ_VERSION)
+
+# fmt and clippy for fuzz/, which `make lint` (the workspace) does not see.
+fuzz-lint:
+	cd fuzz && $(CARGO) fmt -- --check
+	cd fuzz && RUSTC_BOOTSTRAP=1 $(CARGO) clippy --all-targets -- -D warnings

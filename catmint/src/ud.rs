@@ -11,34 +11,18 @@ use crate::pool::{Block, Notify, Pool, Slot};
 use crate::recv::{registered, RecvRing};
 use crate::sys::{ffi, Error, Result};
 use crate::verbs::{Ah, Pd};
+use crate::wire::UdHeader;
 use crate::{Done, Payload, Tag};
 use std::collections::{HashMap, VecDeque};
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::SocketAddrV4;
 use std::sync::Arc;
 
 /// The Global Routing Header the device writes in front of every UD receive.
 const GRH_LEN: usize = 40;
-/// Our header: magic, version, source port, source IPv4 address.
-pub const UD_HDR_LEN: usize = 8;
-const MAGIC: u8 = 0xc8;
+pub use crate::wire::UD_HDR_LEN;
 
 pub const WR_SEND: u64 = 1 << 31;
 const WR_LOW: u64 = WR_SEND - 1;
-
-fn emit_header(from: SocketAddrV4, out: &mut [u8]) {
-    out[0] = MAGIC;
-    out[1] = 1;
-    out[2..4].copy_from_slice(&from.port().to_be_bytes());
-    out[4..8].copy_from_slice(&from.ip().octets());
-}
-
-fn parse_header(b: &[u8]) -> Option<SocketAddrV4> {
-    if b.len() < UD_HDR_LEN || b[0] != MAGIC || b[1] != 1 {
-        return None;
-    }
-    let port = u16::from_be_bytes([b[2], b[3]]);
-    Some(SocketAddrV4::new(Ipv4Addr::new(b[4], b[5], b[6], b[7]), port))
-}
 
 /// A destination as far as we know it.
 pub enum Peer {
@@ -189,7 +173,7 @@ impl Ud {
         }
         let (ah, qpn, qkey) = (ah.raw(), *qpn, *qkey);
         let slot = (self.seq % self.sq_depth as u64) as usize * UD_HDR_LEN;
-        emit_header(self.local, &mut self.hdrs.as_mut_slice()[slot..slot + UD_HDR_LEN]);
+        self.hdrs.as_mut_slice()[slot..slot + UD_HDR_LEN].copy_from_slice(&UdHeader { from: self.local }.emit());
         let bytes = data.bytes();
         let mut sges = [
             ffi::ibv_sge {
@@ -288,7 +272,7 @@ impl Ud {
         }
         // SAFETY: the device wrote len bytes into this slot, ours again.
         let bytes = unsafe { std::slice::from_raw_parts(slot.ptr(), len) };
-        let Some(from) = parse_header(&bytes[GRH_LEN..]) else {
+        let Some(UdHeader { from }) = UdHeader::parse(&bytes[GRH_LEN..]) else {
             self.dropped += 1;
             let _ = self.post_recv(index, slot);
             return;

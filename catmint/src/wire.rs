@@ -8,7 +8,15 @@
 //! length (so the receiver can allocate it) and the ACK flag (a sender that
 //! owes an ACK may have no other send to carry it); every other send carries
 //! receive credits being returned and flags. Connection requests and replies
-//! carry our receive depth and buffer size in the CM private data.
+//! carry our receive depth and buffer size in the CM private data. UD
+//! datagrams start with an 8-byte header naming the sender, which UD itself
+//! does not carry.
+//!
+//! Every decoder here reads bytes or values a peer chose, so each returns
+//! None for anything it does not recognise and never panics (fuzz/ checks
+//! this, and that decoding what we encode gives it back).
+
+use std::net::{Ipv4Addr, SocketAddrV4};
 
 /// Checks the immediate data and the CM private data are ours.
 const MAGIC: u8 = 0xc7;
@@ -112,6 +120,40 @@ impl Hello {
     }
 }
 
+/// The header of a UD datagram: the sender's address (the receiving QP
+/// sees only the sender's GID and QP number).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UdHeader {
+    /// The sending socket's IPv4 address and port.
+    pub from: SocketAddrV4,
+}
+
+/// Its own magic, so a datagram is never mistaken for CM private data.
+const UD_MAGIC: u8 = 0xc8;
+const UD_VERSION: u8 = 1;
+/// Magic, version, source port (big-endian), source IPv4 address.
+pub const UD_HDR_LEN: usize = 8;
+
+impl UdHeader {
+    pub fn emit(&self) -> [u8; UD_HDR_LEN] {
+        let mut b = [0u8; UD_HDR_LEN];
+        b[0] = UD_MAGIC;
+        b[1] = UD_VERSION;
+        b[2..4].copy_from_slice(&self.from.port().to_be_bytes());
+        b[4..8].copy_from_slice(&self.from.ip().octets());
+        b
+    }
+
+    /// Parses the start of a received datagram (the payload follows).
+    pub fn parse(b: &[u8]) -> Option<UdHeader> {
+        if b.len() < UD_HDR_LEN || b[0] != UD_MAGIC || b[1] != UD_VERSION {
+            return None;
+        }
+        let port = u16::from_be_bytes([b[2], b[3]]);
+        Some(UdHeader { from: SocketAddrV4::new(Ipv4Addr::new(b[4], b[5], b[6], b[7]), port) })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -147,5 +189,19 @@ mod tests {
         assert_eq!(Hello::parse(&Hello { credits: 0, buf_size: 100 }.emit()), None, "zero credits");
         assert_eq!(Hello::parse(&[0xc7, 1, 1, 0, 0, 1, 0, 0]), None, "version 1 (header framing)");
         assert_eq!(Hello::parse(&Hello { credits: 1, buf_size: 63 }.emit()), None, "buffers too small");
+    }
+
+    #[test]
+    fn ud_header_bytes() {
+        let h = UdHeader { from: "10.77.0.1:40000".parse().unwrap() };
+        let b = h.emit();
+        assert_eq!(b, [0xc8, 1, 0x9c, 0x40, 10, 77, 0, 1]);
+        assert_eq!(UdHeader::parse(&b), Some(h));
+        let mut datagram = b.to_vec();
+        datagram.extend_from_slice(b"payload");
+        assert_eq!(UdHeader::parse(&datagram), Some(h), "the payload follows the header");
+        assert_eq!(UdHeader::parse(&b[..7]), None, "truncated");
+        assert_eq!(UdHeader::parse(&[0xc7, 1, 0, 0, 0, 0, 0, 0]), None, "CM private data magic");
+        assert_eq!(UdHeader::parse(&[0xc8, 2, 0, 0, 0, 0, 0, 0]), None, "unknown version");
     }
 }

@@ -13,16 +13,25 @@
 //! The crate knows nothing of queue tokens; demi's catnip adapter maps its
 //! operations onto [`stack::Stack`]. Configuration comes from environment
 //! variables (see [`config`] and README.md).
+//!
+//! Everything that touches DPDK ([`sys`], [`port`], [`stack`]) is behind the
+//! default feature `dpdk`; without it the crate is [`wire`] and [`config`]
+//! in pure Rust, which is how fuzz/ builds it.
 #![deny(unsafe_code)]
 
 pub mod config;
+#[cfg(feature = "dpdk")]
 pub mod port;
+#[cfg(feature = "dpdk")]
 pub mod stack;
+#[cfg(feature = "dpdk")]
 pub mod sys;
 pub mod wire;
 
 pub use config::Config;
+#[cfg(feature = "dpdk")]
 pub use stack::{Counters, Event, Payload, RxPayload, SendStatus, Stack};
+#[cfg(feature = "dpdk")]
 pub use sys::Mbuf;
 
 use std::fmt;
@@ -49,6 +58,7 @@ impl Error {
     }
 
     /// A DPDK call failed while doing `what`.
+    #[cfg(feature = "dpdk")]
     pub fn dpdk(what: &str, e: sys::DpdkError) -> Error {
         Error::new(e.errno, format!("{what}: {e}"))
     }

@@ -9,6 +9,8 @@
 #![allow(unsafe_code)]
 
 mod calls;
+#[doc(hidden)]
+pub mod fuzzing;
 mod sga;
 pub mod types;
 mod wait;
