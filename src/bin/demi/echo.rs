@@ -28,8 +28,10 @@ extern "C" fn on_stop_signal(sig: libc::c_int) {
 /// queues and drops the libOS as on any other exit. Killed in the middle of
 /// a call instead, the libOS's teardown never runs, and valgrind's leak
 /// search (scripts/rdma-suite.sh) blames blocks that were held only in a
-/// register at that moment. SA_RESETHAND: a second signal kills at once,
-/// should the clean exit hang.
+/// register at that moment. The handler stays installed: timeout(1) sends
+/// its signal twice (to the child and to its process group), and a second
+/// signal must not turn the clean stop into a kill. SIGKILL or SIGQUIT
+/// still end a server whose clean stop hangs.
 fn stop_on_signals() -> Res<()> {
     for sig in [libc::SIGINT, libc::SIGTERM] {
         // SAFETY: a zeroed sigaction is valid (empty mask, no flags); the
@@ -37,7 +39,6 @@ fn stop_on_signals() -> Res<()> {
         let rc = unsafe {
             let mut sa: libc::sigaction = std::mem::zeroed();
             sa.sa_sigaction = on_stop_signal as extern "C" fn(libc::c_int) as libc::sighandler_t;
-            sa.sa_flags = libc::SA_RESETHAND;
             libc::sigaction(sig, &sa, std::ptr::null_mut())
         };
         if rc != 0 {
