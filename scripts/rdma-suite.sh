@@ -21,7 +21,8 @@
 # DEMI_SUITE_CATMINT (test binaries), DEMI_SUITE_EXAMPLES (directory of the
 # built C examples); DEMI_SUITE_DEMI (the demi binary) and
 # DEMI_SUITE_VALGRIND (the valgrind command) override the defaults, to
-# check that the checks fail.
+# check that the checks fail; DEMI_SUITE_MEMCHECK_LIMIT (seconds, 300) and
+# DEMI_SUITE_VALGRIND_OPTS tune the memcheck stage (see there).
 # Prints "ok - NAME" / "not ok - NAME" per check, then "N passed, N failed";
 # exits 1 if anything failed. Every process is bounded by timeout(1), and
 # servers are reaped (by pid) before the next check.
