@@ -9,6 +9,8 @@ DEPS_CORE := build-essential pkg-config iproute2 procps
 DEPS_CATMINT := libibverbs-dev librdmacm-dev libclang-dev ibverbs-providers
 # catnip (DPDK): bindings and tests (veth/netns tools, ping, nftables for loss).
 DEPS_CATNIP := libdpdk-dev libclang-dev pkg-config ethtool iputils-ping nftables
+# The tests: memcheck of demi ping/echo over catmint in the RDMA suite.
+DEPS_TEST := valgrind
 
 .PHONY: test-catnip bench-catnip bench-engine test-rdma bench-rdma bench-cost
 .PHONY: all deps build test test-rust test-c demo examples install install-files bench clean fmt lint
@@ -16,7 +18,7 @@ DEPS_CATNIP := libdpdk-dev libclang-dev pkg-config ethtool iputils-ping nftables
 all: build examples
 
 deps:
-	@scripts/install-deps $(DEPS_CORE) $(DEPS_CATMINT) $(DEPS_CATNIP)
+	@scripts/install-deps $(DEPS_CORE) $(DEPS_CATMINT) $(DEPS_CATNIP) $(DEPS_TEST)
 	@command -v cargo >/dev/null || { echo "cargo is missing: install Rust with rustup (https://rustup.rs)"; exit 1; }
 
 build: deps
@@ -109,7 +111,8 @@ bench-catnip: build
 
 # catmint (RDMA) over soft-RoCE in ONE rxe-run boot (scripts/test-rdma): the
 # catnap integration tests with LIBOS=catmint, tests/rdma.rs (--ignored),
-# catmint/tests/rxe.rs, the C examples as two processes. Ends "N passed, N failed".
+# catmint/tests/rxe.rs, the C examples as two processes, the demi command,
+# and demi ping/echo under valgrind (RC and UD). Ends "N passed, N failed".
 test-rdma: examples rxe-deps
 	scripts/test-rdma --no-build
 

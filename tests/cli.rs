@@ -331,6 +331,40 @@ fn echo_serves_plain_clients_and_drops_strangers() {
     check_ping_record(&json(&o), "catnap", "tcp", 64, 10);
 }
 
+/// SIGTERM and SIGINT stop `demi echo` cleanly: exit 0, also with a client
+/// connected and when the signal comes twice (timeout(1) sends it to the
+/// child and again to its process group). The RDMA suite's memcheck stage
+/// relies on it: valgrind's leak search must see a real exit.
+#[test]
+fn echo_stops_cleanly_on_sigterm_and_sigint() {
+    for (proto, sig, times) in
+        [("tcp", libc::SIGTERM, 2), ("tcp", libc::SIGINT, 1), ("udp", libc::SIGTERM, 2), ("udp", libc::SIGINT, 1)]
+    {
+        let mut server = Server::start(&["--proto", proto, "--bind", "127.0.0.1:0", "--quiet"], &[]);
+        // A tcp client that stays connected: the stop closes it too.
+        let client = (proto == "tcp").then(|| TcpStream::connect(server.addr).expect("connect"));
+        let pid = server.child.id() as libc::pid_t;
+        for _ in 0..times {
+            // SAFETY: kill(2) on our own child, which is not reaped yet.
+            assert_eq!(unsafe { libc::kill(pid, sig) }, 0);
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let status = loop {
+            if let Some(st) = server.child.try_wait().expect("try_wait") {
+                break st;
+            }
+            assert!(std::time::Instant::now() < deadline, "{proto}: demi echo still running 10 s after signal {sig}");
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        assert_eq!(status.code(), Some(0), "{proto}, signal {sig} x{times}: {status:?}");
+        if let Some(mut c) = client {
+            c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            let mut rest = Vec::new();
+            assert_eq!(c.read_to_end(&mut rest).unwrap_or(0), 0, "the stopped server sent data");
+        }
+    }
+}
+
 #[test]
 fn no_progress_bar_without_a_terminal() {
     let server = Server::start(&["--bind", "127.0.0.1:0"], &[]);

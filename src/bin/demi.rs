@@ -2,7 +2,8 @@
 //!
 //! - `demi devices`: the RDMA devices this machine has (ports, GIDs, the
 //!   netdev each rides on) and the DPDK ports `DEMI_DPDK_EAL` gives;
-//! - `demi echo`: an echo server over any libOS, TCP or UDP;
+//! - `demi echo`: an echo server over any libOS, TCP or UDP, until SIGINT or
+//!   SIGTERM (a clean exit);
 //! - `demi ping`: round-trip latency against `demi echo` (min, p50, p90, p99,
 //!   p99.9, max; `--json` for scripts);
 //! - `demi stream`: one-way throughput against `demi echo`, which counts
@@ -66,7 +67,8 @@ struct Cli {
 enum Cmd {
     /// List RDMA devices (port state, link layer, GIDs, netdev) and the DPDK ports of DEMI_DPDK_EAL
     Devices(DevicesArgs),
-    /// Run an echo server: sends back what `demi ping` sends, counts what `demi stream` sends
+    /// Run an echo server: sends back what `demi ping` sends, counts what `demi stream` sends;
+    /// SIGINT or SIGTERM stops it cleanly (exit 0)
     Echo(EchoArgs),
     /// Measure round-trip latency against `demi echo` (one message in flight)
     Ping(PingArgs),

@@ -62,6 +62,9 @@ impl Udp<'_> {
     fn run(mut self) -> Res<()> {
         self.pop()?;
         loop {
+            if crate::echo::stopping() {
+                return Ok(());
+            }
             let Some((op, value)) = self.pending.wait(self.os, None)? else { continue };
             match op {
                 Op::Push(_, len) => {
