@@ -120,14 +120,14 @@ impl Pending {
     /// The next finished operation; None if `timeout` passed first, or
     /// `STOP_CHECK` did (to look at [`stopping`]).
     pub fn wait(&mut self, os: &LibOs, timeout: Option<Duration>) -> Res<Option<(Op, QValue)>> {
-        let timeout = Some(timeout.map_or(STOP_CHECK, |t| t.min(STOP_CHECK)));
+        let timeout = timeout.map_or(STOP_CHECK, |t| t.min(STOP_CHECK));
         if self.tokens.is_empty() {
             // Nothing in flight (accepts paused, no connection): sleep out
             // the pause.
-            std::thread::sleep(timeout.unwrap_or(ACCEPT_BACKOFF));
+            std::thread::sleep(timeout.min(ACCEPT_BACKOFF));
             return Ok(None);
         }
-        match os.wait_any(&self.tokens, timeout) {
+        match os.wait_any(&self.tokens, Some(timeout)) {
             Ok((i, r)) => {
                 self.tokens.swap_remove(i);
                 Ok(Some((self.ops.swap_remove(i), r.value)))
