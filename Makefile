@@ -129,10 +129,11 @@ include rxe-setup/rxe.mk
 # catnip wire parsers, catmint's wire formats and the C ABI's argument
 # conversions. fuzz/ is a crate outside the workspace; cargo-fuzz wants
 # nightly rustc features, which fuzz/run enables on stable with
-# RUSTC_BOOTSTRAP=1. `make fuzz` gives each target FUZZ_SECS seconds,
-# `make fuzz-smoke` FUZZ_SMOKE_SECS (about 4 minutes with a cold build, 2
-# warm); both print runs, exec/s, corpus and crashes per target and fail on a
-# crash (its input is kept in fuzz/artifacts/).
+# RUSTC_BOOTSTRAP=1. `make fuzz` gives each target FUZZ_SECS seconds (8.5
+# minutes for 8 targets), `make fuzz-smoke` FUZZ_SMOKE_SECS (under 2); a cold
+# build of fuzz/ adds about 5 minutes on 2 cores, and installing cargo-fuzz
+# about 4. Both print runs, exec/s, coverage, corpus and crashes per target
+# and fail on a crash (its input is kept in fuzz/artifacts/).
 FUZZ_SECS ?= 60
 FUZZ_SMOKE_SECS ?= 10
 CARGO_FUZZ_VERSION ?= 0.13.2
