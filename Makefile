@@ -35,8 +35,9 @@ test: build examples test-catnip
 	$(CARGO) test --release -p demi -p catmint -- --test-threads=2
 	$(MAKE) test-rxe
 	$(MAKE) test-rdma
+	$(MAKE) fuzz-smoke FUZZ_SMOKE_SECS=5
 	@if $(CARGO) clippy --version >/dev/null 2>&1 && $(CARGO) fmt --version >/dev/null 2>&1; then \
-	  $(MAKE) lint; \
+	  $(MAKE) lint fuzz-lint; \
 	else \
 	  echo "make test: LINT NOT RUN: this toolchain has no clippy/rustfmt (rustup component add clippy rustfmt)"; \
 	fi
