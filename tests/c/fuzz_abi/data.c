@@ -1,0 +1,774 @@
+/* data.c: what flows over the sockets. Payloads carry a header (magic,
+ * message id, length, checksum of the body); every byte pushed on a stream
+ * is also appended to that direction's log, and every datagram sent to a
+ * receiver we watch is kept until it is popped, so what arrives is compared
+ * byte for byte with what was sent. Also the plain kernel sockets that talk
+ * to demi's. */
+#include "fuzz.h"
+
+#include <fcntl.h>
+#include <netinet/tcp.h>
+#include <unistd.h>
+
+struct conn conns[MAX_CONNS];
+struct ksock ks[MAX_KSOCKS];
+int k_listener = -1, k_refuser = -1, k_udp[2] = {-1, -1};
+uint16_t closed_udp_port, closed_tcp_port;
+
+/* ---- payloads ---- */
+#define MSG_MAGIC 0xDE31F022u
+static uint32_t msg_id;
+
+static uint8_t body_byte(uint32_t id, size_t i)
+{
+    return (uint8_t)((id * 131u) ^ (uint32_t)(i * 31u) ^ (uint32_t)(i >> 8));
+}
+
+void fill_msg(uint8_t *p, size_t len)
+{
+    uint32_t id = ++msg_id, h = 2166136261u;
+    uint8_t full[16];
+    for (size_t i = 16; i < len; i++) {
+        p[i] = body_byte(id, i);
+        h = (h ^ p[i]) * 16777619u;
+    }
+    uint32_t hdr[4] = {MSG_MAGIC, id, (uint32_t)len, h};
+    memcpy(full, hdr, sizeof full);
+    memcpy(p, full, len < 16 ? len : 16);
+}
+
+uint32_t msg_id_of(const uint8_t *p, size_t len)
+{
+    uint32_t h[2];
+    if (len < 8)
+        return 0;
+    memcpy(h, p, sizeof h);
+    return h[0] == MSG_MAGIC ? h[1] : 0;
+}
+
+/* ---- byte logs (one per stream direction) ---- */
+void log_append(struct bytelog *l, const uint8_t *p, size_t n)
+{
+    size_t drop = (size_t)(l->rcvd - l->base);
+    if (drop > 0 && drop >= l->len / 2) {
+        memmove(l->buf, l->buf + drop, l->len - drop);
+        l->len -= drop;
+        l->base = l->rcvd;
+    }
+    if (l->len + n > l->cap) {
+        size_t cap = l->cap ? l->cap : 4096;
+        while (cap < l->len + n)
+            cap *= 2;
+        uint8_t *b = realloc(l->buf, cap);
+        if (!b) {
+            perror("fuzz_abi: realloc");
+            exit(2);
+        }
+        l->buf = b;
+        l->cap = cap;
+    }
+    memcpy(l->buf + l->len, p, n);
+    l->len += n;
+    l->total += n;
+}
+
+size_t log_pending(const struct bytelog *l)
+{
+    return (size_t)(l->total - l->rcvd);
+}
+
+int log_receive(struct bytelog *l, const uint8_t *p, size_t n, const char *who)
+{
+    if (l->rcvd + n > l->total) {
+        violation("%s: %zu bytes arrived at stream offset %llu, but only %llu bytes were ever pushed", who, n,
+                  (unsigned long long)l->rcvd, (unsigned long long)l->total);
+        return 0;
+    }
+    const uint8_t *want = l->buf + (l->rcvd - l->base);
+    if (memcmp(want, p, n) != 0) {
+        size_t i = 0;
+        while (want[i] == p[i])
+            i++;
+        violation("%s: byte %llu of the stream is %#x, %#x was pushed there (%zu-byte pop)", who,
+                  (unsigned long long)(l->rcvd + i), p[i], want[i], n);
+        return 0;
+    }
+    l->rcvd += n;
+    fig.bytes_stream += n;
+    return 1;
+}
+
+/* ---- stream connections ---- */
+int conn_new(void)
+{
+    for (int c = 0; c < MAX_CONNS; c++) {
+        if (conns[c].used)
+            continue;
+        free(conns[c].d[0].buf);
+        free(conns[c].d[1].buf);
+        for (int e = 0; e < 2; e++)
+            for (int i = 0; i < PQ; i++)
+                free(conns[c].e[e].pq[i].data);
+        unsigned gen = conns[c].gen + 1;
+        memset(&conns[c], 0, sizeof conns[c]);
+        conns[c].used = 1;
+        conns[c].gen = gen;
+        conns[c].lsock = -1;
+        for (int i = 0; i < 2; i++)
+            conns[c].e[i].sock = conns[c].e[i].kfd = -1;
+        return c;
+    }
+    return -1;
+}
+
+int conn_end_of(int s)
+{
+    return socks[s].conn;
+}
+
+void end_closed(int c, int side, int rst)
+{
+    struct conn *cn = &conns[c];
+    cn->e[side].closed = 1;
+    cn->e[side].rst = rst;
+    /* Linux answers a close with unread input by a reset, not a FIN. */
+    if (rst || log_pending(&cn->d[1 - side]) > 0)
+        cn->maybe_rst = 1;
+    conn_gc(c);
+}
+
+static int accepts_for(int lsock, unsigned lgen)
+{
+    for (int t = 0; t < MAX_TOKS; t++)
+        if (toks[t].used && toks[t].kind == OPK_ACCEPT && toks[t].sock == lsock && toks[t].sock_gen == lgen)
+            return 1;
+    return 0;
+}
+
+void conn_gc(int c)
+{
+    struct conn *cn = &conns[c];
+    if (!cn->used)
+        return;
+    for (int t = 0; t < MAX_TOKS; t++) /* a result still to be checked against it */
+        if (toks[t].used && toks[t].conn == c && toks[t].conn_gen == cn->gen)
+            return;
+    int gone0 = cn->e[0].kind != END_NONE && cn->e[0].closed;
+    int gone1 = cn->e[1].kind != END_NONE && cn->e[1].closed;
+    /* A server end never accepted: gone once its demi listener is closed
+     * and no accept of that listener can still deliver it. */
+    if (cn->e[1].kind == END_NONE && !cn->lkernel && cn->lsock >= 0) {
+        struct msock *l = &socks[cn->lsock];
+        if (!(l->used && l->gen == (unsigned)cn->lgen) && !accepts_for(cn->lsock, (unsigned)cn->lgen))
+            gone1 = 1;
+    }
+    if (gone0 && gone1)
+        cn->used = 0;
+}
+
+/* ---- stream pops, in issue order ---- */
+void pq_add(int c, int side, demi_qtoken_t qt)
+{
+    struct cend *e = &conns[c].e[side];
+    if (e->pq_n == PQ) {
+        violation("model: more than %d pops outstanding on one stream (fuzzer bug)", PQ);
+        return;
+    }
+    struct pend *p = &e->pq[(e->pq_head + e->pq_n++) % PQ];
+    free(p->data);
+    *p = (struct pend){.qt = qt, .state = PQ_PENDING};
+}
+
+struct pend *pq_find(int c, int side, demi_qtoken_t qt)
+{
+    struct cend *e = &conns[c].e[side];
+    for (int i = 0; i < e->pq_n; i++)
+        if (e->pq[(e->pq_head + i) % PQ].qt == qt)
+            return &e->pq[(e->pq_head + i) % PQ];
+    return NULL;
+}
+
+/* Checks the finished pops at the head of the queue against the peer's
+ * bytes: data continues the stream, end of file only after the peer went
+ * away (and after everything its finished pushes sent, unless a reset may
+ * have dropped it). */
+void pq_drain(int c, int side, int qd)
+{
+    struct conn *cn = &conns[c];
+    struct cend *e = &cn->e[side];
+    const struct cend *peer = &cn->e[1 - side];
+    struct bytelog *l = &cn->d[1 - side];
+    char who[64];
+    snprintf(who, sizeof who, "pop on qd %d", qd);
+    while (e->pq_n && e->pq[e->pq_head].state != PQ_PENDING) {
+        struct pend *p = &e->pq[e->pq_head];
+        if (p->state == PQ_DATA) {
+            log_receive(l, p->data, p->len, who);
+        } else if (p->state == PQ_EOF) {
+            if (!peer->closed && !peer->shut_wr && !cn->maybe_rst)
+                violation("end of file on qd %d while its peer is open", qd);
+            else if (!cn->maybe_rst && l->rcvd < l->confirmed)
+                violation("end of file on qd %d after %llu bytes, but the peer's pushes of %llu bytes had finished",
+                          qd, (unsigned long long)l->rcvd, (unsigned long long)l->confirmed);
+            else if (peer->rst && !peer->shut_wr && !e->reset_seen)
+                finding(F_RESET_EOF); /* after an ECONNRESET, EOF is what follows */
+        } else if (p->ret == ECONNRESET) {
+            e->reset_seen = 1;
+        }
+        free(p->data);
+        p->data = NULL;
+        e->pq_head = (e->pq_head + 1) % PQ;
+        e->pq_n--;
+    }
+}
+
+/* ---- datagrams ---- */
+struct dgent {
+    int used;
+    unsigned gen;
+    int skind, sender;
+    unsigned sgen;
+    uint16_t dport;
+    uint32_t len;
+    uint8_t *bytes;
+    uint64_t order;
+    int tok;
+};
+static struct dgent dgs[MAX_DGRAMS];
+static uint64_t dg_order;
+static uint32_t evicted[65536]; /* per destination port */
+
+/* The address to reach a socket at: its bound address, or 127.0.0.1. */
+struct sockaddr_in sock_addr(const struct msock *s)
+{
+    struct sockaddr_in a = lo(s->port);
+    if (s->bound && s->ip != htonl(INADDR_ANY))
+        a.sin_addr.s_addr = s->ip;
+    return a;
+}
+
+/* A datagram socket we watch takes what `sender` (a demi socket, or -1 for
+ * a kernel peer on port kport) sends to ip:port: it is bound there (or to
+ * any address: sockets the kernel bound on its own are), and if it is
+ * connected, then to the sender. */
+int dg_receiver(uint32_t ip, uint16_t port, int sender, uint16_t kport)
+{
+    if (port == 0)
+        return 0;
+    for (int i = 0; i < MAX_SOCKS; i++) {
+        const struct msock *s = &socks[i];
+        if (!s->used || s->stream || s->port != port)
+            continue;
+        if (s->bound && s->ip != htonl(INADDR_ANY) && s->ip != ip)
+            continue;
+        if (!s->has_peer)
+            return 1;
+        uint16_t from = sender >= 0 ? socks[sender].port : kport;
+        uint32_t from_ip = sender >= 0 ? sock_addr(&socks[sender]).sin_addr.s_addr : htonl(INADDR_LOOPBACK);
+        if (from && ntohs(s->peer.sin_port) == from && s->peer.sin_addr.s_addr == from_ip)
+            return 1;
+    }
+    for (int k = 0; k < MAX_KSOCKS; k++)
+        if (ks[k].used && ks[k].kind == KS_UDP && ks[k].port == port && ip == htonl(INADDR_LOOPBACK))
+            return 1;
+    return 0;
+}
+
+unsigned *dg_gen_of(int dg)
+{
+    return &dgs[dg].gen;
+}
+
+int dg_log(int skind, int sender, unsigned sgen, uint16_t dport, const uint8_t *p, size_t n, int tok)
+{
+    int slot = -1;
+    for (int i = 0; i < MAX_DGRAMS && slot < 0; i++)
+        if (!dgs[i].used)
+            slot = i;
+    if (slot < 0) { /* full: the oldest was most likely dropped by the kernel */
+        slot = 0;
+        for (int i = 1; i < MAX_DGRAMS; i++)
+            if (dgs[i].order < dgs[slot].order)
+                slot = i;
+        evicted[dgs[slot].dport]++;
+        if (dgs[slot].tok >= 0 && toks[dgs[slot].tok].used && toks[dgs[slot].tok].dg == slot)
+            toks[dgs[slot].tok].dg = -1;
+        free(dgs[slot].bytes);
+    }
+    struct dgent *d = &dgs[slot];
+    d->used = 1;
+    d->gen++;
+    d->skind = skind;
+    d->sender = sender;
+    d->sgen = sgen;
+    d->dport = dport;
+    d->len = (uint32_t)n;
+    d->bytes = malloc(n ? n : 1);
+    if (!d->bytes) {
+        perror("fuzz_abi: malloc");
+        exit(2);
+    }
+    memcpy(d->bytes, p, n);
+    d->order = ++dg_order;
+    d->tok = tok;
+    return slot;
+}
+
+void dg_drop(int dg, unsigned gen, int failed)
+{
+    (void)failed;
+    if (dg >= 0 && dgs[dg].used && dgs[dg].gen == gen) {
+        dgs[dg].used = 0;
+        free(dgs[dg].bytes);
+        dgs[dg].bytes = NULL;
+    }
+}
+
+static void check_sender(const struct dgent *d, const struct sockaddr_in *from, const char *who)
+{
+    if (from->sin_family != AF_INET) {
+        violation("%s: popped datagram's sga_addr has family %d, not AF_INET", who, from->sin_family);
+        return;
+    }
+    uint16_t fport = ntohs(from->sin_port);
+    if (d->skind == END_KERNEL) {
+        if (fport != ks[d->sender].port)
+            violation("%s: datagram from kernel port %u reported as from port %u", who, ks[d->sender].port, fport);
+        return;
+    }
+    struct msock *s = &socks[d->sender];
+    if (!s->used || s->gen != d->sgen)
+        return; /* the sender is closed; its port is no longer known */
+    uint32_t want_ip = s->bound && s->ip != htonl(INADDR_ANY) ? s->ip : htonl(INADDR_LOOPBACK);
+    if (s->port == 0) {
+        s->port = fport; /* an unbound sender's port, learned */
+        s->kbound = 1;
+    } else if (fport != s->port || from->sin_addr.s_addr != want_ip) {
+        char a[32];
+        inet_ntop(AF_INET, &from->sin_addr, a, sizeof a);
+        violation("%s: datagram from qd %d (port %u) reported as from %s:%u", who, s->qd, s->port, a, fport);
+    }
+}
+
+/* 2: the entry's sender is known to have the source port; 1: its port is
+ * unknown; 0: it has another port. */
+static int sender_fits(const struct dgent *d, uint16_t fport)
+{
+    uint16_t sp = 0;
+    if (d->skind == END_KERNEL)
+        sp = ks[d->sender].port;
+    else if (socks[d->sender].used && socks[d->sender].gen == d->sgen)
+        sp = socks[d->sender].port;
+    else
+        return 1;
+    return sp == 0 ? 1 : sp == fport ? 2 : 0;
+}
+
+void dg_receive(uint16_t port, const uint8_t *p, size_t n, const struct sockaddr_in *from, const char *who)
+{
+    /* The same bytes may have been pushed by several sockets (one buffer
+     * pushed twice): take the oldest whose sender fits the source. */
+    int best = -1, best_fit = -1;
+    uint16_t fport = ntohs(from->sin_port);
+    for (int i = 0; i < MAX_DGRAMS; i++) {
+        struct dgent *d = &dgs[i];
+        /* A receiver whose port nobody knows cannot have been sent to. */
+        if (!d->used || d->len != n || d->dport != port || memcmp(d->bytes, p, n) != 0)
+            continue;
+        int fit = sender_fits(d, fport);
+        if (fit > best_fit || (fit == best_fit && d->order < dgs[best].order))
+            best = i, best_fit = fit;
+    }
+    if (best < 0) {
+        if (port && evicted[port]) {
+            fig.dgrams_unverifiable++;
+            return;
+        }
+        uint32_t h[4] = {0, 0, 0, 0};
+        memcpy(h, p, n < 16 ? n : 16);
+        violation("%s: a %zu-byte datagram (header id %u len %u) that no one pushed to port %u whole", who, n,
+                  h[0] == MSG_MAGIC ? h[1] : 0, h[0] == MSG_MAGIC ? h[2] : 0, port);
+        return;
+    }
+    /* Identical bytes from another sender whose port is unknown too: which
+     * one sent it is unclear, so learn nothing from it. */
+    int ambiguous = 0;
+    for (int i = 0; i < MAX_DGRAMS && best_fit == 1; i++) {
+        const struct dgent *d = &dgs[i];
+        if (i != best && d->used && d->len == n && d->dport == port && sender_fits(d, fport) == 1 &&
+            (d->skind != dgs[best].skind || d->sender != dgs[best].sender) && memcmp(d->bytes, p, n) == 0)
+            ambiguous = 1;
+    }
+    if (!ambiguous)
+        check_sender(&dgs[best], from, who);
+    if (dgs[best].tok >= 0 && toks[dgs[best].tok].used && toks[dgs[best].tok].dg == best)
+        toks[dgs[best].tok].dg = -2; /* delivered: its push must not fail */
+    dgs[best].used = 0;
+    free(dgs[best].bytes);
+    dgs[best].bytes = NULL;
+    fig.dgrams_ok++;
+}
+
+/* ---- ports ---- */
+/* Above Linux's ephemeral range (32768-60999) and the range tests/c/common.h
+ * uses (10000-29999), so other tests on this host rarely collide. */
+#define PORT_LO 61000
+#define PORT_HI 65500
+static uint16_t port_next = PORT_LO;
+
+void port_setup(uint64_t seed, long base)
+{
+    if (base < 0)
+        base = (long)((seed * 2654435761ull) % (PORT_HI - PORT_LO));
+    port_next = (uint16_t)(PORT_LO + base % (PORT_HI - PORT_LO));
+}
+
+struct sockaddr_in lo(uint16_t port)
+{
+    struct sockaddr_in a;
+    memset(&a, 0, sizeof a);
+    a.sin_family = AF_INET;
+    a.sin_port = htons(port);
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    return a;
+}
+
+static int port_in_use(uint16_t p)
+{
+    for (int i = 0; i < MAX_SOCKS; i++)
+        if (socks[i].used && socks[i].port == p)
+            return 1;
+    for (int k = 0; k < MAX_KSOCKS; k++)
+        if (ks[k].used && ks[k].port == p)
+            return 1;
+    return p == closed_tcp_port || p == closed_udp_port;
+}
+
+uint16_t fresh_port(void)
+{
+    for (int tries = 0; tries < 64; tries++) {
+        uint16_t p = port_next++;
+        if (port_next >= PORT_HI)
+            port_next = PORT_LO;
+        if (!port_in_use(p))
+            return p;
+    }
+    return port_next;
+}
+
+/* ---- kernel peers ---- */
+static int ks_new(int fd, int kind, uint16_t port)
+{
+    for (int k = 0; k < MAX_KSOCKS; k++) {
+        if (ks[k].used)
+            continue;
+        ks[k] = (struct ksock){.used = 1, .fd = fd, .kind = kind, .port = port, .conn = -1, .end = -1};
+        return k;
+    }
+    close(fd);
+    return -1;
+}
+
+int kernel_open(void)
+{
+    int n = 0;
+    for (int k = 0; k < MAX_KSOCKS; k++)
+        n += ks[k].used;
+    return n;
+}
+
+static uint16_t local_port(int fd)
+{
+    struct sockaddr_in a;
+    socklen_t len = sizeof a;
+    if (getsockname(fd, (struct sockaddr *)&a, &len) != 0)
+        return 0;
+    return ntohs(a.sin_port);
+}
+
+/* A kernel socket bound to a fresh loopback port (tries a few). */
+static int k_bound(int type, uint16_t *port)
+{
+    for (int tries = 0; tries < 50; tries++) {
+        int fd = socket(AF_INET, type | SOCK_NONBLOCK | SOCK_CLOEXEC, 0), one = 1;
+        if (fd < 0) {
+            perror("fuzz_abi: socket");
+            exit(2);
+        }
+        /* The kernel listener's port is in TIME-WAIT after a run: a rerun of
+         * the seed must get the same ports. */
+        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+        struct sockaddr_in a = lo(fresh_port());
+        if (bind(fd, (struct sockaddr *)&a, sizeof a) == 0) {
+            *port = ntohs(a.sin_port);
+            return fd;
+        }
+        close(fd);
+    }
+    fprintf(stderr, "fuzz_abi: no free loopback port for a kernel peer\n");
+    exit(2);
+}
+
+void kernel_setup(void)
+{
+    uint16_t p;
+    int fd = k_bound(SOCK_STREAM, &p);
+    if (listen(fd, 64) != 0) {
+        perror("fuzz_abi: listen");
+        exit(2);
+    }
+    k_listener = ks_new(fd, KS_LISTENER, p);
+    fd = k_bound(SOCK_STREAM, &p); /* bound, never listening: connects are refused */
+    k_refuser = ks_new(fd, KS_REFUSER, p);
+    for (int i = 0; i < 2; i++) {
+        fd = k_bound(SOCK_DGRAM, &p);
+        k_udp[i] = ks_new(fd, KS_UDP, p);
+    }
+    /* Ports with nothing behind them (as far as this process knows). */
+    fd = k_bound(SOCK_DGRAM, &closed_udp_port);
+    close(fd);
+    fd = k_bound(SOCK_STREAM, &closed_tcp_port);
+    close(fd);
+}
+
+void kernel_teardown(void)
+{
+    for (int k = 0; k < MAX_KSOCKS; k++)
+        if (ks[k].used) {
+            close(ks[k].fd);
+            ks[k].used = 0;
+        }
+}
+
+/* Connections to the kernel listener whose client closed before the kernel
+ * queue gave them to us: once the queue is empty they never will come (the
+ * handshake happens inside the client's connect call on loopback). */
+static void k_forget_closed_clients(void)
+{
+    for (int i = 0; i < MAX_CONNS; i++)
+        if (conns[i].used && conns[i].lkernel && conns[i].e[1].kind == END_NONE && conns[i].e[0].closed)
+            conns[i].used = 0;
+}
+
+static void k_accept_all(void)
+{
+    for (int n = 0; n < 8; n++) {
+        struct sockaddr_in a;
+        socklen_t len = sizeof a;
+        int fd = accept4(ks[k_listener].fd, (struct sockaddr *)&a, &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (fd < 0) {
+            if (errno == EAGAIN)
+                k_forget_closed_clients();
+            return;
+        }
+        uint16_t peer = ntohs(a.sin_port);
+        logf_more(" k_accept(from port %u)", peer);
+        int c = -1, unknown = -1, n_unknown = 0;
+        for (int i = 0; i < MAX_CONNS; i++) {
+            struct conn *cn = &conns[i];
+            if (!cn->used || !cn->lkernel || cn->e[1].kind != END_NONE)
+                continue;
+            if (cn->e[0].port == peer)
+                c = i;
+            else if (cn->e[0].port == 0) {
+                unknown = i;
+                n_unknown++;
+            }
+        }
+        if (c < 0 && n_unknown == 1)
+            c = unknown;
+        if (c < 0) {
+            close(fd);
+            violation("the kernel listener accepted a connection from port %u that no demi_connect made", peer);
+            continue;
+        }
+        struct conn *cn = &conns[c];
+        if (cn->e[0].port == 0) {
+            cn->e[0].port = peer;
+            struct msock *s = &socks[cn->e[0].sock];
+            if (cn->e[0].kind == END_DEMI && s->used && s->gen == cn->e[0].gen)
+                s->port = peer;
+        }
+        int k = ks_new(fd, KS_STREAM, ks[k_listener].port);
+        if (k < 0) {
+            end_closed(c, 1, 0);
+            continue;
+        }
+        ks[k].conn = c;
+        ks[k].end = 1;
+        cn->e[1] = (struct cend){.kind = END_KERNEL, .sock = -1, .kfd = k, .port = ks[k_listener].port};
+    }
+}
+
+static int pick_ks(int kind)
+{
+    int cand[MAX_KSOCKS], n = 0;
+    for (int k = 0; k < MAX_KSOCKS; k++)
+        if (ks[k].used && ks[k].kind == kind)
+            cand[n++] = k;
+    return n ? cand[rnd_below((uint64_t)n)] : -1;
+}
+
+static void k_connect(void)
+{
+    int cand[MAX_SOCKS], n = 0;
+    for (int i = 0; i < MAX_SOCKS; i++)
+        if (socks[i].used && socks[i].phases == PH_LISTEN && socks[i].port)
+            cand[n++] = i;
+    if (n == 0 || kernel_open() >= MAX_KSOCKS - 2)
+        return;
+    int l = cand[rnd_below((uint64_t)n)];
+    int c = conn_new();
+    if (c < 0)
+        return;
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    struct sockaddr_in a = sock_addr(&socks[l]);
+    int rc = connect(fd, (struct sockaddr *)&a, sizeof a);
+    logf_more(" k_connect(to qd %d port %u) = %s", socks[l].qd, socks[l].port, rc ? ename(errno) : "0");
+    if (rc != 0 && errno != EINPROGRESS) {
+        violation("a kernel connect to listening qd %d failed at once: %s", socks[l].qd, ename(errno));
+        close(fd);
+        conns[c].used = 0;
+        return;
+    }
+    int k = ks_new(fd, KS_STREAM, local_port(fd));
+    if (k < 0) {
+        conns[c].used = 0;
+        return;
+    }
+    ks[k].conn = c;
+    ks[k].end = 0;
+    conns[c].e[0] = (struct cend){.kind = END_KERNEL, .sock = -1, .kfd = k, .port = ks[k].port};
+    conns[c].lsock = l;
+    conns[c].lgen = (int)socks[l].gen;
+}
+
+static uint8_t kbuf[65536];
+
+static void k_send(void)
+{
+    int k = pick_ks(KS_STREAM);
+    if (k < 0)
+        return;
+    struct conn *cn = &conns[ks[k].conn];
+    int end = ks[k].end;
+    if (cn->e[end].shut_wr || log_pending(&cn->d[end]) > (4u << 20))
+        return;
+    size_t n = chance(90) ? 1 + rnd_below(2000) : 1 + rnd_below(sizeof kbuf);
+    fill_msg(kbuf, n);
+    ssize_t w = send(ks[k].fd, kbuf, n, MSG_DONTWAIT | MSG_NOSIGNAL);
+    logf_more(" k_send(fd %d, %zu) = %zd%s", ks[k].fd, n, w, w < 0 ? ename(errno) : "");
+    if (w > 0) {
+        log_append(&cn->d[end], kbuf, (size_t)w);
+        cn->d[end].confirmed = cn->d[end].total;
+        if (cn->e[1 - end].closed) /* bytes to a closed socket draw a reset */
+            cn->maybe_rst = 1;
+    } else if (w < 0 && errno != EAGAIN && errno != ENOTCONN) {
+        if (!((errno == EPIPE || errno == ECONNRESET || errno == ECONNREFUSED) &&
+              (cn->maybe_rst || cn->e[1 - end].closed)))
+            violation("kernel peer: send failed with %s while the demi end is open", ename(errno));
+    }
+}
+
+static void k_recv(void)
+{
+    int k = pick_ks(KS_STREAM);
+    if (k < 0)
+        return;
+    struct conn *cn = &conns[ks[k].conn];
+    int end = ks[k].end;
+    ssize_t r = recv(ks[k].fd, kbuf, sizeof kbuf, MSG_DONTWAIT);
+    int e = errno;
+    logf_more(" k_recv(fd %d) = %zd%s", ks[k].fd, r, r < 0 ? ename(e) : "");
+    if (r > 0) {
+        log_receive(&cn->d[1 - end], kbuf, (size_t)r, "kernel peer recv");
+    } else if (r == 0) {
+        if (!cn->e[1 - end].closed && !cn->maybe_rst)
+            violation("kernel peer: end of file while the demi end is open");
+        else if (!cn->maybe_rst && cn->d[1 - end].rcvd < cn->d[1 - end].confirmed)
+            violation("kernel peer: end of file after %llu bytes, but pushes of %llu bytes had finished",
+                      (unsigned long long)cn->d[1 - end].rcvd, (unsigned long long)cn->d[1 - end].confirmed);
+    } else if (e != EAGAIN && e != ENOTCONN) {
+        /* ECONNREFUSED: the demi listener went away before the handshake. */
+        if (!((e == ECONNRESET || e == ECONNREFUSED) && cn->maybe_rst))
+            violation("kernel peer: recv failed with %s", ename(e));
+    }
+}
+
+static void k_end(void)
+{
+    int k = pick_ks(KS_STREAM);
+    if (k < 0)
+        return;
+    int c = ks[k].conn, end = ks[k].end;
+    switch (rnd_below(3)) {
+    case 0:
+        logf_more(" k_shutdown(fd %d)", ks[k].fd);
+        shutdown(ks[k].fd, SHUT_WR);
+        conns[c].e[end].shut_wr = 1;
+        return;
+    case 1: {
+        struct linger lg = {1, 0};
+        setsockopt(ks[k].fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
+        logf_more(" k_close_rst(fd %d)", ks[k].fd);
+        close(ks[k].fd);
+        ks[k].used = 0;
+        end_closed(c, end, 1);
+        return;
+    }
+    default:
+        logf_more(" k_close(fd %d)", ks[k].fd);
+        close(ks[k].fd);
+        ks[k].used = 0;
+        end_closed(c, end, 0);
+    }
+}
+
+static void k_udp_send(void)
+{
+    int cand[MAX_SOCKS], n = 0;
+    for (int i = 0; i < MAX_SOCKS; i++)
+        if (socks[i].used && !socks[i].stream && socks[i].port)
+            cand[n++] = i;
+    if (n == 0)
+        return;
+    struct msock *s = &socks[cand[rnd_below((uint64_t)n)]];
+    int k = k_udp[rnd_below(2)];
+    size_t len = chance(95) ? 1 + rnd_below(1400) : 1 + rnd_below(65507);
+    fill_msg(kbuf, len);
+    struct sockaddr_in a = sock_addr(s);
+    ssize_t w = sendto(ks[k].fd, kbuf, len, MSG_DONTWAIT, (struct sockaddr *)&a, sizeof a);
+    logf_more(" k_sendto(port %u -> qd %d port %u, %zu id %u) = %zd", ks[k].port, s->qd, s->port, len,
+              msg_id_of(kbuf, len), w);
+    if (w == (ssize_t)len && dg_receiver(a.sin_addr.s_addr, s->port, -1, ks[k].port))
+        dg_log(END_KERNEL, k, 0, s->port, kbuf, len, -1);
+}
+
+static void k_udp_recv(void)
+{
+    int k = k_udp[rnd_below(2)];
+    struct sockaddr_in from;
+    socklen_t fl = sizeof from;
+    ssize_t r = recvfrom(ks[k].fd, kbuf, sizeof kbuf, MSG_DONTWAIT, (struct sockaddr *)&from, &fl);
+    logf_more(" k_recvfrom(port %u) = %zd", ks[k].port, r);
+    if (r >= 0)
+        dg_receive(ks[k].port, kbuf, (size_t)r, &from, "kernel udp peer");
+}
+
+void kernel_step(void)
+{
+    fig.ksteps++;
+    logf_call("kernel:");
+    switch (rnd_below(10)) {
+    case 0:
+    case 1: k_accept_all(); break;
+    case 2: k_connect(); break;
+    case 3:
+    case 4: k_send(); break;
+    case 5:
+    case 6: k_recv(); break;
+    case 7: k_end(); break;
+    case 8: k_udp_send(); break;
+    default: k_udp_recv(); break;
+    }
+}
