@@ -7,9 +7,10 @@
  * (sockets, tokens, buffers, bytes in flight) says which answers are
  * allowed. See main.c for the figures and the run's shape.
  *
- * Files: main.c (driver), model.c (PRNG, checks, log, tables), data.c
- * (payloads, byte and datagram logs, kernel peers), sock_calls.c,
- * data_calls.c, wait_calls.c (one generator per demi call). */
+ * Files: main.c (driver), model.c (PRNG, checks, call log, tables), data.c
+ * (payloads, byte and datagram logs), peers.c (kernel sockets, ports),
+ * sock_calls.c, opt_calls.c, data_calls.c, wait_calls.c (one generator per
+ * demi call), results.c (checks on finished operations). */
 #ifndef FUZZ_ABI_H
 #define FUZZ_ABI_H
 
