@@ -600,8 +600,9 @@ const FUZZ_SEEDS: &[u64] = &[1, 2, 3];
 const FUZZ_CALLS: &str = "30000";
 
 /// Builds the fuzzer from every C file of tests/c/fuzz_abi, with the same
-/// warnings and sanitizers as the other C tests.
-fn compile_fuzzer() -> Binary {
+/// warnings and sanitizers as the other C tests; `extra` adds sources and
+/// linker flags.
+fn compile_fuzzer(name: &str, extra: &[&str]) -> Binary {
     let dir = repo().join("tests/c/fuzz_abi");
     let mut sources: Vec<PathBuf> = std::fs::read_dir(&dir)
         .unwrap_or_else(|e| panic!("read {}: {e}", dir.display()))
@@ -611,7 +612,7 @@ fn compile_fuzzer() -> Binary {
     sources.sort();
     assert!(sources.len() >= 2, "no fuzzer sources in {}", dir.display());
     let lib = lib_dir();
-    let out = Binary(out_dir().join(format!("fuzz_abi-{}", std::process::id())));
+    let out = Binary(out_dir().join(format!("{name}-{}", std::process::id())));
     let o = Command::new("cc")
         .arg("-std=c11")
         .args(WARNINGS)
@@ -619,6 +620,7 @@ fn compile_fuzzer() -> Binary {
         .arg("-I")
         .arg(repo().join("include"))
         .args(&sources)
+        .args(extra)
         .arg("-o")
         .arg(&*out)
         .arg(format!("-L{}", lib.display()))
@@ -638,7 +640,7 @@ fn compile_fuzzer() -> Binary {
 
 #[test]
 fn fuzz_abi_fixed_seeds() {
-    let bin = compile_fuzzer();
+    let bin = compile_fuzzer("fuzz_abi", &[]);
     for seed in FUZZ_SEEDS {
         let seed = seed.to_string();
         let ran = run(&bin, &["--seed", &seed, "--calls", FUZZ_CALLS]);
@@ -657,5 +659,40 @@ fn fuzz_abi_fixed_seeds() {
             .unwrap_or_else(|| panic!("{what}: unreadable figures {figures:?}"));
         assert!(calls >= FUZZ_CALLS.parse().unwrap(), "{what}: only {calls} calls\n{}", ran.show());
         assert!(figures.contains(" 0 violations"), "{what}: {figures}");
+    }
+}
+
+/// The fuzzer notices a broken library: linked with the deliberately wrong
+/// calls of tests/c/fuzz_abi_mutants.c (one defect at a time, picked by
+/// FUZZ_MUTANT), each run must stop with a violation naming the defect.
+#[test]
+fn fuzz_abi_catches_broken_calls() {
+    let mutants = repo().join("tests/c/fuzz_abi_mutants.c");
+    let wraps = "-Wl,--wrap=demi_close,--wrap=demi_accept,--wrap=demi_wait,--wrap=demi_wait_next_n";
+    let bin = compile_fuzzer("fuzz_abi_mutants", &[mutants.to_str().expect("utf-8 path"), wraps]);
+    // Unbroken, the same binary passes: the wrappers themselves change nothing.
+    let ran = run(&bin, &["--seed", "1", "--calls", "3000"]);
+    check_passed("fuzz_abi with pass-through wrappers", &ran, "fuzz_abi: no violations");
+    for (mutant, want) in [
+        ("errno", "demi_close returned EINVAL"),
+        ("outparam", "wrote"),
+        ("data", "byte"),
+        ("token", "not live"),
+        ("fdleak", "descriptors"),
+    ] {
+        let mut cmd = Command::new(&*bin);
+        cmd.args(["--seed", "1", "--calls", "30000"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        c_env(&mut cmd, false);
+        cmd.env("FUZZ_MUTANT", mutant);
+        let mut child = cmd.spawn().expect("start the fuzzer");
+        let out = drain(child.stdout.take().unwrap(), None);
+        let err = drain(child.stderr.take().unwrap(), None);
+        let ran = finish(child, out, err, RUN_LIMIT);
+        assert_eq!(ran.status.code(), Some(1), "mutant {mutant}: the fuzzer did not fail\n{}", ran.show());
+        let line = ran.stderr.lines().find(|l| l.starts_with("VIOLATION")).unwrap_or("");
+        assert!(line.contains(want), "mutant {mutant}: want a violation about {want:?}\n{}", ran.show());
     }
 }

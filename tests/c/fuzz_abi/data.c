@@ -113,9 +113,22 @@ int conn_new(void)
     return -1;
 }
 
-int conn_end_of(int s)
+void conn_free(int c, const char *why)
 {
-    return socks[s].conn;
+    conns[c].used = 0;
+    logf_more(" [conn#%d.%u gone: %s]", c, conns[c].gen, why);
+}
+
+int sock_conn(const struct msock *m)
+{
+    return m->conn >= 0 && conns[m->conn].used && conns[m->conn].gen == m->conn_gen ? m->conn : -1;
+}
+
+void sock_set_conn(struct msock *m, int c, int end)
+{
+    m->conn = c;
+    m->end = end;
+    m->conn_gen = c >= 0 ? conns[c].gen : 0;
 }
 
 void end_closed(int c, int side, int rst)
@@ -146,7 +159,7 @@ void conn_gc(int c)
         if (toks[t].used && toks[t].conn == c && toks[t].conn_gen == cn->gen)
             return;
     int gone0 = cn->e[0].kind != END_NONE && cn->e[0].closed;
-    int gone1 = cn->e[1].kind != END_NONE && cn->e[1].closed;
+    int gone1 = cn->e[1].closed; /* a server end never accepted is marked closed when it never will be */
     /* A server end never accepted: gone once its demi listener is closed
      * and no accept of that listener can still deliver it. */
     if (cn->e[1].kind == END_NONE && !cn->lkernel && cn->lsock >= 0) {
@@ -155,7 +168,7 @@ void conn_gc(int c)
             gone1 = 1;
     }
     if (gone0 && gone1)
-        cn->used = 0;
+        conn_free(c, "both ends closed");
 }
 
 /* ---- stream pops, in issue order ---- */

@@ -231,7 +231,7 @@ static int want_push(const struct msock *s)
 {
     if (chance(5)) /* ENOTCONN, EDESTADDRREQ, EINVAL on a listener */
         return 1;
-    return s->stream ? s->phases == PH_CONNECTED && s->conn >= 0 : s->has_peer;
+    return s->stream ? s->phases == PH_CONNECTED && sock_conn(s) >= 0 : s->has_peer;
 }
 
 static int want_pushto(const struct msock *s)
@@ -265,8 +265,8 @@ void do_push(int to)
     kind = kind < 40 ? SG_LIB_WHOLE : kind < 52 ? SG_LIB_SUB : kind < 68 ? SG_STACK : kind < 76 ? SG_HEAP
          : kind < 79 ? SG_FOREIGN : SG_LIB_OUT + (int)rnd_below(N_SG - SG_LIB_OUT);
     /* Keep each stream direction's backlog bounded. */
-    if (m && m->stream && m->conn >= 0 && conns[m->conn].used &&
-        log_pending(&conns[m->conn].d[m->end]) > STREAM_BACKLOG && kind < SG_LIB_OUT)
+    if (m && m->stream && sock_conn(m) >= 0 && log_pending(&conns[m->conn].d[m->end]) > STREAM_BACKLOG &&
+        kind < SG_LIB_OUT)
         kind = SG_LEN0;
     if ((kind <= SG_LIB_SUB || kind == SG_LIB_OUT) && (lib = pick_lib_sga()) < 0)
         kind = SG_STACK;
@@ -419,8 +419,11 @@ static void push_started(struct msock *m, int s, demi_qtoken_t qt, int kind, int
         toks[t].sga = lib;
         toks[t].sga_gen = sgas[lib].gen;
     }
-    if (m->stream) {
+    if (m->stream && sock_conn(m) < 0) {
+        violation("model: qd %d pushed on a stream the model has no connection for (fuzzer bug)", m->qd);
+    } else if (m->stream) {
         struct conn *cn = &conns[m->conn];
+        logf_more(" conn#%d.%u", m->conn, cn->gen);
         toks[t].conn = m->conn;
         toks[t].conn_gen = cn->gen;
         toks[t].dir = m->end;
@@ -479,7 +482,7 @@ void do_pop(void)
         return;
     socks[s].pops++;
     toks[t].rport = socks[s].port;
-    if (socks[s].conn >= 0) {
+    if (sock_conn(&socks[s]) >= 0) {
         toks[t].conn = socks[s].conn;
         toks[t].conn_gen = conns[socks[s].conn].gen;
         toks[t].dir = socks[s].end;

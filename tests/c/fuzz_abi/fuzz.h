@@ -155,6 +155,7 @@ struct msock {
     int conn_ok, conn_fail; /* the connect under way may succeed / fail */
     int ctok;            /* token of the stream connect under way, -1 */
     int conn, end;       /* stream connection and our side of it, -1 */
+    unsigned conn_gen;   /* the connection's generation: a slot may be reused */
     struct sockaddr_in peer; /* expected getpeername answer */
     int has_peer;
     int refusable;       /* datagram: ECONNREFUSED may be reported */
@@ -276,9 +277,11 @@ void log_append(struct bytelog *l, const uint8_t *p, size_t n);
  * mismatch. */
 int log_receive(struct bytelog *l, const uint8_t *p, size_t n, const char *who);
 size_t log_pending(const struct bytelog *l);
-int conn_end_of(int s);  /* connection index of socket s, or -1 */
+int sock_conn(const struct msock *m); /* m's connection, or -1 (none, or gone) */
+void sock_set_conn(struct msock *m, int c, int end);
 void end_closed(int c, int side, int rst);
 void conn_gc(int c);
+void conn_free(int c, const char *why);
 void pq_add(int c, int side, demi_qtoken_t qt);
 struct pend *pq_find(int c, int side, demi_qtoken_t qt);
 void pq_drain(int c, int side, int qd);

@@ -171,7 +171,7 @@ static eset peer_phase(const struct msock *s, unsigned ph, const void *ctx)
     if (ph != PH_CONNECTED)
         return es(ENOTCONN, -1);
     /* A reset connection has no peer any more. */
-    if (s->conn >= 0 && conns[s->conn].used && conns[s->conn].maybe_rst)
+    if (sock_conn(s) >= 0 && conns[s->conn].maybe_rst)
         return es(0, ENOTCONN, -1);
     return es(0, -1);
 }

@@ -5,6 +5,7 @@
 #include "fuzz.h"
 
 #include <fcntl.h>
+#include <sys/file.h>
 #include <unistd.h>
 
 struct ksock ks[MAX_KSOCKS];
@@ -13,16 +14,72 @@ uint16_t closed_udp_port, closed_tcp_port;
 
 /* ---- ports ---- */
 /* Above Linux's ephemeral range (32768-60999) and the range tests/c/common.h
- * uses (10000-29999), so other tests on this host rarely collide. */
-#define PORT_LO 61000
-#define PORT_HI 65500
-static uint16_t port_next = PORT_LO;
+ * uses (10000-29999), so other tests on this host rarely collide. The range
+ * is cut in windows; each run locks one (a file lock), so fuzzers running
+ * at the same time never send to each other's ports. */
+#define PORT_RANGE_LO 61000
+#define WINDOW 500
+#define WINDOWS 9
+static uint16_t port_lo, port_hi, port_next;
 
+static unsigned char port_busy[65536];
+
+/* Ports the kernel has a socket on (any process, any state, TIME-WAIT
+ * included): skipped, so a seed run twice in a row binds the same way. */
+static void load_busy_ports(void)
+{
+    static const char *const files[] = {"/proc/net/tcp", "/proc/net/tcp6", "/proc/net/udp", "/proc/net/udp6"};
+    memset(port_busy, 0, sizeof port_busy);
+    for (size_t i = 0; i < sizeof files / sizeof files[0]; i++) {
+        FILE *f = fopen(files[i], "r");
+        char line[512];
+        while (f && fgets(line, sizeof line, f)) {
+            char *colon = strchr(line, ':'); /* after "sl:" comes the local address */
+            char *port = colon ? strchr(colon + 1, ':') : NULL;
+            unsigned p;
+            if (port && sscanf(port + 1, "%4x", &p) == 1)
+                port_busy[p & 0xffff] = 1;
+        }
+        if (f)
+            fclose(f);
+    }
+}
+
+/* A privileged port nothing listens on (connects to it are refused, and
+ * datagrams draw an ICMP error): this run never binds below 61000, and
+ * unprivileged processes cannot bind there. */
+static uint16_t unused_low_port(void)
+{
+    for (uint16_t p = 7; p < 1024; p++)
+        if (!port_busy[p])
+            return p;
+    fprintf(stderr, "fuzz_abi: every port below 1024 is in use\n");
+    exit(2);
+}
+
+/* Locks a window of ports for this run: the seed's own if it is free, so a
+ * seed keeps its ports from run to run. `base` (--port-base) picks one. */
 void port_setup(uint64_t seed, long base)
 {
-    if (base < 0)
-        base = (long)((seed * 2654435761ull) % (PORT_HI - PORT_LO));
-    port_next = (uint16_t)(PORT_LO + base % (PORT_HI - PORT_LO));
+    int first = base >= 0 ? (int)(base % WINDOWS) : (int)((seed * 2654435761ull) % WINDOWS);
+    for (int i = 0; i < WINDOWS; i++) {
+        int w = (first + i) % WINDOWS;
+        char path[64];
+        snprintf(path, sizeof path, "/tmp/fuzz_abi-ports-%d.lock", w);
+        int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0666);
+        if (fd >= 0 && flock(fd, LOCK_EX | LOCK_NB) == 0) { /* held until exit */
+            port_lo = (uint16_t)(PORT_RANGE_LO + w * WINDOW);
+            port_hi = (uint16_t)(port_lo + WINDOW);
+            port_next = port_lo;
+            load_busy_ports();
+            closed_udp_port = closed_tcp_port = unused_low_port();
+            return;
+        }
+        if (fd >= 0)
+            close(fd);
+    }
+    fprintf(stderr, "fuzz_abi: all %d port windows are taken by other runs\n", WINDOWS);
+    exit(2);
 }
 
 struct sockaddr_in lo(uint16_t port)
@@ -48,12 +105,16 @@ static int port_in_use(uint16_t p)
 
 uint16_t fresh_port(void)
 {
-    for (int tries = 0; tries < 64; tries++) {
+    for (int tries = 0; tries < WINDOW; tries++) {
         uint16_t p = port_next++;
-        if (port_next >= PORT_HI)
-            port_next = PORT_LO;
-        if (!port_in_use(p))
+        if (port_next >= port_hi) { /* a round done: our own closed ports may linger in TIME-WAIT */
+            port_next = port_lo;
+            load_busy_ports();
+        }
+        if (!port_in_use(p) && !port_busy[p]) {
+            port_busy[p] = 1; /* once per round */
             return p;
+        }
     }
     return port_next;
 }
@@ -126,11 +187,6 @@ void kernel_setup(void)
         fd = k_bound(SOCK_DGRAM, &p);
         k_udp[i] = ks_new(fd, KS_UDP, p);
     }
-    /* Ports with nothing behind them (as far as this process knows). */
-    fd = k_bound(SOCK_DGRAM, &closed_udp_port);
-    close(fd);
-    fd = k_bound(SOCK_STREAM, &closed_tcp_port);
-    close(fd);
 }
 
 void kernel_teardown(void)
@@ -148,13 +204,15 @@ void kernel_teardown(void)
 static void k_forget_closed_clients(void)
 {
     for (int i = 0; i < MAX_CONNS; i++)
-        if (conns[i].used && conns[i].lkernel && conns[i].e[1].kind == END_NONE && conns[i].e[0].closed)
-            conns[i].used = 0;
+        if (conns[i].used && conns[i].lkernel && conns[i].e[1].kind == END_NONE && conns[i].e[0].closed) {
+            conns[i].e[1].closed = 1; /* it never comes: gone, once no result needs it */
+            conn_gc(i);
+        }
 }
 
 static void k_accept_all(void)
 {
-    for (int n = 0; n < 8; n++) {
+    for (int n = 0; n < 8 && kernel_open() < MAX_KSOCKS; n++) {
         struct sockaddr_in a;
         socklen_t len = sizeof a;
         int fd = accept4(ks[k_listener].fd, (struct sockaddr *)&a, &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
@@ -185,17 +243,14 @@ static void k_accept_all(void)
             continue;
         }
         struct conn *cn = &conns[c];
+        logf_more(" -> conn#%d.%u", c, cn->gen);
         if (cn->e[0].port == 0) {
             cn->e[0].port = peer;
             struct msock *s = &socks[cn->e[0].sock];
             if (cn->e[0].kind == END_DEMI && s->used && s->gen == cn->e[0].gen)
                 s->port = peer;
         }
-        int k = ks_new(fd, KS_STREAM, ks[k_listener].port);
-        if (k < 0) {
-            end_closed(c, 1, 0);
-            continue;
-        }
+        int k = ks_new(fd, KS_STREAM, ks[k_listener].port); /* room was checked above */
         ks[k].conn = c;
         ks[k].end = 1;
         cn->e[1] = (struct cend){.kind = END_KERNEL, .sock = -1, .kfd = k, .port = ks[k_listener].port};
@@ -230,12 +285,12 @@ static void k_connect(void)
     if (rc != 0 && errno != EINPROGRESS) {
         violation("a kernel connect to listening qd %d failed at once: %s", socks[l].qd, ename(errno));
         close(fd);
-        conns[c].used = 0;
+        conn_free(c, "kernel connect failed");
         return;
     }
     int k = ks_new(fd, KS_STREAM, local_port(fd));
     if (k < 0) {
-        conns[c].used = 0;
+        conn_free(c, "no room for a kernel socket");
         return;
     }
     ks[k].conn = c;

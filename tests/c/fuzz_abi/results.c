@@ -65,7 +65,7 @@ static void push_done(struct mtok *k, int failed, int ret)
         return;
     }
     if (failed) {
-        int peer_gone = cn && (cn->maybe_rst || cn->e[1 - k->dir].closed || cn->e[1 - k->dir].kind == END_NONE);
+        int peer_gone = cn && (cn->maybe_rst || cn->e[1 - k->dir].closed);
         if (ret == ECANCELED && !k->closed)
             bad_failure(k, ret, "its descriptor was never closed");
         else if ((ret == EPIPE || ret == ECONNRESET) && !peer_gone)
@@ -210,8 +210,7 @@ static void accept_done(struct mtok *k, const demi_qresult_t *qr, int failed, in
     m->phases = PH_CONNECTED;
     m->has_peer = 1;
     m->peer = a;
-    m->conn = c;
-    m->end = 1;
+    sock_set_conn(m, c, 1);
     cn->e[1] = (struct cend){.kind = END_DEMI, .sock = s, .gen = m->gen};
     if (g_draining)
         close_sock(s);
@@ -241,10 +240,10 @@ static void connect_done(struct mtok *k, int failed, int ret)
             m->phases = PH_IDLE;
             m->ctok = -1;
             m->abort_next = ret != ECONNABORTED && ret != ECANCELED;
-            m->conn = -1;
+            sock_set_conn(m, -1, -1);
         }
         if (cn && ret != ECANCELED && cn->e[1].kind == END_NONE)
-            cn->used = 0; /* no connection came of it */
+            conn_free(k->conn, "its connect failed"); /* no connection came of it */
         return;
     }
     if (k->must_fail)

@@ -437,13 +437,14 @@ void do_connect(void)
     m->ctok = t;
     m->conn_ok = target == TGT_LISTENER && !toks[t].abort;
     m->conn_fail = 1;
+    sock_set_conn(m, -1, -1); /* an earlier connect's connection is not this one */
     if (c >= 0 && m->conn_ok) {
         conns[c].e[0] = (struct cend){.kind = END_DEMI, .sock = s, .gen = m->gen, .port = m->port};
         conns[c].lsock = lsock;
         conns[c].lgen = lsock >= 0 ? (int)socks[lsock].gen : 0;
         conns[c].lkernel = lkernel;
-        m->conn = c;
-        m->end = 0;
+        sock_set_conn(m, c, 0);
+        logf_more(" conn#%d.%u", c, conns[c].gen);
         toks[t].conn = c;
         toks[t].conn_gen = conns[c].gen;
     } else if (c >= 0) {
@@ -466,7 +467,7 @@ int close_sock(int s)
             toks[t].closed = 1;
             toks[t].rport = m->port; /* perhaps learned since the pop began */
         }
-    if (m->conn >= 0 && conns[m->conn].used) {
+    if (sock_conn(m) >= 0) {
         end_closed(m->conn, m->end, m->linger0 == 1);
         if (m->linger0 < 0) /* perhaps inherited from its listener */
             conns[m->conn].maybe_rst = 1;
