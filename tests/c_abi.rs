@@ -678,6 +678,7 @@ fn fuzz_abi_catches_broken_calls() {
         ("outparam", "wrote"),
         ("data", "byte"),
         ("token", "not live"),
+        ("order", "in the order issued"),
         ("fdleak", "descriptors"),
     ] {
         let mut cmd = Command::new(&*bin);

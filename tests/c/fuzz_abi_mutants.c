@@ -8,6 +8,7 @@
  *   outparam  a failed demi_accept writes *qt_out
  *   data      demi_wait flips a byte of a popped buffer
  *   token     demi_wait_next_n hands out one result twice
+ *   order     demi_wait_next_n hands results out newest first
  *   fdleak    demi_close leaks a descriptor now and then */
 #define _GNU_SOURCE
 #include <demi/libos.h>
@@ -66,6 +67,11 @@ int __wrap_demi_wait_next_n(demi_qresult_t *qrs, int num_qrs, int *num_out, cons
     if (rc == 0 && is("token") && *num_out < num_qrs) {
         qrs[*num_out] = qrs[0];
         ++*num_out;
+    }
+    for (int i = 0, j = rc == 0 ? *num_out - 1 : 0; i < j && is("order"); i++, j--) {
+        demi_qresult_t t = qrs[i];
+        qrs[i] = qrs[j];
+        qrs[j] = t;
     }
     return rc;
 }

@@ -207,9 +207,14 @@ void pq_drain(int c, int side, int qd)
     snprintf(who, sizeof who, "pop on qd %d", qd);
     while (e->pq_n && e->pq[e->pq_head].state != PQ_PENDING) {
         struct pend *p = &e->pq[e->pq_head];
+        /* "Every later pop on the socket completes the same way." */
+        if (e->eof && p->state != PQ_EOF && !(p->state == PQ_FAILED && p->ret == ECANCELED))
+            violation("a pop on qd %d after end of file got %s, not end of file again", qd,
+                      p->state == PQ_DATA ? "data" : ename(p->ret));
         if (p->state == PQ_DATA) {
             log_receive(l, p->data, p->len, who);
         } else if (p->state == PQ_EOF) {
+            e->eof = 1;
             if (!peer->closed && !peer->shut_wr && !cn->maybe_rst)
                 violation("end of file on qd %d while its peer is open", qd);
             else if (!cn->maybe_rst && l->rcvd < l->confirmed)
@@ -378,7 +383,7 @@ void dg_receive(uint16_t port, const uint8_t *p, size_t n, const struct sockaddr
     for (int i = 0; i < MAX_DGRAMS; i++) {
         struct dgent *d = &dgs[i];
         /* A receiver whose port nobody knows cannot have been sent to. */
-        if (!d->used || d->len != n || d->dport != port || memcmp(d->bytes, p, n) != 0)
+        if (!d->used || d->len != n || d->dport != port || (n && memcmp(d->bytes, p, n) != 0))
             continue;
         int fit = sender_fits(d, fport);
         if (fit > best_fit || (fit == best_fit && d->order < dgs[best].order))
@@ -390,7 +395,8 @@ void dg_receive(uint16_t port, const uint8_t *p, size_t n, const struct sockaddr
             return;
         }
         uint32_t h[4] = {0, 0, 0, 0};
-        memcpy(h, p, n < 16 ? n : 16);
+        if (n)
+            memcpy(h, p, n < 16 ? n : 16);
         violation("%s: a %zu-byte datagram (header id %u len %u) that no one pushed to port %u whole", who, n,
                   h[0] == MSG_MAGIC ? h[1] : 0, h[0] == MSG_MAGIC ? h[2] : 0, port);
         return;
@@ -401,7 +407,7 @@ void dg_receive(uint16_t port, const uint8_t *p, size_t n, const struct sockaddr
     for (int i = 0; i < MAX_DGRAMS && best_fit == 1; i++) {
         const struct dgent *d = &dgs[i];
         if (i != best && d->used && d->len == n && d->dport == port && sender_fits(d, fport) == 1 &&
-            (d->skind != dgs[best].skind || d->sender != dgs[best].sender) && memcmp(d->bytes, p, n) == 0)
+            (d->skind != dgs[best].skind || d->sender != dgs[best].sender) && (!n || memcmp(d->bytes, p, n) == 0))
             ambiguous = 1;
     }
     if (!ambiguous)

@@ -160,6 +160,8 @@ struct msock {
     int has_peer;
     int refusable;       /* datagram: ECONNREFUSED may be reported */
     int pops;            /* pops outstanding */
+    uint64_t seq[2];     /* pushes, pops issued (OPK_PUSH, OPK_POP) */
+    uint64_t next_n_seq[2]; /* the latest of them demi_wait_next_n returned */
     unsigned gen;        /* changes each time the slot is reused */
 };
 extern struct msock socks[MAX_SOCKS];
@@ -202,6 +204,7 @@ struct mtok {
     uint16_t rport;  /* datagram pop: the receiver's port (kept past a close) */
     /* connect: what was connected to */
     int target;      /* TGT_* */
+    uint64_t seq;    /* push or pop: its number among its descriptor's */
     uint64_t step;
 };
 enum { TGT_LISTENER, TGT_REFUSER, TGT_DGRAM, TGT_CLOSED_PORT };

@@ -409,6 +409,8 @@ int tok_new(demi_qtoken_t qt, int kind, int sock)
         toks[i].sock_gen = socks[sock].gen;
         toks[i].conn = toks[i].dg = toks[i].sga = -1;
         toks[i].step = g_step;
+        if (kind == OPK_PUSH || kind == OPK_POP)
+            toks[i].seq = ++socks[sock].seq[kind];
         n_live_toks++;
         return i;
     }

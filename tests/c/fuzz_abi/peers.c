@@ -391,7 +391,9 @@ static void k_udp_send(void)
         return;
     struct msock *s = &socks[cand[rnd_below((uint64_t)n)]];
     int k = k_udp[rnd_below(2)];
-    size_t len = chance(95) ? 1 + rnd_below(1400) : 1 + rnd_below(65507);
+    /* Now and then an empty datagram: a pop returns it as a datagram, not
+     * as end of file (man demi_pop). */
+    size_t len = chance(95) ? 1 + rnd_below(1400) : chance(40) ? 0 : 1 + rnd_below(65507);
     fill_msg(kbuf, len);
     struct sockaddr_in a = sock_addr(s);
     ssize_t w = sendto(ks[k].fd, kbuf, len, MSG_DONTWAIT, (struct sockaddr *)&a, sizeof a);

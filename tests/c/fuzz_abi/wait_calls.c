@@ -12,7 +12,8 @@ int g_draining;
 enum { T_ZERO, T_SHORT, T_NULL, T_BAD };
 static const struct timespec bad_ts[] = {{0, 1000000000L}, {0, -1}, {-1, 0}, {1, 2000000000L}};
 
-/* NULL (wait forever) only where the rules say the call returns anyway. */
+/* NULL (wait forever), or the longest timespec there is, only where the
+ * rules say the call returns anyway. T_NULL stands for both. */
 static int pick_timeout(int null_ok, struct timespec *ts, const struct timespec **tp)
 {
     unsigned r = (unsigned)rnd_below(100);
@@ -22,7 +23,8 @@ static int pick_timeout(int null_ok, struct timespec *ts, const struct timespec 
         return T_BAD;
     }
     if (r < 10 && null_ok) {
-        *tp = NULL;
+        *ts = (struct timespec){LONG_MAX, 999999999L};
+        *tp = chance(50) ? NULL : ts;
         return T_NULL;
     }
     ts->tv_sec = 0;
@@ -33,7 +35,7 @@ static int pick_timeout(int null_ok, struct timespec *ts, const struct timespec 
 
 static const char *tkind(int k)
 {
-    return k == T_ZERO ? "{0,0}" : k == T_SHORT ? "short" : k == T_NULL ? "NULL" : "malformed";
+    return k == T_ZERO ? "{0,0}" : k == T_SHORT ? "short" : k == T_NULL ? "NULL or huge" : "malformed";
 }
 
 /* A token for a wait: live, consumed, forged or 0. */
@@ -59,7 +61,7 @@ static void wait_one(int timed)
     struct timespec ts;
     const struct timespec *tp;
     int tk = pick_timeout(t < 0 || must_done, &ts, &tp);
-    if (timed && tp) { /* an absolute deadline: in the past, or now + the short time */
+    if (timed && tp && tk != T_NULL) { /* an absolute deadline: in the past, or now + the short time */
         struct timespec now;
         clock_gettime(CLOCK_REALTIME, &now);
         if (tk == T_ZERO)
@@ -178,6 +180,26 @@ void do_wait_any(void)
 }
 
 /* ---- demi_wait_next_n ---- */
+/* demi_wait_next_n hands results out in the order the operations
+ * finished, and one descriptor's pushes (and its pops) finish in the order
+ * they were issued: so among the results it returns, those of one
+ * descriptor and kind come in issue order. */
+static void check_order(const demi_qresult_t *qr)
+{
+    int t = tok_by_qt(qr->qr_qt);
+    if (t < 0 || (toks[t].kind != OPK_PUSH && toks[t].kind != OPK_POP))
+        return;
+    struct msock *m = &socks[toks[t].sock];
+    if (!m->used || m->gen != toks[t].sock_gen)
+        return;
+    uint64_t *last = &m->next_n_seq[toks[t].kind];
+    if (toks[t].seq < *last)
+        violation("demi_wait_next_n returned %s #%llu of qd %d after #%llu: they finish in the order issued",
+                  toks[t].kind == OPK_PUSH ? "push" : "pop", (unsigned long long)toks[t].seq, m->qd,
+                  (unsigned long long)*last);
+    *last = toks[t].seq;
+}
+
 static int wait_next(int num, const struct timespec *tp, int tk, int args_ok, demi_qresult_t *qp, int *np)
 {
     demi_qresult_t *qrs = qp;
@@ -213,6 +235,7 @@ static int wait_next(int num, const struct timespec *tp, int tk, int args_ok, de
         violation("demi_wait_next_n wrote past the %d results it reported", n);
     for (int i = 0; i < n; i++) {
         demi_qresult_t r = qrs[i];
+        check_order(&r);
         take_result(&r, C_WAIT_NEXT_N);
     }
     return rc;
