@@ -679,6 +679,7 @@ fn fuzz_abi_catches_broken_calls() {
         ("data", "byte"),
         ("token", "not live"),
         ("order", "in the order issued"),
+        ("cancel", "ECONNRESET"),
         ("fdleak", "descriptors"),
     ] {
         let mut cmd = Command::new(&*bin);

@@ -106,7 +106,7 @@ void rnd_step(uint64_t seed, uint64_t step);
 enum { F_RESET_EOF, F_PUSH_REFUSED, F_GETSOCKOPT_EOPNOTSUPP, F_CONNECT_RESET, N_FINDINGS };
 struct figures {
     uint64_t calls, ksteps, violations, bytes_stream, dgrams_ok, dgrams_unverifiable, tokens_done;
-    uint64_t fd_checks;
+    uint64_t fd_checks, cancels_checked;
     uint64_t findings[N_FINDINGS];
 };
 void finding(int f);
@@ -160,6 +160,7 @@ struct msock {
     int has_peer;
     int refusable;       /* datagram: ECONNREFUSED may be reported */
     int pops;            /* pops outstanding */
+    int conns_made;      /* connects aimed at this listener, ever */
     uint64_t seq[2];     /* pushes, pops issued (OPK_PUSH, OPK_POP) */
     uint64_t next_n_seq[2]; /* the latest of them demi_wait_next_n returned */
     unsigned gen;        /* changes each time the slot is reused */
@@ -192,6 +193,7 @@ struct mtok {
     int closed;      /* its qd was closed: it must be finished */
     int must_ok, must_fail; /* inferred from a later answer */
     int abort;       /* connect: must end ECONNABORTED */
+    int must_cancel; /* closed while it cannot have finished: must end ECANCELED */
     /* push: stream range or datagram entry; the sga it came from */
     int conn, dir; /* push: direction written; pop: our end */
     unsigned conn_gen;

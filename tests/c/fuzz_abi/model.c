@@ -256,10 +256,10 @@ void print_figures(FILE *f, double secs)
             (unsigned long long)fig.violations);
     fprintf(f,
             "fuzz_abi: %llu tokens completed, %llu stream bytes and %llu datagrams verified (%llu unverifiable after "
-            "log eviction), %llu descriptor-count checks",
+            "log eviction), %llu descriptor-count checks, %llu operations that only a close could end",
             (unsigned long long)fig.tokens_done, (unsigned long long)fig.bytes_stream,
             (unsigned long long)fig.dgrams_ok, (unsigned long long)fig.dgrams_unverifiable,
-            (unsigned long long)fig.fd_checks);
+            (unsigned long long)fig.fd_checks, (unsigned long long)fig.cancels_checked);
     if (secs >= 0)
         fprintf(f, ", %.1f s", secs);
     fprintf(f, ", trace %016llx\n", (unsigned long long)trace_hash);

@@ -298,6 +298,7 @@ static void k_connect(void)
     conns[c].e[0] = (struct cend){.kind = END_KERNEL, .sock = -1, .kfd = k, .port = ks[k].port};
     conns[c].lsock = l;
     conns[c].lgen = (int)socks[l].gen;
+    socks[l].conns_made++;
 }
 
 static uint8_t kbuf[65536];

@@ -190,8 +190,10 @@ static void accept_done(struct mtok *k, const demi_qresult_t *qr, int failed, in
             violation("closing accepted qd %d failed", ar.qd);
         if (s >= 0)
             socks[s].used = 0;
-        if (c >= 0)
+        if (c >= 0) {
             end_closed(c, 1, 0);
+            conns[c].maybe_rst = 1; /* it may have inherited SO_LINGER {1, 0} */
+        }
         return;
     }
     struct conn *cn = &conns[c];
@@ -286,6 +288,11 @@ void take_result(const demi_qresult_t *qr, int call)
                   (long long)qr->qr_ret, ename(ret));
         failed = -1;
     }
+    fig.cancels_checked += k->must_cancel;
+    if (k->must_cancel && !(failed == 1 && ret == ECANCELED))
+        violation("%s (token %#llx, qd %d) could not finish before its qd was closed, yet it ended %s, not "
+                  "ECANCELED",
+                  call_names[op_call[k->kind]], (unsigned long long)k->qt, k->qd, failed ? ename(ret) : "successfully");
     if (failed >= 0) {
         if (failed || k->kind != OPK_POP)
             see(op_call[k->kind], failed ? ret : 0);

@@ -442,6 +442,8 @@ void do_connect(void)
         conns[c].e[0] = (struct cend){.kind = END_DEMI, .sock = s, .gen = m->gen, .port = m->port};
         conns[c].lsock = lsock;
         conns[c].lgen = lsock >= 0 ? (int)socks[lsock].gen : 0;
+        if (lsock >= 0)
+            socks[lsock].conns_made++;
         conns[c].lkernel = lkernel;
         sock_set_conn(m, c, 0);
         logf_more(" conn#%d.%u", c, conns[c].gen);
@@ -453,6 +455,29 @@ void do_connect(void)
 }
 
 /* ---- demi_close ---- */
+
+/* An operation that nothing could have finished before its descriptor was
+ * closed: a stream pop whose peer never sent a byte, closed or reset, an
+ * accept no connection was ever made to. The close must end it ECANCELED. */
+static int cannot_have_finished(int s, const struct mtok *k)
+{
+    const struct msock *m = &socks[s];
+    if (k->kind == OPK_POP && m->stream) {
+        int c = sock_conn(m);
+        if (c < 0)
+            return 0;
+        const struct conn *cn = &conns[c];
+        const struct cend *peer = &cn->e[1 - m->end];
+        return cn->d[1 - m->end].total == 0 && !peer->closed && !peer->shut_wr && !cn->maybe_rst;
+    }
+    if (k->kind == OPK_ACCEPT) {
+        for (int c = 0; c < MAX_CONNS; c++)
+            if (conns[c].used && !conns[c].lkernel && conns[c].lsock == s && conns[c].lgen == (int)m->gen)
+                return 0;
+        return !m->conns_made;
+    }
+    return 0;
+}
 int close_sock(int s)
 {
     struct msock *m = &socks[s];
@@ -466,6 +491,7 @@ int close_sock(int s)
         if (toks[t].used && toks[t].sock == s && toks[t].sock_gen == m->gen) {
             toks[t].closed = 1;
             toks[t].rport = m->port; /* perhaps learned since the pop began */
+            toks[t].must_cancel = cannot_have_finished(s, &toks[t]);
         }
     if (sock_conn(m) >= 0) {
         end_closed(m->conn, m->end, m->linger0 == 1);
