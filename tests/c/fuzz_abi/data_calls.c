@@ -465,7 +465,11 @@ void do_pop(void)
     int s, bad;
     int qd = pick_qd(want_pop, 1, &s, &bad);
     demi_qtoken_t qt = 77, *out = chance(2) ? NULL : &qt;
-    if (s >= 0 && !bad && (socks[s].pops >= 4 || live_toks() > MAX_TOKS - 32))
+    /* A few pops per socket; a stream's queue of pops to check in order
+     * (finished ones wait there for an earlier one) stays within PQ. */
+    int c = s >= 0 && !bad ? sock_conn(&socks[s]) : -1;
+    if (s >= 0 && !bad &&
+        (socks[s].pops >= 4 || live_toks() > MAX_TOKS - 32 || (c >= 0 && conns[c].e[socks[s].end].pq_n >= PQ - 1)))
         out = NULL;
     eset allowed = !out ? es(EINVAL, -1) : bad ? es(EBADF, -1) : over_phases(&socks[s], pop_phase, NULL);
     logf_call("demi_pop(%s, %d)", out ? "&qt" : "NULL", qd);

@@ -106,7 +106,7 @@ const char *ename(int e)
 }
 
 /* ---- the call log: the last RING calls, for violation reports ---- */
-static char ring[RING][1024];
+static char ring[RING][4096];
 static size_t ring_len[RING];
 static unsigned ring_pos;
 static uint64_t trace_hash = 1469598103934665603ull;

@@ -289,6 +289,7 @@ static void k_connect(void)
         return;
     }
     int k = ks_new(fd, KS_STREAM, local_port(fd));
+    logf_more(" fd %d port %u conn#%d", fd, k >= 0 ? ks[k].port : 0, c);
     if (k < 0) {
         conn_free(c, "no room for a kernel socket");
         return;
@@ -315,7 +316,7 @@ static void k_send(void)
     size_t n = chance(90) ? 1 + rnd_below(2000) : 1 + rnd_below(sizeof kbuf);
     fill_msg(kbuf, n);
     ssize_t w = send(ks[k].fd, kbuf, n, MSG_DONTWAIT | MSG_NOSIGNAL);
-    logf_more(" k_send(fd %d, %zu) = %zd%s", ks[k].fd, n, w, w < 0 ? ename(errno) : "");
+    logf_more(" k_send(fd %d conn#%d, %zu) = %zd%s", ks[k].fd, ks[k].conn, n, w, w < 0 ? ename(errno) : "");
     if (w > 0) {
         log_append(&cn->d[end], kbuf, (size_t)w);
         cn->d[end].confirmed = cn->d[end].total;
@@ -337,7 +338,7 @@ static void k_recv(void)
     int end = ks[k].end;
     ssize_t r = recv(ks[k].fd, kbuf, sizeof kbuf, MSG_DONTWAIT);
     int e = errno;
-    logf_more(" k_recv(fd %d) = %zd%s", ks[k].fd, r, r < 0 ? ename(e) : "");
+    logf_more(" k_recv(fd %d conn#%d) = %zd%s", ks[k].fd, ks[k].conn, r, r < 0 ? ename(e) : "");
     if (r > 0) {
         log_receive(&cn->d[1 - end], kbuf, (size_t)r, "kernel peer recv");
     } else if (r == 0) {
@@ -359,23 +360,35 @@ static void k_end(void)
     if (k < 0)
         return;
     int c = ks[k].conn, end = ks[k].end;
+    struct sockaddr_in peer;
+    socklen_t plen = sizeof peer;
+    int connected = getpeername(ks[k].fd, (struct sockaddr *)&peer, &plen) == 0;
     switch (rnd_below(3)) {
     case 0:
-        logf_more(" k_shutdown(fd %d)", ks[k].fd);
+        /* Linux turns shutdown() of a socket still connecting (the demi
+         * listener's queue is full) into a disconnect; close it instead. */
+        if (!connected) {
+            logf_more(" k_close(fd %d conn#%d, not connected yet)", ks[k].fd, c);
+            close(ks[k].fd);
+            ks[k].used = 0;
+            end_closed(c, end, 0);
+            return;
+        }
+        logf_more(" k_shutdown(fd %d conn#%d)", ks[k].fd, c);
         shutdown(ks[k].fd, SHUT_WR);
         conns[c].e[end].shut_wr = 1;
         return;
     case 1: {
         struct linger lg = {1, 0};
         setsockopt(ks[k].fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
-        logf_more(" k_close_rst(fd %d)", ks[k].fd);
+        logf_more(" k_close_rst(fd %d conn#%d)", ks[k].fd, c);
         close(ks[k].fd);
         ks[k].used = 0;
         end_closed(c, end, 1);
         return;
     }
     default:
-        logf_more(" k_close(fd %d)", ks[k].fd);
+        logf_more(" k_close(fd %d conn#%d)", ks[k].fd, c);
         close(ks[k].fd);
         ks[k].used = 0;
         end_closed(c, end, 0);

@@ -214,6 +214,7 @@ static void accept_done(struct mtok *k, const demi_qresult_t *qr, int failed, in
     m->peer = a;
     sock_set_conn(m, c, 1);
     cn->e[1] = (struct cend){.kind = END_DEMI, .sock = s, .gen = m->gen};
+    logf_more(" conn#%d", c);
     if (g_draining)
         close_sock(s);
 }
