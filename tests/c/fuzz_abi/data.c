@@ -284,9 +284,9 @@ int dg_receiver(uint32_t ip, uint16_t port, int sender, uint16_t kport)
     return 0;
 }
 
-unsigned *dg_gen_of(int dg)
+unsigned dg_gen(int dg)
 {
-    return &dgs[dg].gen;
+    return dgs[dg].gen;
 }
 
 int dg_log(int skind, int sender, unsigned sgen, uint16_t dport, const uint8_t *p, size_t n, int tok)
@@ -324,9 +324,8 @@ int dg_log(int skind, int sender, unsigned sgen, uint16_t dport, const uint8_t *
     return slot;
 }
 
-void dg_drop(int dg, unsigned gen, int failed)
+void dg_drop(int dg, unsigned gen)
 {
-    (void)failed;
     if (dg >= 0 && dgs[dg].used && dgs[dg].gen == gen) {
         dgs[dg].used = 0;
         free(dgs[dg].bytes);

@@ -436,7 +436,7 @@ static void push_started(struct msock *m, int s, demi_qtoken_t qt, int kind, int
         toks[t].big = 1;
     } else if (dg_receiver(dest->sin_addr.s_addr, dport, s, 0)) {
         toks[t].dg = dg_log(END_DEMI, s, m->gen, dport, bytes, len, t);
-        toks[t].dg_gen = *dg_gen_of(toks[t].dg);
+        toks[t].dg_gen = dg_gen(toks[t].dg);
         logf_more(" [logged]");
     } else {
         logf_more(" [no receiver]");

@@ -293,12 +293,12 @@ void pq_drain(int c, int side, int qd);
 
 /* datagrams: sender is a demi socket (kind END_DEMI) or a kernel socket */
 int dg_log(int sender_kind, int sender, unsigned sender_gen, uint16_t dport, const uint8_t *p, size_t n, int tok);
-void dg_drop(int dg, unsigned gen, int failed);
+void dg_drop(int dg, unsigned gen); /* a push failed: its datagram never went */
 /* A receiver on port `port` (0 = unknown) got n bytes from `from`. */
 void dg_receive(uint16_t port, const uint8_t *p, size_t n, const struct sockaddr_in *from, const char *who);
 int dg_receiver(uint32_t ip, uint16_t port, int sender, uint16_t kport);
 struct sockaddr_in sock_addr(const struct msock *s);
-unsigned *dg_gen_of(int dg);
+unsigned dg_gen(int dg);
 
 /* kernel peers */
 struct ksock {
@@ -337,12 +337,11 @@ void do_wait(void);
 void do_timedwait(void);
 void do_wait_any(void);
 void do_wait_next_n(void);
-void take_result(const demi_qresult_t *qr, int call);
+void take_result(const demi_qresult_t *qr);
 int close_sock(int s); /* demi_close on a model socket (used at the end too) */
 void free_all_sgas(void);
 int adopt_popped(demi_sgarray_t s, size_t len);
 extern int g_draining;
 int drain_all(void);   /* wait_next_n until no token is live */
-void pre_init_calls(int n);
 
 #endif /* FUZZ_ABI_H */

@@ -12,10 +12,14 @@
  * count must be back to what it was right after demi_init.
  *
  * The decisions depend only on the seed and on the answers the library and
- * kernel give, so a seed replays the same sequence as long as they answer
- * the same (timing can change an answer: a zero-timeout wait may or may not
- * find data that is on its way). The "trace" hash of the figures tells two
- * runs apart; --trace prints every call.
+ * kernel give, so a seed replays the same calls as long as they answer the
+ * same. Ports are the seed's own (a locked window of the range, skipping
+ * ports the kernel still holds), each step draws from its own PRNG stream,
+ * and no decision uses the clock. What the kernel's timing decides can still
+ * differ from run to run (how many bytes a stream pop finds, whether a
+ * zero-timeout wait sees a completion), and from there a replay drifts. The
+ * "trace" hash covers every (call, answer) in order: equal hashes, same run.
+ * --trace prints every call. --port-base N picks another port window.
  *
  * On a violation: the seed, the call number, what rule broke and the last
  * calls go to stderr, and the exit status is 1 (--keep-going counts and

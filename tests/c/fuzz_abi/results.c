@@ -40,7 +40,7 @@ static void push_release(struct mtok *k, int failed, int ret)
         violation("a datagram arrived, yet its push (token %#llx) failed with %s", (unsigned long long)k->qt,
                   ename(ret));
     else if (k->dg >= 0)
-        dg_drop(k->dg, k->dg_gen, 1);
+        dg_drop(k->dg, k->dg_gen);
 }
 
 /* Failures the man pages do not list that this fuzzer found (see
@@ -262,9 +262,8 @@ static void connect_done(struct mtok *k, int failed, int ret)
     }
 }
 
-void take_result(const demi_qresult_t *qr, int call)
+void take_result(const demi_qresult_t *qr)
 {
-    (void)call;
     int t = tok_by_qt(qr->qr_qt);
     logf_more(" -> {qt %#llx qd %d opc %d ret %lld}", (unsigned long long)qr->qr_qt, qr->qr_qd, qr->qr_opcode,
               (long long)qr->qr_ret);

@@ -97,7 +97,7 @@ static void wait_one(int timed)
     if (qr.qr_qt != qt)
         violation("%s(%#llx) returned the result of token %#llx", call_names[call], (unsigned long long)qt,
                   (unsigned long long)qr.qr_qt);
-    take_result(&qr, call);
+    take_result(&qr);
 }
 
 void do_wait(void)
@@ -176,7 +176,7 @@ void do_wait_any(void)
     if (qr.qr_qt != qts[off])
         violation("demi_wait_any: index %d holds token %#llx, the result is of %#llx", off,
                   (unsigned long long)qts[off], (unsigned long long)qr.qr_qt);
-    take_result(&qr, C_WAIT_ANY);
+    take_result(&qr);
 }
 
 /* ---- demi_wait_next_n ---- */
@@ -236,7 +236,7 @@ static int wait_next(int num, const struct timespec *tp, int tk, int args_ok, de
     for (int i = 0; i < n; i++) {
         demi_qresult_t r = qrs[i];
         check_order(&r);
-        take_result(&r, C_WAIT_NEXT_N);
+        take_result(&r);
     }
     return rc;
 }
