@@ -123,7 +123,7 @@ include rxe-setup/rxe.mk
 # stops with the seed, the call number and the last calls
 # (build/fuzz-abi/fuzz_abi --seed N --calls N --trace replays a seed).
 FUZZ_SEEDS ?= 1 2 3 4 5 6 7 8
-FUZZ_CALLS ?= 250000
+FUZZ_CALLS ?= 500000
 FUZZ_CFLAGS := -std=c11 -Wall -Wextra -Werror -Wpedantic -g -fsanitize=address,undefined \
   -fno-sanitize-recover=all -fno-omit-frame-pointer
 .PHONY: fuzz-abi
