@@ -25,7 +25,9 @@ static uint16_t port_lo, port_hi, port_next;
 static unsigned char port_busy[65536];
 
 /* Ports the kernel has a socket on (any process, any state, TIME-WAIT
- * included): skipped, so a seed run twice in a row binds the same way. */
+ * included), or that a socket talks to (a client still sending SYNs to a
+ * listener we closed would reach the next one on that port): skipped, so a
+ * seed run twice in a row binds the same way. */
 static void load_busy_ports(void)
 {
     static const char *const files[] = {"/proc/net/tcp", "/proc/net/tcp6", "/proc/net/udp", "/proc/net/udp6"};
@@ -34,11 +36,17 @@ static void load_busy_ports(void)
         FILE *f = fopen(files[i], "r");
         char line[512];
         while (f && fgets(line, sizeof line, f)) {
-            char *colon = strchr(line, ':'); /* after "sl:" comes the local address */
-            char *port = colon ? strchr(colon + 1, ':') : NULL;
-            unsigned p;
-            if (port && sscanf(port + 1, "%4x", &p) == 1)
-                port_busy[p & 0xffff] = 1;
+            /* "  sl: local_address:port rem_address:port st ..." */
+            char local[80], remote[80];
+            unsigned lp, rp;
+            char *colon = strchr(line, ':');
+            if (!colon || sscanf(colon + 1, "%79s %79s", local, remote) != 2)
+                continue;
+            char *l = strchr(local, ':'), *r = strchr(remote, ':');
+            if (l && sscanf(l + 1, "%x", &lp) == 1)
+                port_busy[lp & 0xffff] = 1;
+            if (r && sscanf(r + 1, "%x", &rp) == 1)
+                port_busy[rp & 0xffff] = 1;
         }
         if (f)
             fclose(f);

@@ -184,8 +184,14 @@ static void accept_done(struct mtok *k, const demi_qresult_t *qr, int failed, in
         c = unknown;
     int s = sock_new(ar.qd, 1);
     if (c < 0 || s < 0) {
-        if (c < 0)
+        if (c < 0) {
+            for (int i = 0; i < MAX_CONNS; i++) /* what the model expected there */
+                if (conns[i].used && !conns[i].lkernel && conns[i].lsock == k->sock)
+                    fprintf(stderr, "  conn#%d.%u: lgen %d (listener gen %u), client port %u %s, server end %d\n", i,
+                            conns[i].gen, conns[i].lgen, k->sock_gen, conns[i].e[0].port,
+                            conns[i].e[0].closed ? "closed" : "open", conns[i].e[1].kind);
             violation("qd %d accepted a connection from port %u that no connect made", k->qd, port);
+        }
         if (demi_close(ar.qd) != 0)
             violation("closing accepted qd %d failed", ar.qd);
         if (s >= 0)
