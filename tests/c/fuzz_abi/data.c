@@ -172,7 +172,21 @@ void conn_gc(int c)
 }
 
 /* ---- stream pops, in issue order ---- */
-void pq_add(int c, int side, demi_qtoken_t qt)
+int fatal(int e)
+{
+    return e == ECONNRESET || e == ETIMEDOUT || e == ECONNABORTED || e == EHOSTUNREACH || e == ENETUNREACH;
+}
+
+void end_died(struct cend *e, int errno_, uint64_t pushes_after, uint64_t pops_after)
+{
+    if (e->dead)
+        return;
+    e->dead = errno_;
+    e->dead_after[OPK_PUSH] = pushes_after;
+    e->dead_after[OPK_POP] = pops_after;
+}
+
+void pq_add(int c, int side, demi_qtoken_t qt, uint64_t seq)
 {
     struct cend *e = &conns[c].e[side];
     if (e->pq_n == PQ) {
@@ -181,7 +195,7 @@ void pq_add(int c, int side, demi_qtoken_t qt)
     }
     struct pend *p = &e->pq[(e->pq_head + e->pq_n++) % PQ];
     free(p->data);
-    *p = (struct pend){.qt = qt, .state = PQ_PENDING};
+    *p = (struct pend){.qt = qt, .seq = seq, .state = PQ_PENDING};
 }
 
 struct pend *pq_find(int c, int side, demi_qtoken_t qt)
@@ -197,7 +211,7 @@ struct pend *pq_find(int c, int side, demi_qtoken_t qt)
  * bytes: data continues the stream, end of file only after the peer went
  * away (and after everything its finished pushes sent, unless a reset may
  * have dropped it). */
-void pq_drain(int c, int side, int qd)
+void pq_drain(int c, int side, int qd, uint64_t pushes_now)
 {
     struct conn *cn = &conns[c];
     struct cend *e = &cn->e[side];
@@ -207,10 +221,19 @@ void pq_drain(int c, int side, int qd)
     snprintf(who, sizeof who, "pop on qd %d", qd);
     while (e->pq_n && e->pq[e->pq_head].state != PQ_PENDING) {
         struct pend *p = &e->pq[e->pq_head];
+        int cancelled = p->state == PQ_FAILED && p->ret == ECANCELED;
         /* "Every later pop on the socket completes the same way." */
-        if (e->eof && p->state != PQ_EOF && !(p->state == PQ_FAILED && p->ret == ECANCELED))
+        if (e->eof && p->state != PQ_EOF && !cancelled)
             violation("a pop on qd %d after end of file got %s, not end of file again", qd,
                       p->state == PQ_DATA ? "data" : ename(p->ret));
+        /* After a reset, every pending and later pop fails with it. */
+        if (e->dead && p->seq > e->dead_after[OPK_POP] && !cancelled && !(p->state == PQ_FAILED && p->ret == e->dead))
+            violation("pop #%llu on qd %d got %s after the connection died with %s (man demi_pop: every pending and "
+                      "later pop fails with it)",
+                      (unsigned long long)p->seq, qd,
+                      p->state == PQ_DATA ? "data" : p->state == PQ_EOF ? "end of file" : ename(p->ret), ename(e->dead));
+        if (p->state == PQ_FAILED && fatal(p->ret))
+            end_died(e, p->ret, pushes_now, p->seq);
         if (p->state == PQ_DATA) {
             log_receive(l, p->data, p->len, who);
         } else if (p->state == PQ_EOF) {
@@ -220,10 +243,10 @@ void pq_drain(int c, int side, int qd)
             else if (!cn->maybe_rst && l->rcvd < l->confirmed)
                 violation("end of file on qd %d after %llu bytes, but the peer's pushes of %llu bytes had finished",
                           qd, (unsigned long long)l->rcvd, (unsigned long long)l->confirmed);
-            else if (peer->rst && !peer->shut_wr && !e->reset_seen)
-                finding(F_RESET_EOF); /* after an ECONNRESET, EOF is what follows */
-        } else if (p->ret == ECONNRESET) {
-            e->reset_seen = 1;
+            else if (peer->rst && !peer->shut_wr)
+                violation("end of file on qd %d after its peer reset the connection (man demi_pop: ECONNRESET, never "
+                          "end of file)",
+                          qd);
         }
         free(p->data);
         p->data = NULL;
@@ -289,8 +312,32 @@ unsigned dg_gen(int dg)
     return dgs[dg].gen;
 }
 
+/* How many datagrams carried each message (by header id). */
+static uint8_t *id_pushes;
+static uint32_t id_cap;
+
+static void count_id(uint32_t id)
+{
+    if (id >= id_cap) {
+        uint32_t cap = id_cap ? id_cap : 4096;
+        while (cap <= id)
+            cap *= 2;
+        uint8_t *b = realloc(id_pushes, cap);
+        if (!b) {
+            perror("fuzz_abi: realloc");
+            exit(2);
+        }
+        memset(b + id_cap, 0, cap - id_cap);
+        id_pushes = b;
+        id_cap = cap;
+    }
+    if (id_pushes[id] < 255)
+        id_pushes[id]++;
+}
+
 int dg_log(int skind, int sender, unsigned sgen, uint16_t dport, const uint8_t *p, size_t n, int tok)
 {
+    count_id(msg_id_of(p, n));
     int slot = -1;
     for (int i = 0; i < MAX_DGRAMS && slot < 0; i++)
         if (!dgs[i].used)
@@ -400,16 +447,11 @@ void dg_receive(uint16_t port, const uint8_t *p, size_t n, const struct sockaddr
                   h[0] == MSG_MAGIC ? h[1] : 0, h[0] == MSG_MAGIC ? h[2] : 0, port);
         return;
     }
-    /* Identical bytes from another sender whose port is unknown too: which
-     * one sent it is unclear, so learn nothing from it. */
-    int ambiguous = 0;
-    for (int i = 0; i < MAX_DGRAMS && best_fit == 1; i++) {
-        const struct dgent *d = &dgs[i];
-        if (i != best && d->used && d->len == n && d->dport == port && sender_fits(d, fport) == 1 &&
-            (d->skind != dgs[best].skind || d->sender != dgs[best].sender) && (!n || memcmp(d->bytes, p, n) == 0))
-            ambiguous = 1;
-    }
-    if (!ambiguous)
+    /* Who sent it is certain only for a message pushed once: bytes several
+     * pushes carried (one buffer pushed twice) may have been matched to the
+     * wrong sender before, so they teach and check nothing. */
+    uint32_t id = msg_id_of(p, n);
+    if (id && id < id_cap && id_pushes[id] == 1)
         check_sender(&dgs[best], from, who);
     if (dgs[best].tok >= 0 && toks[dgs[best].tok].used && toks[dgs[best].tok].dg == best)
         toks[dgs[best].tok].dg = -2; /* delivered: its push must not fail */

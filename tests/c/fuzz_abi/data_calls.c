@@ -490,7 +490,7 @@ void do_pop(void)
         toks[t].conn = socks[s].conn;
         toks[t].conn_gen = conns[socks[s].conn].gen;
         toks[t].dir = socks[s].end;
-        pq_add(socks[s].conn, socks[s].end, qt);
+        pq_add(socks[s].conn, socks[s].end, qt, toks[t].seq);
     }
 }
 

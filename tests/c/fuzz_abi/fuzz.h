@@ -103,7 +103,7 @@ void rnd_seed(uint64_t seed);
 void rnd_step(uint64_t seed, uint64_t step);
 
 /* ---- run state, figures ---- */
-enum { F_RESET_EOF, F_PUSH_REFUSED, F_GETSOCKOPT_EOPNOTSUPP, F_CONNECT_RESET, N_FINDINGS };
+enum { F_GETSOCKOPT_EOPNOTSUPP, F_PREINIT_EINVAL, N_FINDINGS };
 struct figures {
     uint64_t calls, ksteps, violations, bytes_stream, dgrams_ok, dgrams_unverifiable, tokens_done;
     uint64_t fd_checks, cancels_checked;
@@ -252,6 +252,7 @@ enum { END_NONE, END_DEMI, END_KERNEL };
 enum { PQ_PENDING, PQ_DATA, PQ_EOF, PQ_FAILED };
 struct pend {
     demi_qtoken_t qt;
+    uint64_t seq; /* the pop's number on its descriptor */
     int state, ret;
     uint8_t *data;
     uint32_t len;
@@ -261,7 +262,11 @@ struct cend {
     int kind, sock, kfd;
     unsigned gen;
     int closed, shut_wr, rst, eof;
-    int reset_seen; /* a pop of this end failed ECONNRESET */
+    /* The connection died here (a reset...): every pending and later push
+     * and pop fails with this errno; pushes and pops numbered above
+     * dead_after[kind] cannot have finished before. */
+    int dead;
+    uint64_t dead_after[2];
     uint16_t port; /* local port, 0 = unknown */
     struct pend pq[PQ];
     int pq_head, pq_n;
@@ -287,9 +292,11 @@ void sock_set_conn(struct msock *m, int c, int end);
 void end_closed(int c, int side, int rst);
 void conn_gc(int c);
 void conn_free(int c, const char *why);
-void pq_add(int c, int side, demi_qtoken_t qt);
+void pq_add(int c, int side, demi_qtoken_t qt, uint64_t seq);
 struct pend *pq_find(int c, int side, demi_qtoken_t qt);
-void pq_drain(int c, int side, int qd);
+void pq_drain(int c, int side, int qd, uint64_t pushes_now);
+int fatal(int errno_); /* a stream error after which the connection carries nothing */
+void end_died(struct cend *e, int errno_, uint64_t pushes_after, uint64_t pops_after);
 
 /* datagrams: sender is a demi socket (kind END_DEMI) or a kernel socket */
 int dg_log(int sender_kind, int sender, unsigned sender_gen, uint16_t dport, const uint8_t *p, size_t n, int tok);

@@ -86,7 +86,7 @@ static void wait_one(int timed)
               t < 0 ? " (not live)" : must_done ? " (closed)" : "", tkind(tk));
     fig.calls++;
     int rc = timed ? demi_timedwait(out, qt, tp) : demi_wait(out, qt, tp);
-    if (tk != T_BAD && out && t >= 0)
+    if (tk != T_BAD && out) /* every wait polls first, whatever its token */
         polled();
     check_rc(call, rc, allowed, t < 0 ? "token not live" : "live token");
     if (rc != 0) {
