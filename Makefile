@@ -140,7 +140,8 @@ FUZZ_SMOKE_SECS ?= 10
 CARGO_FUZZ_VERSION ?= 0.13.2
 .PHONY: fuzz fuzz-cargo fuzz-smoke fuzz-tools fuzz-lint
 
-fuzz: fuzz-cargo
+# `make fuzz`: both fuzzers, long.
+fuzz: fuzz-cargo fuzz-abi
 
 fuzz-cargo: fuzz-tools
 	CARGO=$(CARGO) fuzz/run $(FUZZ_SECS)
@@ -158,3 +159,24 @@ fuzz-tools: deps
 fuzz-lint:
 	cd fuzz && $(CARGO) fmt -- --check
 	cd fuzz && RUSTC_BOOTSTRAP=1 $(CARGO) clippy --all-targets -- -D warnings
+
+# C-ABI sequence fuzzer (tests/c/fuzz_abi): seeded random sequences of every
+# demi_* call, good and bad arguments, real data over loopback, each answer
+# checked against man/ and the README's rules. `make test` runs a short
+# budget (tests/c_abi.rs); this runs it long under ASan/UBSan, FUZZ_CALLS
+# calls for each of FUZZ_SEEDS, and prints each run's figures. A violation
+# stops with the seed, the call number and the last calls
+# (build/fuzz-abi/fuzz_abi --seed N --calls N --trace replays a seed).
+FUZZ_SEEDS ?= 1 2 3 4 5 6 7 8
+FUZZ_CALLS ?= 500000
+FUZZ_CFLAGS := -std=c11 -Wall -Wextra -Werror -Wpedantic -g -fsanitize=address,undefined \
+  -fno-sanitize-recover=all -fno-omit-frame-pointer
+.PHONY: fuzz-abi
+fuzz-abi: build
+	@mkdir -p $(BUILD)/fuzz-abi
+	cc $(FUZZ_CFLAGS) -Iinclude tests/c/fuzz_abi/*.c -o $(BUILD)/fuzz-abi/fuzz_abi \
+	   -Ltarget/release -ldemi -Wl,-rpath,$(CURDIR)/target/release -pthread
+	@start=$$(date +%s); for s in $(FUZZ_SEEDS); do \
+	  LIBOS=catnap RUST_LOG=off $(BUILD)/fuzz-abi/fuzz_abi --seed $$s --calls $(FUZZ_CALLS) \
+	    || { echo "make fuzz-abi: seed $$s FAILED (see above)"; exit 1; }; \
+	done; echo "make fuzz-abi: seeds $(FUZZ_SEEDS), $(FUZZ_CALLS) calls each, no violations ($$(( $$(date +%s) - start )) s)"

@@ -591,3 +591,112 @@ fn installed_copy_builds_with_pkg_config() {
     assert!(!deps.contains("libdemi"), "the static build still loads libdemi:\n{deps}");
     let _ = std::fs::remove_dir_all(&prefix);
 }
+
+// ---- The C-ABI sequence fuzzer (tests/c/fuzz_abi/) ----
+
+/// Seeds and budget of the short run `cargo test` makes (`make fuzz-abi`
+/// runs it long). Each seed takes a few seconds under the sanitizers.
+const FUZZ_SEEDS: &[u64] = &[1, 2, 3];
+const FUZZ_CALLS: &str = "30000";
+
+/// Builds the fuzzer from every C file of tests/c/fuzz_abi, with the same
+/// warnings and sanitizers as the other C tests; `extra` adds sources and
+/// linker flags.
+fn compile_fuzzer(name: &str, extra: &[&str]) -> Binary {
+    let dir = repo().join("tests/c/fuzz_abi");
+    let mut sources: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("read {}: {e}", dir.display()))
+        .map(|e| e.expect("directory entry").path())
+        .filter(|p| p.extension().is_some_and(|x| x == "c"))
+        .collect();
+    sources.sort();
+    assert!(sources.len() >= 2, "no fuzzer sources in {}", dir.display());
+    let lib = lib_dir();
+    let out = Binary(out_dir().join(format!("{name}-{}", std::process::id())));
+    let o = Command::new("cc")
+        .arg("-std=c11")
+        .args(WARNINGS)
+        .args(SANITIZERS)
+        .arg("-I")
+        .arg(repo().join("include"))
+        .args(&sources)
+        .args(extra)
+        .arg("-o")
+        .arg(&*out)
+        .arg(format!("-L{}", lib.display()))
+        .arg("-ldemi")
+        .arg(format!("-Wl,-rpath,{}", lib.display()))
+        .arg("-pthread")
+        .output()
+        .expect("run cc");
+    assert!(
+        o.status.success(),
+        "compiling the fuzzer failed:\n{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    out
+}
+
+#[test]
+fn fuzz_abi_fixed_seeds() {
+    let bin = compile_fuzzer("fuzz_abi", &[]);
+    for seed in FUZZ_SEEDS {
+        let seed = seed.to_string();
+        let ran = run(&bin, &["--seed", &seed, "--calls", FUZZ_CALLS]);
+        let what = format!("fuzz_abi --seed {seed} --calls {FUZZ_CALLS}");
+        check_passed(&what, &ran, "fuzz_abi: no violations");
+        // The figures were printed and the budget was spent.
+        let figures = ran
+            .stdout
+            .lines()
+            .find(|l| l.starts_with(&format!("fuzz_abi: seed {seed}:")))
+            .unwrap_or_else(|| panic!("{what}: no figures\n{}", ran.show()));
+        let calls: u64 = figures
+            .split_whitespace()
+            .nth(3)
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("{what}: unreadable figures {figures:?}"));
+        assert!(calls >= FUZZ_CALLS.parse().unwrap(), "{what}: only {calls} calls\n{}", ran.show());
+        assert!(figures.contains(" 0 violations"), "{what}: {figures}");
+    }
+}
+
+/// The fuzzer notices a broken library: linked with the deliberately wrong
+/// calls of tests/c/fuzz_abi_mutants.c (one defect at a time, picked by
+/// FUZZ_MUTANT), each run must stop with a violation naming the defect.
+#[test]
+fn fuzz_abi_catches_broken_calls() {
+    let mutants = repo().join("tests/c/fuzz_abi_mutants.c");
+    let wraps = "-Wl,--wrap=demi_close,--wrap=demi_accept,--wrap=demi_wait,--wrap=demi_wait_next_n";
+    let bin = compile_fuzzer("fuzz_abi_mutants", &[mutants.to_str().expect("utf-8 path"), wraps]);
+    // Unbroken, the same binary passes: the wrappers themselves change nothing.
+    let ran = run(&bin, &["--seed", "1", "--calls", "3000"]);
+    check_passed("fuzz_abi with pass-through wrappers", &ran, "fuzz_abi: no violations");
+    for (mutant, want) in [
+        ("errno", "demi_close returned EINVAL"),
+        ("outparam", "wrote"),
+        ("data", "byte"),
+        ("token", "not live"),
+        ("order", "in the order issued"),
+        ("cancel", "ECONNRESET"),
+        ("fdleak", "descriptors"),
+    ] {
+        let mut cmd = Command::new(&*bin);
+        cmd.args(["--seed", "1", "--calls", "30000"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        // No leak check: a violation exits from deep inside the run, with
+        // buffers still held (LeakSanitizer would change the exit status).
+        c_env(&mut cmd, false);
+        cmd.env("FUZZ_MUTANT", mutant);
+        let mut child = cmd.spawn().expect("start the fuzzer");
+        let out = drain(child.stdout.take().unwrap(), None);
+        let err = drain(child.stderr.take().unwrap(), None);
+        let ran = finish(child, out, err, RUN_LIMIT);
+        assert_eq!(ran.status.code(), Some(1), "mutant {mutant}: the fuzzer did not fail\n{}", ran.show());
+        let line = ran.stderr.lines().find(|l| l.starts_with("VIOLATION")).unwrap_or("");
+        assert!(line.contains(want), "mutant {mutant}: want a violation about {want:?}\n{}", ran.show());
+    }
+}
