@@ -125,14 +125,17 @@ fn connect_in_progress_gives_ealready() {
     }
 }
 
+/// A datagram socket bound to a free port, and its address.
+fn bound_udp(os: &demi::LibOs) -> (demi::QDesc, SocketAddrV4) {
+    let qd = os.socket(SockType::Datagram).unwrap();
+    os.bind(qd, any_port()).unwrap();
+    (qd, os.local_addr(qd).unwrap().unwrap())
+}
+
 #[test]
 fn udp_pushto_and_pop_report_the_sender() {
     let os = libos();
-    let a = os.socket(SockType::Datagram).unwrap();
-    let b = os.socket(SockType::Datagram).unwrap();
-    os.bind(a, any_port()).unwrap();
-    os.bind(b, any_port()).unwrap();
-    let (aa, ba) = (os.local_addr(a).unwrap().unwrap(), os.local_addr(b).unwrap().unwrap());
+    let ((a, aa), (b, ba)) = (bound_udp(&os), bound_udp(&os));
     let msg = pattern(1000, 3);
     wait_ok(&os, os.pushto(a, &buf(&os, &msg), ba).unwrap());
     let (got, from) = pop_bytes(&os, b);
@@ -392,11 +395,7 @@ fn unknown_libos_is_refused_with_the_names() {
 #[test]
 fn a_wait_with_a_finished_token_still_moves_the_device() {
     let os = libos();
-    let a = os.socket(SockType::Datagram).unwrap();
-    let b = os.socket(SockType::Datagram).unwrap();
-    os.bind(a, any_port()).unwrap();
-    os.bind(b, any_port()).unwrap();
-    let (aa, ba) = (os.local_addr(a).unwrap().unwrap(), os.local_addr(b).unwrap().unwrap());
+    let ((a, aa), (b, ba)) = (bound_udp(&os), bound_udp(&os));
     // The pop finds nothing now; the datagram arrives after it was issued.
     let pop = os.pop(a).unwrap();
     let sent = os.pushto(b, &buf(&os, b"for a"), aa).unwrap();

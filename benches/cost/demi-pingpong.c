@@ -17,6 +17,8 @@
 #include <demi/sga.h>
 #include <demi/wait.h>
 
+#include "addr.h"
+
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>
@@ -29,20 +31,6 @@ static int fail(const char *what, int rc)
 {
     fprintf(stderr, "demi-pingpong: %s: %s\n", what, strerror(rc));
     return 1;
-}
-
-static int parse_addr(const char *s, struct sockaddr_in *a)
-{
-    char host[64];
-    const char *colon = strrchr(s, ':');
-    if (!colon || (size_t)(colon - s) >= sizeof host)
-        return -1;
-    memcpy(host, s, (size_t)(colon - s));
-    host[colon - s] = '\0';
-    memset(a, 0, sizeof *a);
-    a->sin_family = AF_INET;
-    a->sin_port = htons((unsigned short)atoi(colon + 1));
-    return inet_pton(AF_INET, host, &a->sin_addr) == 1 ? 0 : -1;
 }
 
 /* Waits (bounded: 30 s) for qt; the operation must succeed. */

@@ -13,6 +13,8 @@
  */
 #define _POSIX_C_SOURCE 200809L
 
+#include "addr.h"
+
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -33,20 +35,6 @@ static int usage(void)
     fprintf(stderr, "usage: kernel-pingpong server tcp|udp PORT\n"
                     "       kernel-pingpong client tcp|udp ADDR:PORT SIZE COUNT\n");
     return 2;
-}
-
-static int parse_addr(const char *s, struct sockaddr_in *a)
-{
-    char host[64];
-    const char *colon = strrchr(s, ':');
-    if (!colon || (size_t)(colon - s) >= sizeof host)
-        return -1;
-    memcpy(host, s, (size_t)(colon - s));
-    host[colon - s] = '\0';
-    memset(a, 0, sizeof *a);
-    a->sin_family = AF_INET;
-    a->sin_port = htons((unsigned short)atoi(colon + 1));
-    return inet_pton(AF_INET, host, &a->sin_addr) == 1 ? 0 : -1;
 }
 
 /* Reads exactly n bytes from a stream; 0 on success. */
