@@ -14,6 +14,8 @@
 //! process; some containers forbid that): then the run is repeated once with
 //! `detect_leaks=0`, and a note says so.
 
+mod common;
+use common::lib_dir;
 use std::io::{BufRead, BufReader, Read};
 use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, UdpSocket};
 use std::path::{Path, PathBuf};
@@ -31,27 +33,6 @@ const SANITIZERS: &[&str] =
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// The directory holding libdemi.so/.a of the profile this test was built
-/// with: the first ancestor of the test binary that has them.
-fn lib_dir() -> PathBuf {
-    let exe = std::env::current_exe().expect("path of the test binary");
-    // Skip deps/ (cargo's intermediate copies): link what `cargo build` left
-    // in the profile directory itself.
-    for dir in exe.ancestors().skip(1).filter(|d| !d.ends_with("deps")) {
-        if dir.join("libdemi.so").is_file() && dir.join("libdemi.a").is_file() {
-            return dir.to_path_buf();
-        }
-        if dir.file_name().is_some_and(|n| n == "target") {
-            break;
-        }
-    }
-    panic!(
-        "libdemi.so and libdemi.a not found next to {} (or above it up to target/): \
-         build the library first with `cargo build --release` (`make test` does)",
-        exe.display()
-    );
 }
 
 /// Where compiled C programs go.

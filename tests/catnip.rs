@@ -10,6 +10,7 @@
 #![cfg(feature = "catnip")]
 
 mod common;
+use common::lib_dir;
 #[path = "catnip/roles.rs"]
 mod roles;
 
@@ -204,20 +205,6 @@ fn memif_udp_ping_pong_between_two_dpdk_processes() {
     );
     client.expect_success(Duration::from_secs(60));
     server.expect_success(Duration::from_secs(10));
-}
-
-/// The profile directory holding libdemi.so (as tests/c_abi.rs finds it).
-fn lib_dir() -> PathBuf {
-    let exe = std::env::current_exe().expect("test binary path");
-    for dir in exe.ancestors().skip(1).filter(|d| !d.ends_with("deps")) {
-        if dir.join("libdemi.so").is_file() {
-            return dir.to_path_buf();
-        }
-        if dir.file_name().is_some_and(|n| n == "target") {
-            break;
-        }
-    }
-    panic!("libdemi.so not found above {}: run `cargo build` first (`make test` does)", exe.display());
 }
 
 /// The C example examples/c/udp-pingpong.c, unchanged, with LIBOS=catnip

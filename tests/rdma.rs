@@ -17,6 +17,8 @@
 //! in lines starting with `PEER ` (see [`Peer`]). Every wait is bounded and
 //! every child is killed by its pid when its handle drops.
 
+mod common;
+use common::lib_dir;
 use demi::{Buffer, LibOs, QDesc, QResult, QToken, QValue, SockType};
 use std::collections::{HashSet, VecDeque};
 use std::io::{BufRead, BufReader};
@@ -492,18 +494,6 @@ fn catmint_without_an_rdma_device_fails_with_enodev() {
             assert_eq!(os.name(), "catmint");
         }
     }
-}
-
-/// The directory holding libdemi.so of the profile this test was built with.
-fn lib_dir() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    exe.ancestors()
-        .skip(1)
-        .filter(|d| !d.ends_with("deps"))
-        .take_while(|d| !d.ends_with("target"))
-        .find(|d| d.join("libdemi.so").is_file())
-        .unwrap_or_else(|| panic!("libdemi.so not found above {}: run cargo build first", exe.display()))
-        .to_path_buf()
 }
 
 #[test]

@@ -3,6 +3,7 @@
 
 use demi::{Buffer, LibOs, QDesc, QResult, QToken, QValue, SockType};
 use std::net::SocketAddrV4;
+use std::path::PathBuf;
 use std::time::Duration;
 
 /// Generous bound for any single wait in a test.
@@ -90,4 +91,25 @@ pub fn pattern(n: usize, seed: u8) -> Vec<u8> {
 
 pub fn buf(os: &LibOs, data: &[u8]) -> Buffer {
     os.buffer_from(data).unwrap()
+}
+
+/// The profile directory holding libdemi.so and libdemi.a of the profile
+/// this test was built with (`cargo test --release` -> target/release): the
+/// first ancestor of the test binary that has them, skipping deps/ (cargo's
+/// intermediate copies).
+pub fn lib_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("path of the test binary");
+    exe.ancestors()
+        .skip(1)
+        .filter(|d| !d.ends_with("deps"))
+        .take_while(|d| !d.ends_with("target"))
+        .find(|d| d.join("libdemi.so").is_file() && d.join("libdemi.a").is_file())
+        .unwrap_or_else(|| {
+            panic!(
+                "libdemi.so and libdemi.a not found above {}: build the library first with \
+                 `cargo build --release` (`make test` does)",
+                exe.display()
+            )
+        })
+        .to_path_buf()
 }
