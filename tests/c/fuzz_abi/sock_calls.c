@@ -101,8 +101,8 @@ static int port_conflict(int self, int stream, uint32_t ip, uint16_t port)
         const struct msock *o = &socks[i];
         if (i == self || !o->used || o->stream != stream || o->port != port)
             continue;
-        if (!o->bound)
-            r = stream ? 2 : 1; /* a port the kernel chose, learned */
+        if (!o->bound || o->chosen)
+            r = stream ? 2 : 1; /* a port the kernel chose (and gives back when a connection ends), learned */
         else if (o->ip == ip || o->ip == htonl(INADDR_ANY) || ip == htonl(INADDR_ANY))
             return 1;
     }
@@ -170,6 +170,7 @@ void do_bind(void)
         socks[s].bound = 1;
         socks[s].ip = ctx.ip;
         socks[s].port = ctx.port;
+        socks[s].chosen = ctx.port == 0;
     }
 }
 
