@@ -190,15 +190,23 @@ static eset listen_phase(const struct msock *s, unsigned ph, const void *ctx)
     if (!s->stream)
         return es(EOPNOTSUPP, -1);
     switch (ph) {
-    case PH_IDLE:
+    case PH_IDLE: {
         if (!s->bound)
             return es(EDESTADDRREQ, -1);
+        eset e = es(0, -1);
         /* Linux refuses to listen on a socket whose connect failed (EINVAL,
          * which the man page gives for connected sockets); catnap passes
          * that on. */
         if (s->kbound)
-            return es(0, EINVAL, -1);
-        return port_listened((int)(s - socks), s->port) ? es(0, EADDRINUSE, -1) : es(0, -1);
+            e = es_add(e, EINVAL);
+        /* Listening checks the port again: another listener there, or
+         * sockets the model cannot see on it (a port bound with SO_REUSEADDR
+         * may be shared with connections in TIME-WAIT; a socket that tried
+         * a connect has had a connection on it). */
+        if (port_listened((int)(s - socks), s->port) || s->reuse || s->kbound)
+            e = es_add(e, EADDRINUSE);
+        return e;
+    }
     case PH_LISTEN: return es(0, -1);
     default: return es(EINVAL, -1);
     }
