@@ -578,7 +578,7 @@ fn installed_copy_builds_with_pkg_config() {
 /// Seeds and budget of the short run `cargo test` makes (`make fuzz-abi`
 /// runs it long). Each seed takes a few seconds under the sanitizers.
 const FUZZ_SEEDS: &[u64] = &[1, 2, 3];
-const FUZZ_CALLS: &str = "30000";
+const FUZZ_CALLS: &str = "50000";
 
 /// Builds the fuzzer from every C file of tests/c/fuzz_abi, with the same
 /// warnings and sanitizers as the other C tests; `extra` adds sources and

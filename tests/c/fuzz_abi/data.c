@@ -35,7 +35,9 @@ uint32_t msg_id_of(const uint8_t *p, size_t len)
     if (len < 8)
         return 0;
     memcpy(h, p, sizeof h);
-    return h[0] == MSG_MAGIC ? h[1] : 0;
+    /* Bytes that only look like a header (a stream pop starting mid-message)
+     * may carry any id: only ids this run issued count. */
+    return h[0] == MSG_MAGIC && h[1] <= msg_id ? h[1] : 0;
 }
 
 /* ---- byte logs (one per stream direction) ---- */
@@ -453,8 +455,13 @@ void dg_receive(uint16_t port, const uint8_t *p, size_t n, const struct sockaddr
     uint32_t id = msg_id_of(p, n);
     if (id && id < id_cap && id_pushes[id] == 1)
         check_sender(&dgs[best], from, who);
-    if (dgs[best].tok >= 0 && toks[dgs[best].tok].used && toks[dgs[best].tok].dg == best)
-        toks[dgs[best].tok].dg = -2; /* delivered: its push must not fail */
+    /* Delivered: its push must not fail (known only for a message pushed
+     * once, as above). */
+    if (id && id < id_cap && id_pushes[id] == 1 && dgs[best].tok >= 0 && toks[dgs[best].tok].used &&
+        toks[dgs[best].tok].dg == best)
+        toks[dgs[best].tok].dg = -2;
+    else if (dgs[best].tok >= 0 && toks[dgs[best].tok].used && toks[dgs[best].tok].dg == best)
+        toks[dgs[best].tok].dg = -1;
     dgs[best].used = 0;
     free(dgs[best].bytes);
     dgs[best].bytes = NULL;

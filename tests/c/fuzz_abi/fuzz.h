@@ -149,6 +149,7 @@ struct msock {
     int kbound;          /* the kernel may have bound it on its own (connect, push) */
     uint32_t ip;         /* bound address (network order), when bound */
     uint16_t port;       /* our port in host order, 0 = unknown */
+    int chosen;          /* bound to port 0: the kernel chose the port */
     int reuse, linger0;  /* SO_REUSEADDR, SO_LINGER {1, 0} set; -1: unknown */
     int reuse_ever, linger_ever; /* ever set (an accepted socket inherits them) */
     int abort_next;      /* a stream connect failed: the next one ends ECONNABORTED (catnap, man page) */

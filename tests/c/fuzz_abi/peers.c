@@ -254,8 +254,8 @@ static void k_accept_all(void)
         logf_more(" -> conn#%d.%u", c, cn->gen);
         if (cn->e[0].port == 0) {
             cn->e[0].port = peer;
-            struct msock *s = &socks[cn->e[0].sock];
-            if (cn->e[0].kind == END_DEMI && s->used && s->gen == cn->e[0].gen)
+            struct msock *s = cn->e[0].kind == END_DEMI ? &socks[cn->e[0].sock] : NULL;
+            if (s && s->used && s->gen == cn->e[0].gen)
                 s->port = peer;
         }
         int k = ks_new(fd, KS_STREAM, ks[k_listener].port); /* room was checked above */

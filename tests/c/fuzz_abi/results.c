@@ -208,8 +208,8 @@ static void accept_done(struct mtok *k, const demi_qresult_t *qr, int failed, in
     struct conn *cn = &conns[c];
     if (cn->e[0].port == 0) {
         cn->e[0].port = port;
-        struct msock *cl = &socks[cn->e[0].sock];
-        if (cn->e[0].kind == END_DEMI && cl->used && cl->gen == cn->e[0].gen)
+        struct msock *cl = cn->e[0].kind == END_DEMI ? &socks[cn->e[0].sock] : NULL;
+        if (cl && cl->used && cl->gen == cn->e[0].gen)
             cl->port = port;
     }
     struct msock *m = &socks[s];

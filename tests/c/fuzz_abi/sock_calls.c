@@ -101,8 +101,8 @@ static int port_conflict(int self, int stream, uint32_t ip, uint16_t port)
         const struct msock *o = &socks[i];
         if (i == self || !o->used || o->stream != stream || o->port != port)
             continue;
-        if (!o->bound)
-            r = stream ? 2 : 1; /* a port the kernel chose, learned */
+        if (!o->bound || o->chosen)
+            r = stream ? 2 : 1; /* a port the kernel chose (and gives back when a connection ends), learned */
         else if (o->ip == ip || o->ip == htonl(INADDR_ANY) || ip == htonl(INADDR_ANY))
             return 1;
     }
@@ -170,6 +170,7 @@ void do_bind(void)
         socks[s].bound = 1;
         socks[s].ip = ctx.ip;
         socks[s].port = ctx.port;
+        socks[s].chosen = ctx.port == 0;
     }
 }
 
@@ -189,15 +190,23 @@ static eset listen_phase(const struct msock *s, unsigned ph, const void *ctx)
     if (!s->stream)
         return es(EOPNOTSUPP, -1);
     switch (ph) {
-    case PH_IDLE:
+    case PH_IDLE: {
         if (!s->bound)
             return es(EDESTADDRREQ, -1);
+        eset e = es(0, -1);
         /* Linux refuses to listen on a socket whose connect failed (EINVAL,
          * which the man page gives for connected sockets); catnap passes
          * that on. */
         if (s->kbound)
-            return es(0, EINVAL, -1);
-        return port_listened((int)(s - socks), s->port) ? es(0, EADDRINUSE, -1) : es(0, -1);
+            e = es_add(e, EINVAL);
+        /* Listening checks the port again: another listener there, or
+         * sockets the model cannot see on it (a port bound with SO_REUSEADDR
+         * may be shared with connections in TIME-WAIT; a socket that tried
+         * a connect has had a connection on it). */
+        if (port_listened((int)(s - socks), s->port) || s->reuse || s->kbound)
+            e = es_add(e, EADDRINUSE);
+        return e;
+    }
     case PH_LISTEN: return es(0, -1);
     default: return es(EINVAL, -1);
     }
