@@ -23,6 +23,9 @@ uint16_t closed_udp_port, closed_tcp_port;
 static uint16_t port_lo, port_hi, port_next;
 
 static unsigned char port_busy[65536];
+#define BUSY_LOCAL 1  /* a socket is bound there */
+#define BUSY_REMOTE 2 /* a socket talks to it (maybe a client still sending SYNs) */
+#define BUSY_HANDED 4 /* handed out since the last scan */
 
 /* Ports the kernel has a socket on (any process, any state, TIME-WAIT
  * included), or that a socket talks to (a client still sending SYNs to a
@@ -44,9 +47,9 @@ static void load_busy_ports(void)
                 continue;
             char *l = strchr(local, ':'), *r = strchr(remote, ':');
             if (l && sscanf(l + 1, "%x", &lp) == 1)
-                port_busy[lp & 0xffff] = 1;
+                port_busy[lp & 0xffff] |= BUSY_LOCAL;
             if (r && sscanf(r + 1, "%x", &rp) == 1)
-                port_busy[rp & 0xffff] = 1;
+                port_busy[rp & 0xffff] |= BUSY_REMOTE;
         }
         if (f)
             fclose(f);
@@ -111,20 +114,42 @@ static int port_in_use(uint16_t p)
     return p == closed_tcp_port || p == closed_udp_port;
 }
 
+/* The next port of the window that nothing uses, as far as the last scan
+ * of the kernel's tables and the model know. Once every port was handed
+ * out or is busy (connections of this run linger in TIME-WAIT), the kernel
+ * is asked again, but at most once per 256 ports handed out: a scan walks
+ * all of its connections and is slow. Meanwhile ports go round in turn, and
+ * a bind may fail with EADDRINUSE, which the rules allow. */
 uint16_t fresh_port(void)
 {
+    static unsigned since_scan;
+    for (int round = 0; round < 2; round++) {
+        for (int tries = 0; tries < WINDOW; tries++) {
+            uint16_t p = port_next++;
+            if (port_next >= port_hi)
+                port_next = port_lo;
+            if (!port_in_use(p) && !port_busy[p]) {
+                port_busy[p] = BUSY_HANDED; /* not again until the next scan */
+                since_scan++;
+                return p;
+            }
+        }
+        if (since_scan < 256)
+            break;
+        load_busy_ports();
+        since_scan = 0;
+    }
+    /* Never one some socket may still connect to: a listener bound there
+     * would get a connection the model knows nothing of. */
+    since_scan++;
     for (int tries = 0; tries < WINDOW; tries++) {
         uint16_t p = port_next++;
-        if (port_next >= port_hi) { /* a round done: our own closed ports may linger in TIME-WAIT */
+        if (port_next >= port_hi)
             port_next = port_lo;
-            load_busy_ports();
-        }
-        if (!port_in_use(p) && !port_busy[p]) {
-            port_busy[p] = 1; /* once per round */
+        if (!(port_busy[p] & BUSY_REMOTE) && !port_in_use(p))
             return p;
-        }
     }
-    return port_next;
+    return port_lo;
 }
 
 /* ---- kernel peers ---- */

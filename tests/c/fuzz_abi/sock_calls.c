@@ -101,8 +101,11 @@ static int port_conflict(int self, int stream, uint32_t ip, uint16_t port)
         const struct msock *o = &socks[i];
         if (i == self || !o->used || o->stream != stream || o->port != port)
             continue;
+        /* A port the kernel chose, learned: a stream gives it back when its
+         * connection ends; a datagram socket's connect binds it to the
+         * source address it picked, not to any address. */
         if (!o->bound || o->chosen)
-            r = stream ? 2 : 1; /* a port the kernel chose (and gives back when a connection ends), learned */
+            r = 2;
         else if (o->ip == ip || o->ip == htonl(INADDR_ANY) || ip == htonl(INADDR_ANY))
             return 1;
     }
