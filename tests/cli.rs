@@ -7,12 +7,12 @@
 //! Servers are killed by pid and reaped when their guard drops; memif
 //! socket folders are removed by a guard too.
 
+mod common;
 use serde_json::Value;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddrV4, TcpListener, TcpStream, UdpSocket};
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::mpsc;
 use std::time::Duration;
 
 const DEMI: &str = env!("CARGO_BIN_EXE_demi");
@@ -75,16 +75,7 @@ impl Server {
         }
         let mut child = cmd.spawn().expect("spawn demi echo");
         let out = child.stdout.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            let mut r = BufReader::new(out);
-            let mut line = String::new();
-            let _ = r.read_line(&mut line);
-            let _ = tx.send(line);
-            // Keep draining so the server never blocks on a full pipe.
-            let _ = std::io::copy(&mut r, &mut std::io::sink());
-        });
-        let line = rx.recv_timeout(Duration::from_secs(30)).unwrap_or_default();
+        let line = common::first_line(out);
         let mut server = Server { child, addr: "0.0.0.0:0".parse().unwrap() };
         let addr = line
             .strip_prefix("demi echo: listening on ")

@@ -5,6 +5,7 @@
 //! reset. Every case is bounded in time; servers are killed by pid and
 //! reaped when their guard drops.
 
+mod common;
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
 use std::os::fd::AsRawFd;
@@ -107,15 +108,7 @@ impl Echo {
                 l.1 += 1;
             }
         });
-        let (tx, rx) = mpsc::channel();
-        thread::spawn(move || {
-            let mut r = BufReader::new(out);
-            let mut line = String::new();
-            let _ = r.read_line(&mut line);
-            let _ = tx.send(line);
-            let _ = std::io::copy(&mut r, &mut std::io::sink());
-        });
-        let line = rx.recv_timeout(Duration::from_secs(30)).unwrap_or_default();
+        let line = common::first_line(out);
         let mut echo = Echo { child, addr: "0.0.0.0:0".parse().unwrap(), log };
         match line.strip_prefix("demi echo: listening on ").and_then(|l| l.split_whitespace().next()) {
             Some(a) => echo.addr = a.parse().unwrap(),
