@@ -117,10 +117,16 @@ pub trait Backend: Send {
     /// sleeps, so work that raced with arming is not missed.
     fn arm(&mut self) -> Option<RawFd>;
 
-    /// The longest a waiter may sleep on the armed descriptor before it polls
-    /// again anyway (None: as long as its timeout allows). For devices whose
-    /// wake-up notifications cannot be fully trusted.
-    fn max_sleep(&self) -> Option<std::time::Duration> {
+    /// The earliest time `poll` has timed work to do (a connect, accept or
+    /// close deadline), or `None`. A waiter sleeping on the armed descriptor
+    /// wakes by then: nothing else would wake it for a timeout.
+    fn next_deadline(&self) -> Option<std::time::Instant> {
         None
     }
+
+    /// Told `true` before a waiter arms and sleeps, and `false` once no
+    /// waiter sleeps any more. A device to which work can come outside its
+    /// own calls (catmint: a receive buffer dropped by another thread) uses
+    /// it to make the armed descriptor readable only while someone sleeps.
+    fn set_sleeping(&mut self, _sleeping: bool) {}
 }

@@ -57,7 +57,6 @@ fn err(e: catmint::Error) -> Error {
 /// The catmint backend.
 pub struct Catmint {
     t: Transport,
-    done: Vec<(u64, Done)>,
     options: HashMap<(SockId, i32, i32), Vec<u8>>,
 }
 
@@ -84,22 +83,25 @@ impl Catmint {
             }
         })?;
         log::info!("catmint: devices {:?}, {cfg:?}", t.device_names());
-        Ok(Catmint { t, done: Vec::new(), options: HashMap::new() })
+        Ok(Catmint { t, options: HashMap::new() })
     }
+}
 
-    /// Hands finished requests to the engine.
-    fn flush(&mut self, out: &mut Completions) {
-        for (op, done) in self.done.drain(..) {
-            let outcome = match done {
-                Done::Accepted { sock, peer } => Outcome::Accepted { sock, peer },
-                Done::Connected => Outcome::Connected,
-                Done::Sent => Outcome::Pushed,
-                Done::Received { msg: Some(block), from } => Outcome::Popped { buf: to_buffer(block), from },
-                Done::Received { msg: None, from } => Outcome::Popped { buf: Buffer::heap(0), from },
-                Done::Failed(errno) => Outcome::Failed(errno),
-            };
-            out.complete(op, outcome);
-        }
+/// Reports catmint's finished requests straight into the engine's
+/// completions, converting each where it is reported.
+struct Report<'a>(&'a mut Completions);
+
+impl catmint::Sink for Report<'_> {
+    fn push(&mut self, (op, done): (u64, Done)) {
+        let outcome = match done {
+            Done::Accepted { sock, peer } => Outcome::Accepted { sock, peer },
+            Done::Connected => Outcome::Connected,
+            Done::Sent => Outcome::Pushed,
+            Done::Received { msg: Some(block), from } => Outcome::Popped { buf: to_buffer(block), from },
+            Done::Received { msg: None, from } => Outcome::Popped { buf: Buffer::heap(0), from },
+            Done::Failed(errno) => Outcome::Failed(errno),
+        };
+        self.0.complete(op, outcome);
     }
 }
 
@@ -124,8 +126,7 @@ impl Backend for Catmint {
     }
 
     fn accept(&mut self, s: SockId, op: OpId, out: &mut Completions) -> Result<()> {
-        self.t.accept(s, op, &mut self.done).map_err(err)?;
-        self.flush(out);
+        self.t.accept(s, op, &mut Report(out)).map_err(err)?;
         Ok(())
     }
 
@@ -151,21 +152,18 @@ impl Backend for Catmint {
         op: OpId,
         out: &mut Completions,
     ) -> Result<()> {
-        self.t.send(s, Arc::new(BufferPayload(buf)), to, op, &mut self.done).map_err(err)?;
-        self.flush(out);
+        self.t.send(s, BufferPayload(buf), to, op, &mut Report(out)).map_err(err)?;
         Ok(())
     }
 
     fn pop(&mut self, s: SockId, op: OpId, out: &mut Completions) -> Result<()> {
-        self.t.recv(s, op, &mut self.done).map_err(err)?;
-        self.flush(out);
+        self.t.recv(s, op, &mut Report(out)).map_err(err)?;
         Ok(())
     }
 
     fn close(&mut self, s: SockId, out: &mut Completions) -> Result<()> {
         self.options.retain(|k, _| k.0 != s);
-        let r = self.t.close(s, &mut self.done).map_err(err);
-        self.flush(out);
+        let r = self.t.close(s, &mut Report(out)).map_err(err);
         r
     }
 
@@ -196,20 +194,19 @@ impl Backend for Catmint {
     }
 
     fn poll(&mut self, out: &mut Completions) {
-        self.t.poll(&mut self.done);
-        self.flush(out);
+        self.t.poll(&mut Report(out));
     }
 
     fn arm(&mut self) -> Option<RawFd> {
         Some(self.t.arm())
     }
 
-    /// catmint's connect and close deadlines are checked when the poll runs,
-    /// and a missed completion event would otherwise stall a stream (one was,
-    /// in catmint's own re-arming, since fixed); polling every 20 ms while
-    /// asleep bounds both at no real cost.
-    fn max_sleep(&self) -> Option<Duration> {
-        Some(Duration::from_millis(20))
+    fn next_deadline(&self) -> Option<std::time::Instant> {
+        self.t.next_deadline()
+    }
+
+    fn set_sleeping(&mut self, sleeping: bool) {
+        self.t.set_sleeping(sleeping)
     }
 }
 

@@ -253,35 +253,50 @@ impl LibOs {
                 std::thread::yield_now();
                 continue;
             }
+            // Before arming: from here on, work that appears outside a poll
+            // (see Backend::set_sleeping) must make the descriptor readable.
+            st.engine.set_sleeping(true);
             let Some(dev_fd) = st.engine.arm() else {
                 // The device has no descriptor (DPDK): keep polling, but let
                 // other threads in.
+                let others = !st.sleepers.is_empty();
+                st.engine.set_sleeping(others);
                 drop(st);
                 std::thread::yield_now();
                 continue;
             };
             // Work that raced with arming is found by this last round.
             if let Some(r) = round(&mut st, &mut ready) {
+                let others = !st.sleepers.is_empty();
+                st.engine.set_sleeping(others);
                 return r;
             }
             let Some(me) = WAKER.with(|w| w.as_ref().map(|w| w.as_raw_fd())) else {
+                let others = !st.sleepers.is_empty();
+                st.engine.set_sleeping(others);
                 drop(st);
                 std::thread::sleep(Duration::from_micros(100));
                 continue;
             };
             st.sleepers.push(me);
-            let cap = st.engine.max_sleep();
+            // The device's own next deadline (a connect timing out, say):
+            // nothing else wakes a sleeper for it.
+            let device_deadline = st.engine.next_deadline();
             drop(st);
-            let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
-            let left = match (left, cap) {
-                (Some(l), Some(c)) => Some(l.min(c)),
-                (l, c) => l.or(c),
-            };
+            // `now` is a few rounds old at most: a clock read is dear (see
+            // CLOCK_EVERY), and the sleep overshoots by no more than that.
+            let left = match (deadline, device_deadline) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            }
+            .map(|d| d.saturating_duration_since(now));
             let slept = sys::wait_readable(&[dev_fd, me], left);
             let mut st = self.lock();
             if let Some(i) = st.sleepers.iter().position(|&fd| fd == me) {
                 st.sleepers.swap_remove(i);
             }
+            let others = !st.sleepers.is_empty();
+            st.engine.set_sleeping(others);
             // Reading the eventfd is a system call: only when it fired.
             if slept? & 2 != 0 {
                 WAKER.with(|w| w.as_ref().map(EventFd::drain));

@@ -4,7 +4,7 @@
 use crate::cm::{CmEvent, CmId, PortSpace};
 use crate::sys::{ffi, Error, Result};
 use crate::ud::Ud;
-use crate::{connect_errno, Catmint, Done, Payload, Sock, SockId, Tag};
+use crate::{connect_errno, Catmint, Done, Payload, Sink, Sock, SockId, Tag};
 use std::net::SocketAddrV4;
 use std::sync::Arc;
 use std::time::Instant;
@@ -83,7 +83,7 @@ impl Catmint {
         id: CmId,
         sends: Vec<(Tag, Arc<dyn Payload>, SocketAddrV4)>,
         pops: Vec<Tag>,
-        out: &mut Vec<(Tag, Done)>,
+        out: &mut dyn Sink,
     ) -> Result<Ud> {
         let dev = self.device_of(id.verbs()).ok_or(Error::new("ud: address of no RDMA device", libc::EADDRNOTAVAIL))?;
         id.listen(64)?;
@@ -92,6 +92,7 @@ impl Catmint {
         let c = &self.cfg;
         let mut ud =
             Ud::new(id, dev, &d.pd, &d.cq, &self.pool, c.credits.max(16), c.sq_depth, c.inline, key, &self.notify)?;
+        self.arm_new_qp(dev);
         for tag in pops {
             ud.recv(tag, out);
         }
@@ -104,25 +105,28 @@ impl Catmint {
     }
 
     /// Sends a datagram to `to`, resolving it first if needed.
-    pub(crate) fn send_dgram(
+    pub(crate) fn send_dgram<P: Payload + 'static>(
         &mut self,
         s: SockId,
-        data: Arc<dyn Payload>,
+        data: P,
         to: SocketAddrV4,
         tag: Tag,
-        out: &mut Vec<(Tag, Done)>,
+        out: &mut dyn Sink,
     ) -> Result<()> {
-        match self.take(s) {
-            Some(Sock::Dgram(mut ud)) => {
-                if ud.send(tag, data, to, out) {
-                    self.start_resolver(s, &mut ud, to, out);
-                }
+        // The common case, a bound socket: send without taking the socket
+        // out of its slot, unless the destination needs a resolver.
+        if let Some(Sock::Dgram(ud)) = self.socks.get_mut(s).and_then(|e| e.sock.as_mut()) {
+            if ud.send(tag, data, to, out) {
+                let Some(Sock::Dgram(mut ud)) = self.take(s) else { unreachable!("matched above") };
+                self.start_resolver(s, &mut ud, to, out);
                 self.put_back(s, Sock::Dgram(ud));
-                Ok(())
             }
+            return Ok(());
+        }
+        match self.take(s) {
             Some(Sock::DgramUnbound { id, mut sends, pops, binding }) => {
                 // Not bound: the first resolver's route picks our address.
-                sends.push((tag, data, to));
+                sends.push((tag, Arc::new(data) as Arc<dyn Payload>, to));
                 let first = !binding;
                 self.put_back(s, Sock::DgramUnbound { id, sends, pops, binding: true });
                 if first {
@@ -140,7 +144,7 @@ impl Catmint {
         }
     }
 
-    fn start_resolver(&mut self, s: SockId, ud: &mut Ud, to: SocketAddrV4, out: &mut Vec<(Tag, Done)>) {
+    fn start_resolver(&mut self, s: SockId, ud: &mut Ud, to: SocketAddrV4, out: &mut dyn Sink) {
         // From our own address, so the route (and the address handle made
         // from it) is the one our QP's device takes.
         let src = SocketAddrV4::new(*ud.local.ip(), 0);
@@ -172,7 +176,7 @@ impl Catmint {
     }
 
     /// An unbound socket could not get an address: fail what waited.
-    fn unbound_failed(&mut self, s: SockId, errno: i32, out: &mut Vec<(Tag, Done)>) {
+    fn unbound_failed(&mut self, s: SockId, errno: i32, out: &mut dyn Sink) {
         if let Some(Sock::DgramUnbound { sends, binding, .. }) = self.socks[s].sock.as_mut() {
             for (tag, _, _) in sends.drain(..) {
                 out.push((tag, Done::Failed(errno)));
@@ -182,7 +186,7 @@ impl Catmint {
     }
 
     /// Events of resolver ids.
-    pub(crate) fn on_resolver_event(&mut self, r: SockId, sock: Sock, ev: &CmEvent, out: &mut Vec<(Tag, Done)>) {
+    pub(crate) fn on_resolver_event(&mut self, r: SockId, sock: Sock, ev: &CmEvent, out: &mut dyn Sink) {
         use ffi::rdma_cm_event_type::*;
         let Sock::Resolver { id, owner, dst, deadline } = sock else { unreachable!("only resolvers come here") };
         let owner_sock = self.lookup(owner);
@@ -251,7 +255,7 @@ impl Catmint {
     }
 
     /// Resolution of `dst` for socket `o` failed (or timed out).
-    pub(crate) fn resolve_failed(&mut self, o: SockId, dst: SocketAddrV4, errno: i32, out: &mut Vec<(Tag, Done)>) {
+    pub(crate) fn resolve_failed(&mut self, o: SockId, dst: SocketAddrV4, errno: i32, out: &mut dyn Sink) {
         match self.socks[o].sock.as_mut() {
             Some(Sock::Dgram(ud)) => ud.unresolved(dst, errno, out),
             Some(Sock::DgramUnbound { .. }) => self.unbound_failed(o, errno, out),
@@ -265,7 +269,7 @@ impl Catmint {
         addr: SocketAddrV4,
         resolver: SockId,
         dst: SocketAddrV4,
-        out: &mut Vec<(Tag, Done)>,
+        out: &mut dyn Sink,
     ) {
         let Some(Sock::DgramUnbound { id, sends, pops, .. }) = self.take(o) else { return };
         if let Err(e) = id.bind(addr) {
@@ -314,7 +318,7 @@ impl Catmint {
     }
 
     /// Closes a datagram socket.
-    pub(crate) fn close_dgram(&mut self, sock: Sock, out: &mut Vec<(Tag, Done)>) {
+    pub(crate) fn close_dgram(&mut self, sock: Sock, out: &mut dyn Sink) {
         match sock {
             Sock::Dgram(mut ud) => ud.cancel(out),
             Sock::DgramUnbound { sends, pops, .. } => {

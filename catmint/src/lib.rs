@@ -53,6 +53,16 @@ pub trait Payload: Send + Sync {
     fn lkey(&self, dev: usize) -> Option<u32>;
 }
 
+/// A shared payload (queued sends replayed after an implicit bind).
+impl Payload for Arc<dyn Payload> {
+    fn bytes(&self) -> &[u8] {
+        (**self).bytes()
+    }
+    fn lkey(&self, dev: usize) -> Option<u32> {
+        (**self).lkey(dev)
+    }
+}
+
 impl Payload for Block {
     fn bytes(&self) -> &[u8] {
         self.as_slice()
@@ -76,6 +86,21 @@ pub enum Done {
         from: Option<SocketAddrV4>,
     },
     Failed(i32),
+}
+
+/// Where finished requests go: the caller's completion table, or a Vec.
+/// A trait rather than a Vec, so that the caller (demi's adapter) turns
+/// each `(Tag, Done)` into its own completion type where it is reported,
+/// with no staging list between the two.
+pub trait Sink {
+    /// Reports that the request `tag` finished.
+    fn push(&mut self, done: (Tag, Done));
+}
+
+impl Sink for Vec<(Tag, Done)> {
+    fn push(&mut self, done: (Tag, Done)) {
+        Vec::push(self, done);
+    }
 }
 
 /// Tunables.
@@ -258,6 +283,8 @@ impl Catmint {
             devices.push(Device { ctx, pd, cq: Arc::new(Mutex::new(cq)), idle: false });
         }
         let pool = Pool::new(devices.iter().map(|d| d.pd.clone()).collect());
+        let notify = Arc::new(Notify::new()?);
+        epoll_add(&epoll, notify.fd())?;
         // SAFETY: ibv_wc is plain data.
         let wcs = (0..32).map(|_| unsafe { std::mem::zeroed() }).collect();
         Ok(Catmint {
@@ -267,7 +294,7 @@ impl Catmint {
             graveyard: Vec::new(),
             devices,
             pool,
-            notify: Arc::new(Notify::default()),
+            notify,
             channel,
             epoll,
             cfg,
@@ -374,13 +401,13 @@ impl Catmint {
     }
 
     /// Sends a message on a connected stream, or a datagram to `to`.
-    pub fn send(
+    pub fn send<P: Payload + 'static>(
         &mut self,
         s: SockId,
-        data: Arc<dyn Payload>,
+        data: P,
         to: Option<SocketAddrV4>,
         tag: Tag,
-        out: &mut Vec<(Tag, Done)>,
+        out: &mut dyn Sink,
     ) -> Result<()> {
         if self.is_datagram(s) {
             let to = to.ok_or(Error::new("send", libc::EDESTADDRREQ))?;
@@ -395,7 +422,7 @@ impl Catmint {
         }
     }
 
-    pub fn recv(&mut self, s: SockId, tag: Tag, out: &mut Vec<(Tag, Done)>) -> Result<()> {
+    pub fn recv(&mut self, s: SockId, tag: Tag, out: &mut dyn Sink) -> Result<()> {
         match self.sock_mut(s)? {
             Sock::Connected(ep) => {
                 ep.recv(tag, out);
@@ -422,7 +449,7 @@ impl Catmint {
 
     /// Closes a socket: its pending requests finish with ECANCELED. A healthy
     /// connection sends FIN (end of file for the peer) before disconnecting.
-    pub fn close(&mut self, s: SockId, out: &mut Vec<(Tag, Done)>) -> Result<()> {
+    pub fn close(&mut self, s: SockId, out: &mut dyn Sink) -> Result<()> {
         let sock = self.take(s).ok_or(Error::new("close", libc::EBADF))?;
         match sock {
             Sock::Idle { .. } | Sock::Broken | Sock::Resolver { .. } => {}
@@ -459,7 +486,7 @@ impl Catmint {
     }
 
     /// Moves everything forward without blocking; appends what finished.
-    pub fn poll(&mut self, out: &mut Vec<(Tag, Done)>) {
+    pub fn poll(&mut self, out: &mut dyn Sink) {
         // Read the CM channel after a sleep, and every CM_EVERY busy polls.
         let after_sleep = self.armed;
         if self.armed || self.cm_countdown == 0 {
@@ -534,7 +561,44 @@ impl Catmint {
         self.epoll.as_raw_fd()
     }
 
-    fn poll_cqs(&mut self, out: &mut Vec<(Tag, Done)>) {
+    /// Whether a waiter sleeps on the descriptor from [`Catmint::arm`]: set
+    /// before arming, cleared when the last sleeper wakes. While it is set,
+    /// work that appears outside `poll` (a receive buffer given back by
+    /// another thread, a QP created on a device whose CQ was not armed) also
+    /// makes the descriptor readable.
+    pub fn set_sleeping(&mut self, sleeping: bool) {
+        self.notify.set_sleeping(sleeping);
+    }
+
+    /// The earliest connect, accept or close deadline, if any: a sleeper must
+    /// poll by then, since nothing else wakes it for a timeout.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        if self.timed == 0 {
+            return None;
+        }
+        self.socks
+            .iter()
+            .filter_map(|e| match e.sock.as_ref()? {
+                Sock::Resolving { deadline, .. }
+                | Sock::Connecting { deadline, .. }
+                | Sock::Incoming { deadline, .. }
+                | Sock::Closing { deadline, .. }
+                | Sock::Resolver { deadline, .. } => Some(*deadline),
+                _ => None,
+            })
+            .min()
+    }
+
+    /// A QP was created on device `dev`: if a waiter sleeps and the device's
+    /// CQ was not armed (it had no QP when the waiter armed), arm it now so
+    /// the new QP's completions wake the sleeper.
+    fn arm_new_qp(&self, dev: usize) {
+        if self.notify.is_sleeping() {
+            self.devices[dev].cq.lock().unwrap_or_else(|e| e.into_inner()).arm_if_quiet();
+        }
+    }
+
+    fn poll_cqs(&mut self, out: &mut dyn Sink) {
         for d in 0..self.devices.len() {
             // A device without QPs has nothing to report once its CQ is
             // empty: skip it (a client uses one device of several).
@@ -568,7 +632,7 @@ impl Catmint {
         }
     }
 
-    fn poll_cm(&mut self, out: &mut Vec<(Tag, Done)>) {
+    fn poll_cm(&mut self, out: &mut dyn Sink) {
         loop {
             let ev = match self.channel.next() {
                 Ok(Some(ev)) => ev,
@@ -603,7 +667,10 @@ impl Catmint {
             return Err((Error::new("rdma_cm id on an unknown device", libc::ENODEV), Some(id)));
         };
         let d = &self.devices[dev];
-        Rc::new(id, dev, &d.pd, &d.cq, &self.pool, self.rc_config(), key, &self.notify).map_err(|(e, id)| (e, Some(id)))
+        let ep = Rc::new(id, dev, &d.pd, &d.cq, &self.pool, self.rc_config(), key, &self.notify)
+            .map_err(|(e, id)| (e, Some(id)))?;
+        self.arm_new_qp(dev);
+        Ok(ep)
     }
 }
 

@@ -7,7 +7,9 @@ use crate::sys::Result;
 use crate::verbs::{Mr, Pd};
 use std::alloc::Layout;
 use std::collections::HashMap;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::ptr::NonNull;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// Size classes (powers of two, so a slot wastes less than half of itself);
@@ -186,21 +188,78 @@ impl Pool {
 
 /// Tells the poll loop which endpoints have buffers to re-post, so it need
 /// not look at every endpoint on every poll.
-#[derive(Default)]
+///
+/// The application may drop a received buffer from any thread, while
+/// another sleeps on the transport's descriptor. The re-post it makes
+/// possible can be what the sleeper waits for (the peer is out of credits
+/// until then), so while a waiter sleeps a return also writes an eventfd
+/// that is part of the descriptor the waiter sleeps on. While nobody
+/// sleeps (the common case: the waiter polls) a return costs no system call.
 pub struct Notify {
-    pending: std::sync::atomic::AtomicBool,
+    pending: AtomicBool,
     keys: Mutex<Vec<u64>>,
+    /// A waiter sleeps (or is about to) on the transport's descriptor.
+    sleeping: AtomicBool,
+    /// The eventfd was written and not read since.
+    kicked: AtomicBool,
+    efd: OwnedFd,
 }
 
 impl Notify {
+    pub fn new() -> Result<Notify> {
+        // SAFETY: eventfd has no pointer arguments.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(crate::Error::last("eventfd"));
+        }
+        Ok(Notify {
+            pending: AtomicBool::new(false),
+            keys: Mutex::new(Vec::new()),
+            sleeping: AtomicBool::new(false),
+            kicked: AtomicBool::new(false),
+            // SAFETY: fd was just returned to us and is owned by nobody else.
+            efd: unsafe { OwnedFd::from_raw_fd(fd) },
+        })
+    }
+
+    /// The descriptor that turns readable when a return must wake a sleeper.
+    pub fn fd(&self) -> RawFd {
+        self.efd.as_raw_fd()
+    }
+
     fn push(&self, key: u64) {
         self.keys.lock().unwrap_or_else(|e| e.into_inner()).push(key);
-        self.pending.store(true, std::sync::atomic::Ordering::Release);
+        // SeqCst pairs with `set_sleeping` then `take` on the waiter's side:
+        // either the waiter's last poll sees `pending`, or we see `sleeping`.
+        self.pending.store(true, Ordering::SeqCst);
+        if self.sleeping.load(Ordering::SeqCst) && !self.kicked.swap(true, Ordering::SeqCst) {
+            let one: u64 = 1;
+            // SAFETY: efd is our open eventfd; 8 bytes from a live u64.
+            unsafe { libc::write(self.efd.as_raw_fd(), (&one as *const u64).cast(), 8) };
+        }
+    }
+
+    /// Whether a waiter sleeps on the transport (set before it arms and
+    /// polls a last time, cleared once no waiter sleeps).
+    pub fn set_sleeping(&self, sleeping: bool) {
+        self.sleeping.store(sleeping, Ordering::SeqCst);
+    }
+
+    /// True while a waiter sleeps.
+    pub fn is_sleeping(&self) -> bool {
+        self.sleeping.load(Ordering::Relaxed)
     }
 
     /// Endpoint keys with returns since the last call (cheap when none).
     pub fn take(&self, into: &mut Vec<u64>) {
-        if self.pending.swap(false, std::sync::atomic::Ordering::Acquire) {
+        if self.kicked.load(Ordering::Relaxed) && self.kicked.swap(false, Ordering::SeqCst) {
+            let mut buf = 0u64;
+            // SAFETY: efd is our open, non-blocking eventfd; 8 bytes into a live u64.
+            unsafe { libc::read(self.efd.as_raw_fd(), (&mut buf as *mut u64).cast(), 8) };
+        }
+        // A plain load first: the swap is a locked instruction, and most
+        // polls find nothing.
+        if self.pending.load(Ordering::SeqCst) && self.pending.swap(false, Ordering::SeqCst) {
             into.append(&mut self.keys.lock().unwrap_or_else(|e| e.into_inner()));
         }
     }

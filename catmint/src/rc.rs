@@ -17,7 +17,7 @@ use crate::pool::{Block, Pool, Slot};
 use crate::recv::{registered, RecvRing};
 use crate::sys::{ffi, Error, Result};
 use crate::wire::{flag, Hello, Imm, MAX_MESSAGE};
-use crate::{Done, Payload, Tag};
+use crate::{Done, Payload, Sink, Tag};
 use std::collections::VecDeque;
 use std::sync::Arc;
 
@@ -177,8 +177,9 @@ impl Rc {
         self.recv.recycle(slot);
     }
 
-    /// Queues a message.
-    pub fn send(&mut self, tag: Tag, data: Arc<dyn Payload>, out: &mut Vec<(Tag, Done)>) {
+    /// Sends a message: at once, inline, when it is small and nothing waits
+    /// before it (the common case of a request or a reply); else queued.
+    pub fn send<P: Payload + 'static>(&mut self, tag: Tag, data: P, out: &mut dyn Sink) {
         if let Some(e) = self.error {
             out.push((tag, Done::Failed(e)));
             return;
@@ -187,12 +188,24 @@ impl Rc {
             out.push((tag, Done::Failed(libc::EPIPE)));
             return;
         }
-        if data.bytes().len() > MAX_MESSAGE {
+        let len = data.bytes().len();
+        if len > MAX_MESSAGE {
             out.push((tag, Done::Failed(libc::EMSGSIZE)));
             return;
         }
+        if self.sends.is_empty() && self.can_post() && len as u32 <= self.max_inline && len <= self.peer_seg {
+            // Inline: the post copies the bytes, so they need not be
+            // registered or kept, and the push is done once posted.
+            let addr = data.bytes().as_ptr() as u64;
+            if let Err(e) = self.post_segment(addr, len, 0, 0, len, None) {
+                return self.fail_with(tag, e.errno, out);
+            }
+            out.push((tag, Done::Sent));
+            self.maybe_credit_message();
+            return;
+        }
         // Memory the device cannot read is copied into registered memory once.
-        let data = match registered(&self.pool, data, self.dev) {
+        let data = match registered(&self.pool, Arc::new(data), self.dev) {
             Ok(d) => d,
             Err(e) => {
                 out.push((tag, Done::Failed(e.errno)));
@@ -203,14 +216,26 @@ impl Rc {
         self.progress_sends(out);
     }
 
+    /// Fails the connection with `errno`, and the push `tag` that found it.
+    fn fail_with(&mut self, tag: Tag, errno: i32, out: &mut dyn Sink) {
+        out.push((tag, Done::Failed(errno)));
+        self.fail(errno, out);
+    }
+
     /// Queues a pop.
-    pub fn recv(&mut self, tag: Tag, out: &mut Vec<(Tag, Done)>) {
+    pub fn recv(&mut self, tag: Tag, out: &mut dyn Sink) {
         self.pops.push_back(tag);
         self.deliver(out);
     }
 
+    /// True if a data segment may be posted now: a credit, send-queue room,
+    /// and a healthy connection.
+    fn can_post(&self) -> bool {
+        self.error.is_none() && self.credits > 0 && self.sq_room()
+    }
+
     /// Posts as many queued segments as credits and send-queue room allow.
-    pub fn progress_sends(&mut self, out: &mut Vec<(Tag, Done)>) {
+    pub fn progress_sends(&mut self, out: &mut dyn Sink) {
         if !self.sends.is_empty() {
             log::trace!(
                 "catmint: ep {:#x} sends: {} queued, {} credits, {} inflight, owe_ack {}",
@@ -221,36 +246,69 @@ impl Rc {
                 self.owe_ack
             );
         }
-        while self.error.is_none() && self.credits > 0 && self.sq_room() {
+        while self.can_post() {
             let Some(p) = self.sends.front_mut() else { break };
             let total = p.data.bytes().len();
-            let first_of_many = p.off == 0 && total > self.peer_seg;
             let seg = (total - p.off).min(self.peer_seg);
             let last = p.off + seg == total;
             let addr = p.data.bytes()[p.off..].as_ptr() as u64;
-            let lkey = p.data.lkey(self.dev).expect("copied to registered memory when queued");
-            let tag = p.tag;
-            let keep = p.data.clone();
+            // Inline segments need no key (see `send`); others were copied
+            // to registered memory when queued.
+            let lkey = p.data.lkey(self.dev).unwrap_or(0);
+            let (tag, off) = (p.tag, p.off);
+            // A whole message small enough to go inline is copied into the
+            // work request by the post itself: its push is done then, it
+            // needs no completion of its own, and the payload need not be
+            // kept. Others complete when the device reports their last
+            // segment sent.
+            let inline = seg as u32 <= self.max_inline && off == 0 && last;
+            let keep = (!inline).then(|| (last.then_some(tag), p.data.clone()));
             p.off += seg;
             if last {
                 self.sends.pop_front();
             }
-            // An ACK we owe goes out now whatever the segment: the peer may
-            // wait for it before it returns the credits we need for the next.
-            let ack = std::mem::take(&mut self.owe_ack);
-            let imm = if first_of_many {
-                Imm::First { total: total as u32, ack }
-            } else {
-                let flags = if last { flag::LAST } else { 0 } | if ack { flag::ACK } else { 0 };
-                Imm::Ctl { credits: self.take_returns(), flags }
-            };
-            if let Err(e) = self.post_send(imm, Some((addr, seg as u32, lkey)), last, last.then_some(tag), Some(keep)) {
+            if let Err(e) = self.post_segment(addr, seg, lkey, off, total, keep) {
                 self.fail(e.errno, out);
                 return;
             }
-            self.credits -= 1;
+            if inline {
+                out.push((tag, Done::Sent));
+            }
         }
         self.maybe_credit_message();
+    }
+
+    /// Posts the segment at `off` of a `total`-byte message and spends a
+    /// credit. `keep` is None for a whole message sent inline (completed by
+    /// the caller); else the push the segment finishes (if it is the last)
+    /// and the payload to keep alive until the device is done with it.
+    fn post_segment(
+        &mut self,
+        addr: u64,
+        seg: usize,
+        lkey: u32,
+        off: usize,
+        total: usize,
+        keep: Option<(Option<Tag>, Arc<dyn Payload>)>,
+    ) -> Result<()> {
+        let first_of_many = off == 0 && total > self.peer_seg;
+        let last = off + seg == total;
+        // An ACK we owe goes out now whatever the segment: the peer may
+        // wait for it before it returns the credits we need for the next.
+        let ack = std::mem::take(&mut self.owe_ack);
+        let imm = if first_of_many {
+            Imm::First { total: total as u32, ack }
+        } else {
+            let flags = if last { flag::LAST } else { 0 } | if ack { flag::ACK } else { 0 };
+            Imm::Ctl { credits: self.take_returns(), flags }
+        };
+        let (signal, tag, keep) = match keep {
+            Some((tag, keep)) => (last, tag, Some(keep)),
+            None => (false, None, None),
+        };
+        self.post_send(imm, Some((addr, seg as u32, lkey)), signal, tag, keep)?;
+        self.credits -= 1;
+        Ok(())
     }
 
     fn take_returns(&mut self) -> u16 {
@@ -344,7 +402,7 @@ impl Rc {
     }
 
     /// Handles a completion for this endpoint.
-    pub fn on_completion(&mut self, wc: &ffi::ibv_wc, out: &mut Vec<(Tag, Done)>) {
+    pub fn on_completion(&mut self, wc: &ffi::ibv_wc, out: &mut dyn Sink) {
         let ok = wc.status == ffi::ibv_wc_status::IBV_WC_SUCCESS;
         if wc.wr_id & WR_SEND != 0 {
             self.on_send_done(wc.wr_id & WR_LOW, ok, out);
@@ -368,7 +426,7 @@ impl Rc {
         self.deliver(out);
     }
 
-    fn on_send_done(&mut self, low: u64, ok: bool, out: &mut Vec<(Tag, Done)>) {
+    fn on_send_done(&mut self, low: u64, ok: bool, out: &mut dyn Sink) {
         // A signaled completion also retires the unsignaled WRs before it.
         while let Some(w) = self.inflight.pop_front() {
             if let Some(tag) = w.tag {
@@ -380,7 +438,7 @@ impl Rc {
         }
     }
 
-    fn on_recv(&mut self, index: u32, slot: Slot, len: usize, imm: Option<u32>, out: &mut Vec<(Tag, Done)>) {
+    fn on_recv(&mut self, index: u32, slot: Slot, len: usize, imm: Option<u32>, out: &mut dyn Sink) {
         let Some(imm) = imm.and_then(Imm::decode).filter(|_| len <= slot.capacity()) else {
             return self.protocol_error(slot, format_args!("a receive of {len} bytes with immediate {imm:x?}"), out);
         };
@@ -455,14 +513,14 @@ impl Rc {
     }
 
     /// The peer sent something catmint would never send: close the connection.
-    fn protocol_error(&mut self, slot: Slot, what: std::fmt::Arguments<'_>, out: &mut Vec<(Tag, Done)>) {
+    fn protocol_error(&mut self, slot: Slot, what: std::fmt::Arguments<'_>, out: &mut dyn Sink) {
         log::error!("catmint: ep {:#x}: malformed receive ({what}); closing the connection", self.key);
         self.pool_back(slot);
         self.fail(libc::EPROTO, out);
     }
 
     /// Matches received messages with waiting pops.
-    pub fn deliver(&mut self, out: &mut Vec<(Tag, Done)>) {
+    pub fn deliver(&mut self, out: &mut dyn Sink) {
         while let Some(&tag) = self.pops.front() {
             if let Some(msg) = self.ready.pop_front() {
                 out.push((tag, Done::Received { msg: Some(msg), from: None }));
@@ -478,7 +536,7 @@ impl Rc {
     }
 
     /// The connection is gone (disconnect, fatal completion): fail what waits.
-    pub fn fail(&mut self, errno: i32, out: &mut Vec<(Tag, Done)>) {
+    pub fn fail(&mut self, errno: i32, out: &mut dyn Sink) {
         if self.error.is_none() {
             self.error = Some(errno);
         }
@@ -489,7 +547,7 @@ impl Rc {
     }
 
     /// The peer disconnected. Without a FIN first, that is a reset.
-    pub fn disconnected(&mut self, out: &mut Vec<(Tag, Done)>) {
+    pub fn disconnected(&mut self, out: &mut dyn Sink) {
         let errno = if self.eof { libc::EPIPE } else { libc::ECONNRESET };
         self.fail(errno, out);
         // Sends already posted will flush; fail them now rather than wait
@@ -502,7 +560,7 @@ impl Rc {
     }
 
     /// Cancels everything the application still waits for (close).
-    pub fn cancel(&mut self, out: &mut Vec<(Tag, Done)>) {
+    pub fn cancel(&mut self, out: &mut dyn Sink) {
         for p in self.sends.drain(..) {
             out.push((p.tag, Done::Failed(libc::ECANCELED)));
         }

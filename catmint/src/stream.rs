@@ -7,7 +7,7 @@ use crate::cm::{CmEvent, CmId, PortSpace};
 use crate::rc::Rc;
 use crate::sys::{ffi, Error, Result};
 use crate::wire::Hello;
-use crate::{attempt_ms, conn_param, connect_errno, Catmint, Done, Listener, Sock, SockId, Tag};
+use crate::{attempt_ms, conn_param, connect_errno, Catmint, Done, Listener, Sink, Sock, SockId, Tag};
 use std::collections::VecDeque;
 use std::net::SocketAddrV4;
 use std::time::Instant;
@@ -46,7 +46,7 @@ impl Catmint {
         result
     }
 
-    pub fn accept(&mut self, s: SockId, tag: Tag, out: &mut Vec<(Tag, Done)>) -> Result<()> {
+    pub fn accept(&mut self, s: SockId, tag: Tag, out: &mut dyn Sink) -> Result<()> {
         let Sock::Listening(l) = self.sock_mut(s)? else { return Err(Error::new("accept", libc::EINVAL)) };
         l.accepts.push_back(tag);
         Self::match_accepts(l, out);
@@ -55,7 +55,7 @@ impl Catmint {
         Ok(())
     }
 
-    pub(crate) fn match_accepts(l: &mut Listener, out: &mut Vec<(Tag, Done)>) {
+    pub(crate) fn match_accepts(l: &mut Listener, out: &mut dyn Sink) {
         while !l.accepts.is_empty() && !l.ready.is_empty() {
             let tag = l.accepts.pop_front().expect("checked");
             let (sock, peer) = l.ready.pop_front().expect("checked");
@@ -82,7 +82,7 @@ impl Catmint {
         result
     }
 
-    pub(crate) fn on_cm_event(&mut self, ev: &CmEvent, out: &mut Vec<(Tag, Done)>) {
+    pub(crate) fn on_cm_event(&mut self, ev: &CmEvent, out: &mut dyn Sink) {
         use ffi::rdma_cm_event_type::*;
         let kind = ev.kind();
         log::debug!("catmint: cm event {} status {}", ev.name(), ev.status());
@@ -286,7 +286,7 @@ impl Catmint {
         bound: Option<SocketAddrV4>,
         tag: Tag,
         errno: i32,
-        out: &mut Vec<(Tag, Done)>,
+        out: &mut dyn Sink,
     ) -> Sock {
         self.graveyard.push(Sock::Idle { id, bound: None });
         self.connect_failed_fresh(s, bound, tag, errno, out)
@@ -299,7 +299,7 @@ impl Catmint {
         bound: Option<SocketAddrV4>,
         tag: Tag,
         errno: i32,
-        out: &mut Vec<(Tag, Done)>,
+        out: &mut dyn Sink,
     ) -> Sock {
         self.graveyard.push(Sock::Connected(ep));
         self.connect_failed_fresh(s, bound, tag, errno, out)
@@ -311,7 +311,7 @@ impl Catmint {
         bound: Option<SocketAddrV4>,
         tag: Tag,
         errno: i32,
-        out: &mut Vec<(Tag, Done)>,
+        out: &mut dyn Sink,
     ) -> Sock {
         self.timed -= 1;
         out.push((tag, Done::Failed(errno)));
@@ -332,7 +332,7 @@ impl Catmint {
         }
     }
 
-    pub(crate) fn check_timers(&mut self, out: &mut Vec<(Tag, Done)>) {
+    pub(crate) fn check_timers(&mut self, out: &mut dyn Sink) {
         let now = Instant::now();
         for s in 0..self.socks.len() {
             let expired = match &self.socks[s].sock {

@@ -12,8 +12,9 @@ use crate::recv::{registered, RecvRing};
 use crate::sys::{ffi, Error, Result};
 use crate::verbs::{Ah, Pd};
 use crate::wire::UdHeader;
-use crate::{Done, Payload, Tag};
+use crate::{Done, Payload, Sink, Tag};
 use std::collections::{HashMap, VecDeque};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::net::SocketAddrV4;
 use std::sync::Arc;
 
@@ -39,9 +40,47 @@ pub enum Peer {
 }
 
 struct Inflight {
-    /// None once cancelled; the entry stays to keep the memory alive.
+    seq: u64,
+    /// None once cancelled (or for inline sends, done when posted); the
+    /// entry stays to keep the memory alive and to count queue room.
     tag: Option<Tag>,
-    _keep: Arc<dyn Payload>,
+    _keep: Option<Arc<dyn Payload>>,
+}
+
+/// Hashes destination addresses for the peer table, which every send
+/// looks up: SipHash cost more than the rest of a send's bookkeeping. The
+/// keys are destinations this program chose, not input from the network,
+/// so a hash without flooding resistance does no harm here.
+#[derive(Default)]
+pub struct AddrHasher(u64);
+
+impl Hasher for AddrHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u64(b as u64);
+        }
+    }
+
+    fn write_u64(&mut self, v: u64) {
+        // A multiply-rotate step (odd constant from the golden ratio).
+        self.0 = (self.0.rotate_left(5) ^ v).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+
+    fn write_u32(&mut self, v: u32) {
+        self.write_u64(v as u64);
+    }
+
+    fn write_u16(&mut self, v: u16) {
+        self.write_u64(v as u64);
+    }
+
+    fn write_usize(&mut self, v: usize) {
+        self.write_u64(v as u64);
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
 }
 
 /// One UD socket with its QP.
@@ -57,7 +96,7 @@ pub struct Ud {
     recv: RecvRing,
     ready: VecDeque<(Block, SocketAddrV4)>,
     pops: VecDeque<Tag>,
-    pub peers: HashMap<SocketAddrV4, Peer>,
+    pub peers: HashMap<SocketAddrV4, Peer, BuildHasherDefault<AddrHasher>>,
     inflight: VecDeque<Inflight>,
     sq_depth: u32,
     seq: u64,
@@ -104,7 +143,7 @@ impl Ud {
             recv: RecvRing::new(pool, notify, dev, key, depth),
             ready: VecDeque::new(),
             pops: VecDeque::new(),
-            peers: HashMap::new(),
+            peers: HashMap::default(),
             inflight: VecDeque::new(),
             sq_depth,
             seq: 0,
@@ -134,12 +173,21 @@ impl Ud {
 
     /// Sends (or queues until `to` is resolved). Returns true if the caller
     /// must start resolving `to`.
-    pub fn send(&mut self, tag: Tag, data: Arc<dyn Payload>, to: SocketAddrV4, out: &mut Vec<(Tag, Done)>) -> bool {
-        if data.bytes().len() > self.max_payload {
+    pub fn send<P: Payload + 'static>(&mut self, tag: Tag, data: P, to: SocketAddrV4, out: &mut dyn Sink) -> bool {
+        let len = data.bytes().len();
+        if len > self.max_payload {
             out.push((tag, Done::Failed(libc::EMSGSIZE)));
             return false;
         }
-        let data = match registered(&self.pool, data, self.dev) {
+        if (UD_HDR_LEN + len) as u32 <= self.max_inline {
+            if let Some(Peer::Ready { ah, qpn, qkey }) = self.peers.get(&to) {
+                // Inline: copied by the post, so neither registered nor kept.
+                let dest = (ah.raw(), *qpn, *qkey);
+                self.post(tag, data.bytes(), 0, None, dest, out);
+                return false;
+            }
+        }
+        let data = match registered(&self.pool, Arc::new(data), self.dev) {
             Ok(d) => d,
             Err(e) => {
                 out.push((tag, Done::Failed(e.errno)));
@@ -148,7 +196,7 @@ impl Ud {
         };
         match self.peers.get_mut(&to) {
             Some(Peer::Ready { .. }) => {
-                self.post(tag, data, to, out);
+                self.post_kept(tag, data, to, out);
                 false
             }
             Some(Peer::Resolving { queue, .. }) => {
@@ -164,31 +212,58 @@ impl Ud {
         }
     }
 
-    fn post(&mut self, tag: Tag, data: Arc<dyn Payload>, to: SocketAddrV4, out: &mut Vec<(Tag, Done)>) {
+    /// Posts a registered payload (or an inline one) and keeps it until
+    /// the device is done with it.
+    fn post_kept(&mut self, tag: Tag, data: Arc<dyn Payload>, to: SocketAddrV4, out: &mut dyn Sink) {
         let Some(Peer::Ready { ah, qpn, qkey }) = self.peers.get(&to) else { return };
+        let dest = (ah.raw(), *qpn, *qkey);
+        let lkey = data.lkey(self.dev).unwrap_or(0);
+        // The bytes live in `data`'s own memory, which moving the Arc into
+        // `post` does not move.
+        let bytes = data.bytes() as *const [u8];
+        // SAFETY: `bytes` points into memory `data` owns (the Payload
+        // contract: it does not move with the value and lives as long as
+        // it); `data` itself is moved into `post` and kept there.
+        self.post(tag, unsafe { &*bytes }, lkey, Some(data), dest, out);
+    }
+
+    /// Posts one datagram of `bytes` to a resolved destination (its address
+    /// handle, QP number and Q_Key). `keep`
+    /// holds the memory until the send completes; without it the bytes go
+    /// inline and the push is done once posted.
+    fn post(
+        &mut self,
+        tag: Tag,
+        bytes: &[u8],
+        lkey: u32,
+        keep: Option<Arc<dyn Payload>>,
+        (ah, qpn, qkey): (*mut ffi::ibv_ah, u32, u32),
+        out: &mut dyn Sink,
+    ) {
         if self.inflight.len() as u32 >= self.sq_depth {
             // The send queue is full: UD may drop, so do we, loudly.
             out.push((tag, Done::Failed(libc::ENOBUFS)));
             return;
         }
-        let (ah, qpn, qkey) = (ah.raw(), *qpn, *qkey);
         let slot = (self.seq % self.sq_depth as u64) as usize * UD_HDR_LEN;
         self.hdrs.as_mut_slice()[slot..slot + UD_HDR_LEN].copy_from_slice(&UdHeader { from: self.local }.emit());
-        let bytes = data.bytes();
         let mut sges = [
             ffi::ibv_sge {
                 addr: self.hdrs.as_ptr() as u64 + slot as u64,
                 length: UD_HDR_LEN as u32,
                 lkey: self.hdrs.lkey(self.dev),
             },
-            ffi::ibv_sge {
-                addr: bytes.as_ptr() as u64,
-                length: bytes.len() as u32,
-                lkey: data.lkey(self.dev).expect("registered when queued"),
-            },
+            ffi::ibv_sge { addr: bytes.as_ptr() as u64, length: bytes.len() as u32, lkey },
         ];
-        let mut flags = ffi::ibv_send_flags::IBV_SEND_SIGNALED.0;
-        if (UD_HDR_LEN + bytes.len()) as u32 <= self.max_inline {
+        let inline = keep.is_none();
+        // Signal kept sends (their push completes with them), and every
+        // 16th send or the one that fills the queue, so the queue drains.
+        let signaled = !inline || self.seq % 16 == 15 || self.inflight.len() as u32 + 1 >= self.sq_depth;
+        let mut flags = 0;
+        if signaled {
+            flags |= ffi::ibv_send_flags::IBV_SEND_SIGNALED.0;
+        }
+        if inline {
             flags |= ffi::ibv_send_flags::IBV_SEND_INLINE.0;
         }
         // SAFETY: plain data; zero is a valid start.
@@ -200,25 +275,32 @@ impl Ud {
         wr.send_flags = flags;
         wr.wr.ud = ffi::ud_t { ah, remote_qpn: qpn, remote_qkey: qkey };
         let mut bad = std::ptr::null_mut();
-        // SAFETY: live QP and AH; SGEs point at registered memory kept alive
-        // by `hdrs` and by `data` (held in `inflight`) until completion.
+        // SAFETY: live QP and AH; inline bytes are copied by the call, the
+        // others are registered memory kept alive by `hdrs` and by `keep`
+        // (held in `inflight`) until completion.
         let rc = unsafe { ffi::ibv_post_send(self.id().qp(), &mut wr, &mut bad) };
         if rc != 0 {
             out.push((tag, Done::Failed(rc)));
             return;
         }
+        let seq = self.seq;
         self.seq += 1;
-        self.inflight.push_back(Inflight { tag: Some(tag), _keep: data });
+        if inline {
+            out.push((tag, Done::Sent));
+            self.inflight.push_back(Inflight { seq, tag: None, _keep: None });
+        } else {
+            self.inflight.push_back(Inflight { seq, tag: Some(tag), _keep: keep });
+        }
     }
 
     /// A destination resolved: create its address handle and send what waited.
-    pub fn resolved(&mut self, to: SocketAddrV4, mut param: ffi::rdma_ud_param, out: &mut Vec<(Tag, Done)>) {
+    pub fn resolved(&mut self, to: SocketAddrV4, mut param: ffi::rdma_ud_param, out: &mut dyn Sink) {
         let Some(Peer::Resolving { queue, .. }) = self.peers.remove(&to) else { return };
         match Ah::new(&self.pd, &mut param.ah_attr) {
             Ok(ah) => {
                 self.peers.insert(to, Peer::Ready { ah, qpn: param.qp_num, qkey: param.qkey });
                 for (tag, data) in queue {
-                    self.post(tag, data, to, out);
+                    self.post_kept(tag, data, to, out);
                 }
             }
             Err(e) => {
@@ -230,7 +312,7 @@ impl Ud {
     }
 
     /// Resolving `to` failed: fail what waited; a later send tries again.
-    pub fn unresolved(&mut self, to: SocketAddrV4, errno: i32, out: &mut Vec<(Tag, Done)>) {
+    pub fn unresolved(&mut self, to: SocketAddrV4, errno: i32, out: &mut dyn Sink) {
         if let Some(Peer::Resolving { queue, .. }) = self.peers.remove(&to) {
             for (tag, _) in queue {
                 out.push((tag, Done::Failed(errno)));
@@ -238,12 +320,12 @@ impl Ud {
         }
     }
 
-    pub fn recv(&mut self, tag: Tag, out: &mut Vec<(Tag, Done)>) {
+    pub fn recv(&mut self, tag: Tag, out: &mut dyn Sink) {
         self.pops.push_back(tag);
         self.deliver(out);
     }
 
-    fn deliver(&mut self, out: &mut Vec<(Tag, Done)>) {
+    fn deliver(&mut self, out: &mut dyn Sink) {
         while !self.pops.is_empty() && !self.ready.is_empty() {
             let tag = self.pops.pop_front().expect("checked");
             let (msg, from) = self.ready.pop_front().expect("checked");
@@ -251,12 +333,18 @@ impl Ud {
         }
     }
 
-    pub fn on_completion(&mut self, wc: &ffi::ibv_wc, out: &mut Vec<(Tag, Done)>) {
+    pub fn on_completion(&mut self, wc: &ffi::ibv_wc, out: &mut dyn Sink) {
         let ok = wc.status == ffi::ibv_wc_status::IBV_WC_SUCCESS;
         if wc.wr_id & WR_SEND != 0 {
-            // Every UD send is signaled, so completions come one per WR.
-            if let Some(tag) = self.inflight.pop_front().and_then(|w| w.tag) {
-                out.push((tag, if ok { Done::Sent } else { Done::Failed(libc::EIO) }));
+            // A signaled completion also retires the unsignaled sends before it.
+            let low = wc.wr_id & WR_LOW;
+            while let Some(w) = self.inflight.pop_front() {
+                if let Some(tag) = w.tag {
+                    out.push((tag, if ok { Done::Sent } else { Done::Failed(libc::EIO) }));
+                }
+                if w.seq & WR_LOW == low {
+                    break;
+                }
             }
             return;
         }
@@ -289,7 +377,7 @@ impl Ud {
     }
 
     /// Cancels what the application waits for (close).
-    pub fn cancel(&mut self, out: &mut Vec<(Tag, Done)>) {
+    pub fn cancel(&mut self, out: &mut dyn Sink) {
         for tag in self.pops.drain(..) {
             out.push((tag, Done::Failed(libc::ECANCELED)));
         }

@@ -223,6 +223,16 @@ impl Cq {
         self.requested = true;
     }
 
+    /// Asks for an event on the next completion unless one is already
+    /// asked for. Unlike `arm` it never reads an event, so one raised for a
+    /// sleeping waiter stays readable for it.
+    pub fn arm_if_quiet(&mut self) {
+        if !self.requested {
+            self.request_notify();
+            self.requested = true;
+        }
+    }
+
     /// For a CQ no QP uses (none can add completions to it): reads what the
     /// last `arm` may have raised and asks for nothing, so sleeping costs no
     /// system call on a device without connections.

@@ -47,7 +47,7 @@ fn pair(t: &mut Catmint, out: &mut Vec<(Tag, Done)>) -> (SockId, SockId) {
 fn send(t: &mut Catmint, out: &mut Vec<(Tag, Done)>, c: SockId, tag: Tag) {
     let mut b = t.alloc(64).unwrap();
     b.as_mut_slice().fill(tag as u8);
-    t.send(c, std::sync::Arc::new(b), None, tag, out).unwrap();
+    t.send(c, b, None, tag, out).unwrap();
 }
 
 /// A waiter arms, then makes one last poll before it sleeps. A completion

@@ -257,9 +257,14 @@ impl Engine {
         self.backend.arm()
     }
 
-    /// See [`Backend::max_sleep`].
-    pub fn max_sleep(&self) -> Option<std::time::Duration> {
-        self.backend.max_sleep()
+    /// See [`Backend::next_deadline`].
+    pub fn next_deadline(&self) -> Option<std::time::Instant> {
+        self.backend.next_deadline()
+    }
+
+    /// See [`Backend::set_sleeping`].
+    pub fn set_sleeping(&mut self, sleeping: bool) {
+        self.backend.set_sleeping(sleeping)
     }
 
     /// Takes a finished operation; `Err(EINVAL)` if `qt` is not a live token,
