@@ -268,6 +268,39 @@ demi_ping() {
         fail "$name" "status $crc, veth1 tx +$moved" "$(show "$clog")" "server:" "$(show "$slog")"
     fi
 }
+# Voluntary context switches of every thread of process $1.
+ctx_switches() { cat /proc/"$1"/task/*/status | awk '/^voluntary_ctxt_switches/ {n += $2} END {print n}'; }
+
+# An idle server sleeps: `demi echo` over catmint with no traffic wakes at
+# most 10 times in 5 s (its stop-flag check wakes it once a second; no
+# polling timer may), and then still answers at once.
+demi_idle() {
+    local port=7108 slog=$LOGS/demi-echo-idle clog=$LOGS/demi-ping-idle crc=0 pid a b
+    local name="an idle catmint demi echo sleeps (at most 10 wake-ups in 5 s), then answers 20 pings"
+    start_server "$name" "$slog" 'listening on' \
+        "$DEMI" echo --libos catmint --proto tcp --bind "$A0:$port" || return
+    pid=$(pgrep -P "$SERVER_PID" -x demi | head -n 1)
+    if [[ -z $pid ]]; then
+        kill "$SERVER_PID" 2>/dev/null
+        reap_server
+        fail "$name" "no demi process under the server's timeout (pid $SERVER_PID)"
+        return
+    fi
+    sleep 1
+    a=$(ctx_switches "$pid")
+    sleep 5
+    b=$(ctx_switches "$pid")
+    timeout -k 5 60 "$DEMI" ping --libos catmint --proto tcp --to "$A0:$port" --bind "$A1" \
+        --size 64 --count 20 --timeout 20 --json >"$clog" 2>&1 || crc=$?
+    kill "$SERVER_PID" 2>/dev/null
+    reap_server
+    if ((b - a <= 10 && crc == 0)) && grep -q '"count":20' "$clog"; then
+        pass "$name (+$((b - a)) voluntary switches; p50 $(sed -n 's/.*"p50":\([0-9.]*\).*/\1/p' "$clog") us)"
+    else
+        fail "$name" "+$((b - a)) voluntary switches in 5 s, ping status $crc" "$(show "$clog")" "server:" "$(show "$slog")"
+    fi
+}
+
 if want demi; then
     stage "the demi command over catmint"
     if "$DEMI" devices >"$LOGS/demi-devices" 2>&1 && grep -q 'ACTIVE .*on veth0' "$LOGS/demi-devices" &&
@@ -278,6 +311,7 @@ if want demi; then
     fi
     demi_ping tcp 7106
     demi_ping udp 7107
+    demi_idle
 fi
 
 # 6. memcheck: `demi echo` on ADDR0 and `demi ping` bound to ADDR1, both

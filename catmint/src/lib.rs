@@ -323,9 +323,7 @@ impl Catmint {
     }
 
     fn lookup(&self, key: u64) -> Option<SockId> {
-        let s = (key & IDX_MASK) as usize;
-        let e = self.socks.get(s)?;
-        (e.sock.is_some() && (e.generation as u64 & 0xff) == (key >> IDX_BITS) & 0xff).then_some(s)
+        live(&self.socks, key)
     }
 
     fn insert_with(&mut self, make: impl FnOnce(u64) -> Result<Sock>) -> Result<SockId> {
@@ -364,6 +362,9 @@ impl Catmint {
     /// Frees the slots of sockets that were taken and not put back. Called
     /// at the end of public calls, when no socket is being worked on.
     fn reclaim(&mut self) {
+        if self.vacated.is_empty() {
+            return;
+        }
         for s in self.vacated.drain(..) {
             if self.socks[s].sock.is_none() && !self.free.contains(&s) {
                 self.free.push(s);
@@ -488,7 +489,6 @@ impl Catmint {
     /// Moves everything forward without blocking; appends what finished.
     pub fn poll(&mut self, out: &mut dyn Sink) {
         // Read the CM channel after a sleep, and every CM_EVERY busy polls.
-        let after_sleep = self.armed;
         if self.armed || self.cm_countdown == 0 {
             self.cm_countdown = CM_EVERY;
             self.armed = false;
@@ -496,18 +496,32 @@ impl Catmint {
         } else {
             self.cm_countdown -= 1;
         }
+        // Sends progress where credits arrive (a completion) and credits
+        // are returned where buffers come back (`repost_returns`): no sweep
+        // over every connection.
         self.poll_cqs(out);
-        if after_sleep {
-            // Cheap insurance after every sleep: let each connection post what
-            // its credits allow and return credits it owes.
-            for e in self.socks.iter_mut() {
-                if let Some(Sock::Connected(ep)) = e.sock.as_mut() {
-                    ep.progress_sends(out);
-                }
+        self.notify.take(&mut self.keys);
+        if !self.keys.is_empty() {
+            self.repost_returns(out);
+        }
+        if self.timed > 0 {
+            self.check_timers(out);
+        }
+        self.bury();
+        self.reclaim();
+        if std::mem::take(&mut self.trim_due) {
+            // Sockets went away: give back registered memory nobody uses.
+            let n = self.pool.trim();
+            if n > 0 {
+                log::debug!("catmint: freed {n} registered chunks");
             }
         }
+    }
+
+    /// Re-posts the receive buffers the application gave back, on the
+    /// sockets `self.keys` names.
+    fn repost_returns(&mut self, out: &mut dyn Sink) {
         let mut keys = std::mem::take(&mut self.keys);
-        self.notify.take(&mut keys);
         for key in keys.drain(..) {
             if let Some(s) = self.lookup(key) {
                 match &mut self.socks[s].sock {
@@ -522,18 +536,6 @@ impl Catmint {
             }
         }
         self.keys = keys;
-        if self.timed > 0 {
-            self.check_timers(out);
-        }
-        self.bury();
-        self.reclaim();
-        if std::mem::take(&mut self.trim_due) {
-            // Sockets went away: give back registered memory nobody uses.
-            let n = self.pool.trim();
-            if n > 0 {
-                log::debug!("catmint: freed {n} registered chunks");
-            }
-        }
     }
 
     /// Drops what waited in the graveyard (its events are acknowledged).
@@ -599,23 +601,23 @@ impl Catmint {
     }
 
     fn poll_cqs(&mut self, out: &mut dyn Sink) {
-        for d in 0..self.devices.len() {
+        // Disjoint fields, so that a CQ stays locked while its completions
+        // go to the sockets (no clone of the CQ's Arc per poll).
+        let Catmint { devices, wcs, socks, .. } = self;
+        for dev in devices.iter_mut() {
             // A device without QPs has nothing to report once its CQ is
             // empty: skip it (a client uses one device of several).
-            let dev = &mut self.devices[d];
             let unused = !dev.has_qps();
             if unused && dev.idle {
                 continue;
             }
             dev.idle = unused;
-            let cq = dev.cq.clone();
-            let mut cq = cq.lock().unwrap_or_else(|e| e.into_inner());
+            let mut cq = dev.cq.lock().unwrap_or_else(|e| e.into_inner());
             loop {
-                let n = cq.poll(&mut self.wcs);
-                for i in 0..n {
-                    let wc = &self.wcs[i];
-                    let Some(s) = self.lookup(wc.wr_id >> 32) else { continue };
-                    match &mut self.socks[s].sock {
+                let n = cq.poll(wcs);
+                for wc in &wcs[..n] {
+                    let Some(s) = live(socks, wc.wr_id >> 32) else { continue };
+                    match &mut socks[s].sock {
                         Some(Sock::Connected(ep) | Sock::Connecting { ep, .. } | Sock::Incoming { ep, .. }) => {
                             ep.on_completion(wc, out)
                         }
@@ -625,7 +627,7 @@ impl Catmint {
                         _ => {}
                     }
                 }
-                if n < self.wcs.len() {
+                if n < wcs.len() {
                     break;
                 }
             }
@@ -672,6 +674,13 @@ impl Catmint {
         self.arm_new_qp(dev);
         Ok(ep)
     }
+}
+
+/// The socket a key names, if it is still the one the key was made for.
+fn live(socks: &[Entry], key: u64) -> Option<SockId> {
+    let s = (key & IDX_MASK) as usize;
+    let e = socks.get(s)?;
+    (e.sock.is_some() && (e.generation as u64 & 0xff) == (key >> IDX_BITS) & 0xff).then_some(s)
 }
 
 fn conn_param(hello: &[u8]) -> ffi::rdma_conn_param {
