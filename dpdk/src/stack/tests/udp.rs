@@ -135,3 +135,23 @@ fn a_lent_buffer_is_copied_when_the_device_cannot_share_it() {
     let u = udp_of(&s.device().take_sent()[0]);
     assert_eq!((u.dst_mac, u.dst, u.payload.as_slice()), (EthernetAddress::BROADCAST, bcast, &b"payload"[..]));
 }
+
+#[test]
+fn broadcast_and_multicast_need_no_arp() {
+    let mut s = stack();
+    let group = SocketAddrV4::new(Ipv4Addr::new(239, 129, 0, 251), 5353);
+    let bcast = SocketAddrV4::new(Ipv4Addr::BROADCAST, 67);
+    assert_eq!(s.send(5, group, Payload::Bytes(b"m"), 1), Ok(SendStatus::Sent));
+    assert_eq!(s.send(5, bcast, Payload::Bytes(b"b"), 2), Ok(SendStatus::Sent));
+    let sent: Vec<SentUdp> = s.device().take_sent().iter().map(udp_of).collect();
+    // RFC 1112: 01:00:5e and the group's low 23 bits.
+    assert_eq!(sent[0].dst_mac, EthernetAddress([0x01, 0x00, 0x5e, 0x01, 0x00, 0xfb]));
+    assert_eq!((sent[0].dst, sent[1].dst, sent[1].dst_mac), (group, bcast, EthernetAddress::BROADCAST));
+    assert_eq!(
+        *s.counters(),
+        counted(|c| {
+            c.tx_datagrams = 2;
+            c.tx_frames += 2;
+        })
+    );
+}
