@@ -109,7 +109,7 @@ impl Catnip {
         }
         let len = payload.bytes().len();
         let ptr = NonNull::new(payload.bytes().as_ptr() as *mut u8).expect("mbuf data is never null");
-        let owner: Arc<dyn BufferOwner> = Arc::new(RxMbuf(payload.into_mbuf()));
+        let owner: Arc<dyn BufferOwner> = Arc::new(RxMbuf(payload.into_frame()));
         // SAFETY: ptr..ptr+len lies in the mbuf's data, which stays valid and
         // unused by anyone else while the RxMbuf owner holds the mbuf.
         #[allow(unsafe_code)]
@@ -190,7 +190,7 @@ impl Backend for Catnip {
         };
         let port = self.local_port(s)?;
         let payload = match buf.owner().as_any().downcast_ref::<TxMbuf>() {
-            Some(TxMbuf(mbuf)) => Payload::Mbuf { mbuf, data: buf.as_slice() },
+            Some(TxMbuf(mbuf)) => Payload::Buffer { buf: mbuf, data: buf.as_slice() },
             None => Payload::Bytes(buf.as_slice()),
         };
         match self.stack.send(port, to, payload, op) {

@@ -37,6 +37,23 @@ pub const MIN_MTU: u16 = 576;
 pub const MAX_MTU: u16 = 9000;
 
 impl Config {
+    /// The defaults (what the environment gives when only
+    /// `DEMI_LOCAL_IPV4` is set), with `local_ipv4` as our address.
+    pub fn new(local_ipv4: Ipv4Addr) -> Config {
+        Config {
+            eal_args: Vec::new(),
+            local_ipv4,
+            local_mac: None,
+            mtu: 1500,
+            port: None,
+            link_wait: Duration::from_millis(5000),
+            mbufs: 8191,
+            arp_retry: Duration::from_millis(1000),
+            arp_retries: 3,
+            arp_ttl: Duration::from_secs(60),
+        }
+    }
+
     /// Reads the configuration from the process environment.
     pub fn from_env() -> Result<Config, Error> {
         Self::from_lookup(|k| std::env::var(k).ok())
@@ -129,6 +146,12 @@ mod tests {
         assert_eq!(c.local_ipv4, Ipv4Addr::new(10, 77, 0, 1));
         assert_eq!((c.mtu, c.local_mac, c.port, c.arp_retries), (1500, None, None, 3));
         assert!(c.eal_args.is_empty());
+    }
+
+    #[test]
+    fn new_has_the_environment_defaults() {
+        let ip = Ipv4Addr::new(10, 77, 0, 1);
+        assert_eq!(Config::new(ip), parse(&[("DEMI_LOCAL_IPV4", "10.77.0.1")]).unwrap());
     }
 
     #[test]

@@ -1,7 +1,11 @@
 //! Bringing a DPDK port up: EAL from the configured arguments, the packet
 //! pool, one RX and one TX queue, MTU, MAC, checksum offloads, link wait.
+//! The port is the stack's [`Device`]: its tokens are [`Mbuf`]s, received
+//! and sent in bursts, and a payload in an mbuf from
+//! [`Device::alloc_payload`] is sent without a copy.
 
 use crate::config::Config;
+use crate::device::{Capabilities, Device, RxToken, TxToken};
 use crate::sys::{self, DpdkError, Mbuf, Mempool, PortId};
 use crate::wire::{EthernetAddress, ETHERNET_HEADER_LEN};
 use crate::Error;
@@ -18,6 +22,7 @@ pub struct Port {
     id: PortId,
     pool: Mempool,
     mac: EthernetAddress,
+    mtu: u16,
     driver: String,
     rx_ipv4_cksum: bool,
     tx_ipv4_cksum: bool,
@@ -84,6 +89,7 @@ impl Port {
             id,
             pool,
             mac,
+            mtu: cfg.mtu,
             driver: info.driver,
             rx_ipv4_cksum: info.rx_ipv4_cksum,
             tx_ipv4_cksum: info.tx_ipv4_cksum,
@@ -108,11 +114,6 @@ impl Port {
         }
     }
 
-    /// True if the link is up now.
-    pub fn link_up(&self) -> bool {
-        self.id.link_up()
-    }
-
     /// Our MAC address.
     pub fn mac(&self) -> EthernetAddress {
         self.mac
@@ -122,30 +123,74 @@ impl Port {
     pub fn driver(&self) -> &str {
         &self.driver
     }
+}
 
-    /// True if the port checks IPv4 header checksums on receive.
-    pub fn rx_ipv4_cksum_offload(&self) -> bool {
-        self.rx_ipv4_cksum
+impl Device for Port {
+    type RxToken = Mbuf;
+    type TxToken = Mbuf;
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            mac: self.mac,
+            mtu: self.mtu,
+            rx_ipv4_checksum: self.rx_ipv4_cksum,
+            tx_ipv4_checksum: self.tx_ipv4_cksum,
+        }
     }
 
-    /// True if the port computes IPv4 header checksums on transmit.
-    pub fn tx_ipv4_cksum_offload(&self) -> bool {
-        self.tx_ipv4_cksum
-    }
-
-    /// A fresh mbuf from the pool.
-    pub fn alloc(&self) -> Option<Mbuf> {
-        self.pool.alloc()
-    }
-
-    /// Receives up to `max` frames into `out`.
-    pub fn rx_burst(&self, out: &mut Vec<Mbuf>, max: usize) -> usize {
+    fn receive(&mut self, out: &mut Vec<Mbuf>, max: usize) -> usize {
         self.id.rx_burst(out, max)
     }
 
-    /// Sends frames from the front of `pkts`; returns how many the driver took.
-    pub fn tx_burst(&self, pkts: &mut Vec<Mbuf>) -> usize {
-        self.id.tx_burst(pkts)
+    fn alloc_tx(&mut self, len: usize) -> Option<Mbuf> {
+        let mut m = self.pool.alloc()?;
+        m.frame_mut(sys::default_headroom(), len)?;
+        Some(m)
+    }
+
+    fn transmit(&mut self, frames: &mut Vec<Mbuf>) -> usize {
+        self.id.tx_burst(frames)
+    }
+
+    fn alloc_payload(&mut self, len: usize) -> Option<Mbuf> {
+        let mut m = self.pool.alloc()?;
+        m.frame_mut(sys::default_headroom(), len)?.fill(0);
+        Some(m)
+    }
+
+    fn link_up(&self) -> bool {
+        self.id.link_up()
+    }
+}
+
+impl RxToken for Mbuf {
+    fn frame(&self) -> &[u8] {
+        self.data()
+    }
+
+    fn whole(&self) -> bool {
+        self.segments() == 1
+    }
+
+    fn ipv4_checksum_ok(&self) -> Option<bool> {
+        self.rx_ipv4_cksum_ok()
+    }
+}
+
+impl TxToken for Mbuf {
+    fn frame_mut(&mut self) -> Option<&mut [u8]> {
+        self.data_mut()
+    }
+
+    fn offload_ipv4_checksum(&mut self, l2_len: u8, l3_len: u8) {
+        self.offload_ipv4_cksum(l2_len, l3_len);
+    }
+
+    fn share_for_tx(&self, payload: &[u8], hdr_len: usize, fill: impl FnOnce(&mut [u8], &[u8])) -> Option<Mbuf> {
+        if payload.as_ptr() != self.payload_area().0 {
+            return None;
+        }
+        self.claim_for_tx(payload.len(), hdr_len, fill)
     }
 }
 

@@ -1,40 +1,45 @@
-//! The network stack over one port: Ethernet, ARP, IPv4, ICMP echo, UDP.
+//! The network stack over one device: Ethernet, ARP, IPv4, ICMP echo, UDP.
 //!
-//! Non-blocking throughout. [`Stack::send`] builds a datagram and hands it
-//! to the port at once when the destination MAC is known; otherwise the
-//! frame waits for ARP, and the outcome comes later as [`Event::Sent`].
-//! [`Stack::poll`] receives one burst, answers ARP and ping, delivers UDP
-//! datagrams as [`Event::Datagram`] (the payload stays in its mbuf), runs
-//! the ARP timers and flushes the transmit backlog. Every dropped frame is
-//! counted in [`Counters`] under its reason.
+//! [`Stack`] is generic over a [`Device`]: a DPDK port in production
+//! ([`crate::Stack`] names that one), the in-memory
+//! [`Loopback`](crate::device::Loopback) in tests. Non-blocking throughout.
+//! [`Stack::send`] builds a datagram and hands it to the device at once
+//! when the destination MAC is known; otherwise the frame waits for ARP,
+//! and the outcome comes later as [`Event::Sent`]. [`Stack::poll`]
+//! receives one burst, answers ARP and ping, delivers UDP datagrams as
+//! [`Event::Datagram`] (the payload stays in the buffer it arrived in),
+//! runs the ARP timers and flushes the transmit backlog. Every dropped
+//! frame is counted in [`Counters`] under its reason.
 
 mod arp;
 mod counters;
+#[cfg(feature = "dpdk")]
+mod dpdk;
 mod rx;
+mod tx;
 mod udp;
+
+#[cfg(test)]
+mod tests;
 
 pub use arp::MAX_WAITING_PER_ADDR;
 pub use counters::Counters;
 pub use udp::{BindError, EPHEMERAL};
 
 use crate::config::Config;
-use crate::port::Port;
-use crate::sys::{default_headroom, Mbuf};
+use crate::device::{Device, RxToken, TxToken};
 use crate::wire::ipv4::Checksum;
-use crate::wire::{
-    ArpOperation, ArpPacket, ArpRepr, EtherType, EthernetAddress, EthernetFrame, EthernetRepr, IcmpPacket, IcmpRepr,
-    IpProtocol, Ipv4Packet, Ipv4Repr, UdpRepr, ARP_PACKET_LEN, ETHERNET_HEADER_LEN, IPV4_HEADER_LEN, UDP_HEADER_LEN,
-};
-use crate::Error;
+use crate::wire::{ArpOperation, EthernetAddress, ETHERNET_HEADER_LEN, IPV4_HEADER_LEN, UDP_HEADER_LEN};
 use arp::{ArpCache, Parked};
 use std::collections::VecDeque;
+use std::fmt;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::{Duration, Instant};
 use udp::PortTable;
 
-/// Frames taken from the port per poll.
+/// Frames taken from the device per poll.
 const RX_BURST: usize = 32;
-/// Frames that may wait for room in the port's transmit ring.
+/// Frames that may wait for room in the device's transmit ring.
 const TX_BACKLOG_MAX: usize = 1024;
 /// TTL of the packets we send.
 const DEFAULT_TTL: u8 = 64;
@@ -43,22 +48,37 @@ const LINK_CHECK: Duration = Duration::from_millis(100);
 /// Ethernet, IPv4 and UDP headers together.
 pub const UDP_HEADERS_LEN: usize = ETHERNET_HEADER_LEN + IPV4_HEADER_LEN + UDP_HEADER_LEN;
 
-/// The bytes of a datagram to send.
-#[derive(Clone, Copy, Debug)]
-pub enum Payload<'a> {
-    /// Plain memory: copied into a fresh mbuf.
+/// The bytes of a datagram to send; `T` is the device's transmit token.
+#[derive(Debug)]
+pub enum Payload<'a, T> {
+    /// Plain memory: copied into a fresh buffer.
     Bytes(&'a [u8]),
-    /// `data` lives in `mbuf` (from [`Stack::alloc_payload`]): sent without
-    /// copying when it starts at the mbuf's payload area and no earlier
-    /// send still holds the mbuf; copied otherwise.
-    Mbuf { mbuf: &'a Mbuf, data: &'a [u8] },
+    /// `data` lives in `buf` (from [`Stack::alloc_payload`]): sent without
+    /// copying when the device can (for DPDK: `data` starts at the mbuf's
+    /// payload area and no earlier send still holds the mbuf); copied
+    /// otherwise.
+    Buffer {
+        /// The buffer that holds `data`.
+        buf: &'a T,
+        /// The payload.
+        data: &'a [u8],
+    },
 }
 
-impl Payload<'_> {
+// Copyable whatever `T` is: it only holds references.
+impl<T> Clone for Payload<'_, T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<T> Copy for Payload<'_, T> {}
+
+impl<T> Payload<'_, T> {
     fn bytes(&self) -> &[u8] {
         match self {
             Payload::Bytes(b) => b,
-            Payload::Mbuf { data, .. } => data,
+            Payload::Buffer { data, .. } => data,
         }
     }
 }
@@ -66,7 +86,7 @@ impl Payload<'_> {
 /// How a send went, when it did not fail at once.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SendStatus {
-    /// Handed to the port.
+    /// Handed to the device.
     Sent,
     /// Waiting for ARP or ring space: an [`Event::Sent`] with the tag follows.
     Queued,
@@ -77,7 +97,7 @@ pub enum SendStatus {
 pub enum SendError {
     /// Larger than the MTU allows (EMSGSIZE).
     TooLong,
-    /// No mbuf, or too many frames waiting (ENOBUFS).
+    /// No buffer, or too many frames waiting (ENOBUFS).
     NoBuffers,
     /// Port 0 or address 0.0.0.0 (EINVAL).
     BadDestination,
@@ -94,89 +114,70 @@ impl SendError {
     }
 }
 
-/// A received payload, still in its mbuf.
+/// A received payload, still in the frame it arrived in (`R` is the
+/// device's receive token: an mbuf for DPDK).
 #[derive(Debug)]
-pub struct RxPayload {
-    mbuf: Mbuf,
+pub struct RxPayload<R> {
+    frame: R,
     offset: usize,
     len: usize,
 }
 
-impl RxPayload {
+impl<R: RxToken> RxPayload<R> {
     /// The payload bytes.
     pub fn bytes(&self) -> &[u8] {
-        &self.mbuf.data()[self.offset..self.offset + self.len]
+        &self.frame.frame()[self.offset..self.offset + self.len]
     }
 
-    /// The mbuf that holds the payload (keep it to keep the bytes).
-    pub fn into_mbuf(self) -> Mbuf {
-        self.mbuf
+    /// The frame that holds the payload (keep it to keep the bytes).
+    pub fn into_frame(self) -> R {
+        self.frame
     }
 }
 
-/// What a poll found.
+/// What a poll found (`R` is the device's receive token).
 #[derive(Debug)]
-pub enum Event {
+pub enum Event<R> {
     /// A datagram for the socket bound as `socket` on `local_port`.
-    Datagram { socket: u32, local_port: u16, from: SocketAddrV4, payload: RxPayload },
+    Datagram {
+        /// The socket token given to [`Stack::bind`].
+        socket: u32,
+        /// The local port it came to.
+        local_port: u16,
+        /// The sender.
+        from: SocketAddrV4,
+        /// The payload, in its frame.
+        payload: RxPayload<R>,
+    },
     /// A queued send finished: `errno` None if it went out, else why not
     /// (EHOSTUNREACH when nobody answered ARP).
-    Sent { tag: u64, errno: Option<i32> },
+    Sent {
+        /// The tag given to [`Stack::send`].
+        tag: u64,
+        /// None if the frame went out.
+        errno: Option<i32>,
+    },
 }
 
 /// A frame waiting for ARP, and the tag of its send.
-type Waiting = (Mbuf, Option<u64>);
-
-/// Header fields of an outgoing UDP datagram.
-struct UdpHeaders {
-    src_mac: EthernetAddress,
-    dst_mac: EthernetAddress,
-    src: SocketAddrV4,
-    dst: SocketAddrV4,
-    ident: u16,
-    ip_cksum: Checksum,
-}
-
-impl UdpHeaders {
-    /// Writes the 42 header bytes in front of `payload`.
-    fn emit(&self, h: &mut [u8], payload: &[u8]) {
-        let (eth, rest) = h.split_at_mut(ETHERNET_HEADER_LEN);
-        let (ip, udp) = rest.split_at_mut(IPV4_HEADER_LEN);
-        EthernetRepr { src_addr: self.src_mac, dst_addr: self.dst_mac, ethertype: EtherType::Ipv4 }
-            .emit(&mut EthernetFrame::new_unchecked(eth));
-        let ip_repr = Ipv4Repr {
-            src_addr: *self.src.ip(),
-            dst_addr: *self.dst.ip(),
-            protocol: IpProtocol::Udp,
-            payload_len: UDP_HEADER_LEN + payload.len(),
-            ttl: DEFAULT_TTL,
-        };
-        ip_repr.emit(&mut Ipv4Packet::new_unchecked(ip), self.ident, self.ip_cksum);
-        UdpRepr { src_port: self.src.port(), dst_port: self.dst.port() }.emit(
-            udp,
-            *self.src.ip(),
-            *self.dst.ip(),
-            payload,
-        );
-    }
-}
+type Waiting<T> = (T, Option<u64>);
 
 /// The stack (see the module docs).
-pub struct Stack {
-    port: Port,
+pub struct Stack<D: Device> {
+    device: D,
     ip: Ipv4Addr,
     mac: EthernetAddress,
     mtu: usize,
-    arp: ArpCache<Waiting>,
+    arp: ArpCache<Waiting<D::TxToken>>,
     ports: PortTable,
-    /// Frames the port has not taken yet, oldest first, and their tags.
-    tx: Vec<Mbuf>,
+    /// Frames the device has not taken yet, oldest first, and their tags.
+    tx: Vec<D::TxToken>,
     tx_tags: VecDeque<Option<u64>>,
     /// Finished sends noticed outside poll, reported by the next poll.
-    deferred: Vec<Event>,
+    deferred: Vec<Event<D::RxToken>>,
     /// Frames to our own address, received by the next poll.
-    loopback: Vec<Mbuf>,
-    rx: Vec<Mbuf>,
+    loopback: Vec<D::RxToken>,
+    rx: Vec<D::RxToken>,
     counters: Counters,
     ident: u16,
     ip_tx_cksum: Checksum,
@@ -184,16 +185,24 @@ pub struct Stack {
     next_link_check: Instant,
 }
 
-impl Stack {
-    /// Starts the port and the stack (sends a gratuitous ARP once the link is up).
-    pub fn new(cfg: &Config) -> Result<Stack, Error> {
-        let port = Port::open(cfg)?;
-        let ip_tx_cksum = if port.tx_ipv4_cksum_offload() { Checksum::Offloaded } else { Checksum::Software };
+impl<D: Device> fmt::Debug for Stack<D> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Stack").field("ip", &self.ip).field("mac", &self.mac).field("mtu", &self.mtu).finish()
+    }
+}
+
+impl<D: Device> Stack<D> {
+    /// The stack over `device`: its IPv4 address and ARP timers come from
+    /// `cfg`, its MAC, MTU and checksum offloads from the device. Sends a
+    /// gratuitous ARP if the link is up.
+    pub fn with_device(device: D, cfg: &Config) -> Stack<D> {
+        let caps = device.capabilities();
+        let now = device.now();
         let mut s = Stack {
             ip: cfg.local_ipv4,
-            mac: port.mac(),
-            mtu: usize::from(cfg.mtu),
-            port,
+            mac: caps.mac,
+            mtu: usize::from(caps.mtu),
+            device,
             arp: ArpCache::new(cfg.arp_ttl, cfg.arp_retry, cfg.arp_retries),
             ports: PortTable::new(),
             tx: Vec::with_capacity(64),
@@ -203,22 +212,22 @@ impl Stack {
             rx: Vec::with_capacity(RX_BURST),
             counters: Counters::default(),
             ident: 1,
-            ip_tx_cksum,
+            ip_tx_cksum: if caps.tx_ipv4_checksum { Checksum::Offloaded } else { Checksum::Software },
             link_up: false,
-            next_link_check: Instant::now(),
+            next_link_check: now,
         };
-        s.check_link(Instant::now());
-        log::info!(
-            "catnip: {} up={} mac {} ip {} mtu {} ipv4 checksum offload rx={} tx={}",
-            s.port.driver(),
-            s.link_up,
-            s.mac,
-            s.ip,
-            s.mtu,
-            s.port.rx_ipv4_cksum_offload(),
-            s.port.tx_ipv4_cksum_offload()
-        );
-        Ok(s)
+        s.check_link(now);
+        s
+    }
+
+    /// The device.
+    pub fn device(&self) -> &D {
+        &self.device
+    }
+
+    /// The device, for changing it (tests: link state, ring room).
+    pub fn device_mut(&mut self) -> &mut D {
+        &mut self.device
     }
 
     /// Our IPv4 address.
@@ -231,21 +240,9 @@ impl Stack {
         self.mac
     }
 
-    /// The port's driver name.
-    pub fn driver(&self) -> &str {
-        self.port.driver()
-    }
-
     /// True if the link was up at the last check.
     pub fn link_up(&self) -> bool {
         self.link_up
-    }
-
-    /// Waits up to `limit` for the link (for start-up and tests).
-    pub fn wait_link(&mut self, limit: Duration) -> bool {
-        let up = self.port.wait_link(limit);
-        self.check_link(Instant::now());
-        up
     }
 
     /// The largest UDP payload one frame carries.
@@ -268,16 +265,14 @@ impl Stack {
         self.ports.unbind(port);
     }
 
-    /// An mbuf whose payload area (see [`Mbuf::payload_area`]) holds `len`
-    /// bytes, zeroed, for zero-copy sends; None if `len` exceeds one frame
-    /// or the pool is empty.
-    pub fn alloc_payload(&mut self, len: usize) -> Option<Mbuf> {
+    /// A buffer whose payload area holds `len` zeroed bytes, for zero-copy
+    /// sends (see [`Payload::Buffer`]); None if `len` exceeds one frame, the
+    /// device has no buffer free, or it cannot send without copying.
+    pub fn alloc_payload(&mut self, len: usize) -> Option<D::TxToken> {
         if len > self.max_payload() {
             return None;
         }
-        let mut m = self.port.alloc()?;
-        m.frame_mut(default_headroom(), len)?.fill(0);
-        Some(m)
+        self.device.alloc_payload(len)
     }
 
     /// Sends one datagram from local port `src_port` to `dst`; see [`SendStatus`].
@@ -285,7 +280,7 @@ impl Stack {
         &mut self,
         src_port: u16,
         dst: SocketAddrV4,
-        payload: Payload<'_>,
+        payload: Payload<'_, D::TxToken>,
         tag: u64,
     ) -> Result<SendStatus, SendError> {
         if payload.bytes().len() > self.max_payload() {
@@ -294,7 +289,7 @@ impl Stack {
         if dst.port() == 0 || dst.ip().is_unspecified() {
             return Err(SendError::BadDestination);
         }
-        let now = Instant::now();
+        let now = self.device.now();
         let ip = *dst.ip();
         let dst_mac = if ip == self.ip {
             Some(self.mac)
@@ -312,7 +307,7 @@ impl Stack {
             Some(mac) => {
                 let frame = self.build_udp(src, dst, mac, payload)?;
                 if ip == self.ip {
-                    self.loopback.push(frame);
+                    self.loopback.push(frame.into());
                     return Ok(SendStatus::Sent);
                 }
                 self.transmit(frame, Some(tag))
@@ -333,22 +328,26 @@ impl Stack {
     }
 
     /// Sends a whole Ethernet frame as it is (tools and tests: malformed
-    /// frames, other protocols). It goes out behind earlier frames.
+    /// frames, other protocols). It goes out behind earlier frames. Frames
+    /// longer than the Ethernet header plus the MTU fail with `TooLong`.
     pub fn send_raw(&mut self, frame: &[u8]) -> Result<SendStatus, SendError> {
-        let Some(mut m) = self.port.alloc() else {
+        if frame.len() > ETHERNET_HEADER_LEN + self.mtu {
+            return Err(SendError::TooLong);
+        }
+        let Some(mut m) = self.device.alloc_tx(frame.len()) else {
             self.counters.drop_no_mbuf += 1;
             return Err(SendError::NoBuffers);
         };
-        m.frame_mut(default_headroom(), frame.len()).ok_or(SendError::TooLong)?.copy_from_slice(frame);
+        m.frame_mut().ok_or(SendError::NoBuffers)?.copy_from_slice(frame);
         self.transmit(m, None)
     }
 
     /// Receives a burst and moves every timer and queue forward.
-    pub fn poll(&mut self, out: &mut Vec<Event>) {
+    pub fn poll(&mut self, out: &mut Vec<Event<D::RxToken>>) {
         out.append(&mut self.deferred);
-        let now = Instant::now();
+        let now = self.device.now();
         let mut rx = std::mem::take(&mut self.rx);
-        if self.port.rx_burst(&mut rx, RX_BURST) > 0 {
+        if self.device.receive(&mut rx, RX_BURST) > 0 {
             for m in rx.drain(..) {
                 self.receive(m, now, out);
             }
@@ -368,13 +367,14 @@ impl Stack {
         }
         if !self.tx.is_empty() {
             self.flush_tx();
-            out.append(&mut self.deferred);
         }
+        // Sends finished during this poll (say, released by an ARP reply).
+        out.append(&mut self.deferred);
     }
 
     fn check_link(&mut self, now: Instant) {
         self.next_link_check = now + LINK_CHECK;
-        let up = self.port.link_up();
+        let up = self.device.link_up();
         if up && !self.link_up {
             // Gratuitous ARP: announce our address (and refresh peers' caches).
             self.send_arp(ArpOperation::Request, EthernetAddress::BROADCAST, self.ip);
@@ -382,7 +382,7 @@ impl Stack {
         self.link_up = up;
     }
 
-    fn run_arp_timers(&mut self, now: Instant, out: &mut Vec<Event>) {
+    fn run_arp_timers(&mut self, now: Instant, out: &mut Vec<Event<D::RxToken>>) {
         let (mut retry, mut failed) = (Vec::new(), Vec::new());
         self.arp.expire(now, &mut retry, &mut failed);
         for ip in retry {
@@ -398,131 +398,9 @@ impl Stack {
             }
         }
     }
-
-    /// Builds a UDP frame, without copying when the payload allows.
-    fn build_udp(
-        &mut self,
-        src: SocketAddrV4,
-        dst: SocketAddrV4,
-        dst_mac: EthernetAddress,
-        payload: Payload<'_>,
-    ) -> Result<Mbuf, SendError> {
-        self.ident = self.ident.wrapping_add(1);
-        let h = UdpHeaders { src_mac: self.mac, dst_mac, src, dst, ident: self.ident, ip_cksum: self.ip_tx_cksum };
-        let offload = self.ip_tx_cksum == Checksum::Offloaded;
-        if let Payload::Mbuf { mbuf, data } = payload {
-            if data.as_ptr() == mbuf.payload_area().0 {
-                if let Some(mut m) = mbuf.claim_for_tx(data.len(), UDP_HEADERS_LEN, |hdr, p| h.emit(hdr, p)) {
-                    if offload {
-                        m.offload_ipv4_cksum(ETHERNET_HEADER_LEN as u8, IPV4_HEADER_LEN as u8);
-                    }
-                    return Ok(m);
-                }
-            }
-        }
-        let data = payload.bytes();
-        let Some(mut m) = self.port.alloc() else {
-            self.counters.drop_no_mbuf += 1;
-            return Err(SendError::NoBuffers);
-        };
-        let frame = m
-            .frame_mut(default_headroom() - UDP_HEADERS_LEN, UDP_HEADERS_LEN + data.len())
-            .ok_or(SendError::TooLong)?;
-        let (hdr, body) = frame.split_at_mut(UDP_HEADERS_LEN);
-        body.copy_from_slice(data);
-        h.emit(hdr, body);
-        if offload {
-            m.offload_ipv4_cksum(ETHERNET_HEADER_LEN as u8, IPV4_HEADER_LEN as u8);
-        }
-        Ok(m)
-    }
-
-    /// Hands a frame to the port, or queues it behind earlier ones.
-    fn transmit(&mut self, frame: Mbuf, tag: Option<u64>) -> Result<SendStatus, SendError> {
-        if self.tx.is_empty() {
-            self.tx.push(frame);
-            if self.port.tx_burst(&mut self.tx) == 1 {
-                self.counters.tx_frames += 1;
-                return Ok(SendStatus::Sent);
-            }
-            self.tx_tags.push_back(tag);
-            return Ok(SendStatus::Queued);
-        }
-        if self.tx.len() >= TX_BACKLOG_MAX {
-            self.counters.drop_tx_backlog_full += 1;
-            return Err(SendError::NoBuffers);
-        }
-        self.tx.push(frame);
-        self.tx_tags.push_back(tag);
-        self.flush_tx();
-        Ok(SendStatus::Queued)
-    }
-
-    /// Sends what the ring takes from the backlog; finished tags go to `deferred`.
-    fn flush_tx(&mut self) {
-        let n = self.port.tx_burst(&mut self.tx);
-        self.counters.tx_frames += n as u64;
-        for tag in self.tx_tags.drain(..n).flatten() {
-            self.deferred.push(Event::Sent { tag, errno: None });
-        }
-    }
-
-    /// Sends a frame of our own (ARP, ICMP); dropped and counted if no room.
-    fn transmit_internal(&mut self, frame: Mbuf) {
-        // Internal frames have no tag, so only a full backlog can fail.
-        let _ = self.transmit(frame, None);
-    }
-
-    /// Builds a frame of `len` bytes after the Ethernet header and lets
-    /// `fill` write that part.
-    fn internal_frame(
-        &mut self,
-        dst_mac: EthernetAddress,
-        ethertype: EtherType,
-        len: usize,
-        fill: impl FnOnce(&mut [u8]),
-    ) {
-        let Some(mut m) = self.port.alloc() else {
-            self.counters.drop_no_mbuf += 1;
-            return;
-        };
-        let Some(frame) = m.frame_mut(default_headroom(), ETHERNET_HEADER_LEN + len) else {
-            return;
-        };
-        let mut f = EthernetFrame::new_unchecked(frame);
-        EthernetRepr { src_addr: self.mac, dst_addr: dst_mac, ethertype }.emit(&mut f);
-        fill(f.payload_mut());
-        self.transmit_internal(m);
-    }
-
-    fn send_arp(&mut self, op: ArpOperation, dst_mac: EthernetAddress, target_ip: Ipv4Addr) {
-        let repr = ArpRepr {
-            operation: op,
-            source_hardware_addr: self.mac,
-            source_protocol_addr: self.ip,
-            target_hardware_addr: if op == ArpOperation::Reply { dst_mac } else { EthernetAddress::default() },
-            target_protocol_addr: target_ip,
-        };
-        match op {
-            ArpOperation::Reply => self.counters.arp_replies_sent += 1,
-            _ => self.counters.arp_requests_sent += 1,
-        }
-        self.internal_frame(dst_mac, EtherType::Arp, ARP_PACKET_LEN, |b| repr.emit(&mut ArpPacket::new_unchecked(b)));
-    }
-
-    fn send_ipv4(&mut self, dst_mac: EthernetAddress, dst: Ipv4Addr, protocol: IpProtocol, icmp: IcmpRepr<'_>) {
-        self.ident = self.ident.wrapping_add(1);
-        let (ident, len) = (self.ident, icmp.buffer_len());
-        let repr = Ipv4Repr { src_addr: self.ip, dst_addr: dst, protocol, payload_len: len, ttl: DEFAULT_TTL };
-        self.internal_frame(dst_mac, EtherType::Ipv4, IPV4_HEADER_LEN + len, |b| {
-            let (ip, rest) = b.split_at_mut(IPV4_HEADER_LEN);
-            repr.emit(&mut Ipv4Packet::new_unchecked(ip), ident, Checksum::Software);
-            icmp.emit(&mut IcmpPacket::new_unchecked(rest));
-        });
-    }
 }
 
-impl Drop for Stack {
+impl<D: Device> Drop for Stack<D> {
     fn drop(&mut self) {
         log::info!("catnip: counters at close: {:?}", self.counters);
     }

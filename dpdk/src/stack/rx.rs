@@ -2,7 +2,7 @@
 //! ping), delivered (UDP) or dropped under a counted reason.
 
 use super::{Event, RxPayload, SendStatus, Stack};
-use crate::sys::Mbuf;
+use crate::device::{Device, RxToken, TxToken};
 use crate::wire::ipv4::Checksum;
 use crate::wire::{
     icmp, ArpOperation, ArpPacket, ArpRepr, EtherType, EthernetAddress, EthernetFrame, IcmpPacket, IcmpRepr,
@@ -12,14 +12,14 @@ use crate::wire::{
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::Instant;
 
-impl Stack {
-    pub(super) fn receive(&mut self, m: Mbuf, now: Instant, out: &mut Vec<Event>) {
+impl<D: Device> Stack<D> {
+    pub(super) fn receive(&mut self, m: D::RxToken, now: Instant, out: &mut Vec<Event<D::RxToken>>) {
         self.counters.rx_frames += 1;
-        if m.segments() != 1 {
+        if !m.whole() {
             self.counters.drop_multi_segment += 1;
             return;
         }
-        let Ok(frame) = EthernetFrame::new_checked(m.data()) else {
+        let Ok(frame) = EthernetFrame::new_checked(m.frame()) else {
             self.counters.drop_eth_truncated += 1;
             return;
         };
@@ -67,7 +67,7 @@ impl Stack {
             }
         };
         for (mut frame, tag) in released.map(|r| r.frames).unwrap_or_default() {
-            if let Some(b) = frame.data_mut() {
+            if let Some(b) = frame.frame_mut() {
                 EthernetFrame::new_unchecked(b).set_dst_addr(sender_mac);
             }
             match self.transmit(frame, tag) {
@@ -78,13 +78,19 @@ impl Stack {
         }
     }
 
-    fn receive_ipv4(&mut self, m: Mbuf, src_mac: EthernetAddress, l2_broadcast: bool, out: &mut Vec<Event>) {
-        let frame = &m.data()[ETHERNET_HEADER_LEN..];
+    fn receive_ipv4(
+        &mut self,
+        m: D::RxToken,
+        src_mac: EthernetAddress,
+        l2_broadcast: bool,
+        out: &mut Vec<Event<D::RxToken>>,
+    ) {
+        let frame = &m.frame()[ETHERNET_HEADER_LEN..];
         let Ok(ip) = Ipv4Packet::new_checked(frame) else {
             self.counters.drop_ipv4_malformed += 1;
             return;
         };
-        let cksum_ok = m.rx_ipv4_cksum_ok().unwrap_or_else(|| ip.verify_checksum());
+        let cksum_ok = m.ipv4_checksum_ok().unwrap_or_else(|| ip.verify_checksum());
         if !cksum_ok {
             self.counters.drop_ipv4_bad_checksum += 1;
             return;
@@ -143,7 +149,7 @@ impl Stack {
                     socket,
                     local_port: u.dst_port,
                     from,
-                    payload: RxPayload { mbuf: m, offset, len },
+                    payload: RxPayload { frame: m, offset, len },
                 });
             }
             _ => self.counters.drop_ipv4_unknown_protocol += 1,
