@@ -244,7 +244,8 @@ pub struct Catmint {
     epoll: OwnedFd,
     cfg: Config,
     wcs: Vec<ffi::ibv_wc>,
-    keys: Vec<u64>,
+    /// Received buffers given back, taken from `notify` (kept for its capacity).
+    returns: Vec<pool::Returned>,
     timed: usize,
     /// `arm` was called: read the CM channel on the next poll.
     armed: bool,
@@ -299,7 +300,7 @@ impl Catmint {
             epoll,
             cfg,
             wcs,
-            keys: Vec::new(),
+            returns: Vec::new(),
             timed: 0,
             armed: false,
             cm_countdown: 0,
@@ -500,8 +501,8 @@ impl Catmint {
         // are returned where buffers come back (`repost_returns`): no sweep
         // over every connection.
         self.poll_cqs(out);
-        self.notify.take(&mut self.keys);
-        if !self.keys.is_empty() {
+        self.notify.take(&mut self.returns);
+        if !self.returns.is_empty() {
             self.repost_returns(out);
         }
         if self.timed > 0 {
@@ -518,24 +519,36 @@ impl Catmint {
         }
     }
 
-    /// Re-posts the receive buffers the application gave back, on the
-    /// sockets `self.keys` names.
+    /// Re-posts the receive buffers the application gave back on the rings
+    /// they came from; buffers of rings that are gone go to the pool.
     fn repost_returns(&mut self, out: &mut dyn Sink) {
-        let mut keys = std::mem::take(&mut self.keys);
-        for key in keys.drain(..) {
-            if let Some(s) = self.lookup(key) {
-                match &mut self.socks[s].sock {
-                    Some(Sock::Connected(ep)) => {
-                        // Re-posted receives may unblock a credit message.
-                        let _ = ep.repost_returns();
-                        ep.progress_sends(out);
-                    }
-                    Some(Sock::Dgram(ud)) => ud.repost_returns(),
-                    _ => {}
+        let mut returns = std::mem::take(&mut self.returns);
+        let mut last: Option<SockId> = None;
+        for r in returns.drain(..) {
+            let s = live(&self.socks, r.ring.key);
+            if last.is_some() && last != s {
+                self.progress(last, out);
+            }
+            last = None;
+            match s.and_then(|s| self.socks[s].sock.as_mut()) {
+                Some(Sock::Connected(ep)) if ep.owns(&r) => {
+                    ep.returned(r);
+                    last = s;
                 }
+                Some(Sock::Dgram(ud)) if ud.owns(&r) => ud.returned(r),
+                _ => self.pool.recycle(r.slot),
             }
         }
-        self.keys = keys;
+        self.progress(last, out);
+        self.returns = returns;
+    }
+
+    /// Lets a connection whose buffers came back return its credits (in
+    /// data or a CREDIT message) and post what they allow.
+    fn progress(&mut self, s: Option<SockId>, out: &mut dyn Sink) {
+        if let Some(Sock::Connected(ep)) = s.and_then(|s| self.socks[s].sock.as_mut()) {
+            ep.progress_sends(out);
+        }
     }
 
     /// Drops what waited in the graveyard (its events are acknowledged).

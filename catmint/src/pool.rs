@@ -186,8 +186,9 @@ impl Pool {
     }
 }
 
-/// Tells the poll loop which endpoints have buffers to re-post, so it need
-/// not look at every endpoint on every poll.
+/// Where received buffers come back when the application drops them: one
+/// list for the whole transport, taken by the poll loop (one lock each way),
+/// so the poll need not look at every endpoint.
 ///
 /// The application may drop a received buffer from any thread, while
 /// another sleeps on the transport's descriptor. The re-post it makes
@@ -197,7 +198,7 @@ impl Pool {
 /// sleeps (the common case: the waiter polls) a return costs no system call.
 pub struct Notify {
     pending: AtomicBool,
-    keys: Mutex<Vec<u64>>,
+    returned: Mutex<Vec<Returned>>,
     /// A waiter sleeps (or is about to) on the transport's descriptor.
     sleeping: AtomicBool,
     /// The eventfd was written and not read since.
@@ -214,7 +215,7 @@ impl Notify {
         }
         Ok(Notify {
             pending: AtomicBool::new(false),
-            keys: Mutex::new(Vec::new()),
+            returned: Mutex::new(Vec::new()),
             sleeping: AtomicBool::new(false),
             kicked: AtomicBool::new(false),
             // SAFETY: fd was just returned to us and is owned by nobody else.
@@ -227,8 +228,8 @@ impl Notify {
         self.efd.as_raw_fd()
     }
 
-    fn push(&self, key: u64) {
-        self.keys.lock().unwrap_or_else(|e| e.into_inner()).push(key);
+    fn push(&self, r: Returned) {
+        self.returned.lock().unwrap_or_else(|e| e.into_inner()).push(r);
         // SeqCst pairs with `set_sleeping` then `take` on the waiter's side:
         // either the waiter's last poll sees `pending`, or we see `sleeping`.
         self.pending.store(true, Ordering::SeqCst);
@@ -250,8 +251,8 @@ impl Notify {
         self.sleeping.load(Ordering::Relaxed)
     }
 
-    /// Endpoint keys with returns since the last call (cheap when none).
-    pub fn take(&self, into: &mut Vec<u64>) {
+    /// Buffers given back since the last call (cheap when none).
+    pub fn take(&self, into: &mut Vec<Returned>) {
         if self.kicked.load(Ordering::Relaxed) && self.kicked.swap(false, Ordering::SeqCst) {
             let mut buf = 0u64;
             // SAFETY: efd is our open, non-blocking eventfd; 8 bytes into a live u64.
@@ -260,71 +261,48 @@ impl Notify {
         // A plain load first: the swap is a locked instruction, and most
         // polls find nothing.
         if self.pending.load(Ordering::SeqCst) && self.pending.swap(false, Ordering::SeqCst) {
-            into.append(&mut self.keys.lock().unwrap_or_else(|e| e.into_inner()));
+            into.append(&mut self.returned.lock().unwrap_or_else(|e| e.into_inner()));
         }
     }
 }
 
-/// Where a receive buffer goes when the application is done with it.
-pub(crate) struct RingReturn {
-    inner: Mutex<RingInner>,
-    pool: Arc<PoolShared>,
-    notify: Arc<Notify>,
-    key: u64,
+/// A receive buffer the application gave back, to be re-posted on the
+/// ring it came from (if that ring is still open).
+pub struct Returned {
+    pub(crate) ring: Arc<RingReturn>,
+    pub(crate) index: u32,
+    pub(crate) slot: Slot,
 }
 
-struct RingInner {
-    open: bool,
-    returned: Vec<(u32, Slot)>,
+/// The identity of one endpoint's receive ring, held by the buffers it
+/// lends: a returned buffer goes back to this very ring, never to a newer
+/// socket that reuses the endpoint's key.
+pub(crate) struct RingReturn {
+    pool: Arc<PoolShared>,
+    notify: Arc<Notify>,
+    /// The endpoint's key (where the poll loop finds it).
+    pub(crate) key: u64,
+    open: AtomicBool,
 }
 
 impl RingReturn {
     pub(crate) fn new(pool: &Pool, notify: &Arc<Notify>, key: u64) -> Arc<RingReturn> {
-        Arc::new(RingReturn {
-            inner: Mutex::new(RingInner { open: true, returned: Vec::new() }),
-            pool: pool.shared().clone(),
-            notify: notify.clone(),
-            key,
-        })
+        Arc::new(RingReturn { pool: pool.shared().clone(), notify: notify.clone(), key, open: AtomicBool::new(true) })
     }
 
-    fn give_back(&self, index: u32, slot: Slot) {
-        let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        if g.open {
-            g.returned.push((index, slot));
-            if g.returned.len() == 1 {
-                self.notify.push(self.key);
-            }
-        } else {
-            drop(g);
-            self.pool.give_back(slot);
-        }
-    }
-
-    /// Buffers given back since the last call (to re-post).
-    pub(crate) fn take(&self, into: &mut Vec<(u32, Slot)>) {
-        let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        into.append(&mut g.returned);
-    }
-
-    /// True if buffers wait to be re-posted (cheap check for the poll loop).
-    pub(crate) fn has_returns(&self) -> bool {
-        !self.inner.lock().unwrap_or_else(|e| e.into_inner()).returned.is_empty()
-    }
-
-    /// The endpoint is gone: later returns go straight to the pool.
+    /// The endpoint is gone: later returns go straight to the pool (those
+    /// already in the list are recycled by the poll loop, which no longer
+    /// finds the ring).
     pub(crate) fn close(&self) {
-        let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        g.open = false;
-        for (_, s) in g.returned.drain(..) {
-            self.pool.give_back(s);
-        }
+        self.open.store(false, Ordering::Release);
     }
 }
 
 enum Home {
     Pool(Arc<PoolShared>),
     Ring(Arc<RingReturn>, u32),
+    /// Taken by `drop`.
+    Gone,
 }
 
 /// One allocation of registered memory: bytes `off..off+len` of its slot.
@@ -384,9 +362,14 @@ impl Block {
 impl Drop for Block {
     fn drop(&mut self) {
         if let Some(slot) = self.slot.take() {
-            match &self.home {
+            match std::mem::replace(&mut self.home, Home::Gone) {
                 Home::Pool(p) => p.give_back(slot),
-                Home::Ring(r, i) => r.give_back(*i, slot),
+                Home::Ring(ring, index) if ring.open.load(Ordering::Acquire) => {
+                    let notify = ring.notify.clone();
+                    notify.push(Returned { ring, index, slot });
+                }
+                Home::Ring(ring, _) => ring.pool.give_back(slot),
+                Home::Gone => {}
             }
         }
     }

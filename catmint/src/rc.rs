@@ -393,12 +393,17 @@ impl Rc {
         }
     }
 
-    /// Re-posts buffers the application gave back; returns true if any.
-    pub fn repost_returns(&mut self) -> bool {
+    /// True if the returned buffer `r` came from this endpoint's ring.
+    pub fn owns(&self, r: &crate::pool::Returned) -> bool {
+        self.recv.owns(r)
+    }
+
+    /// Re-posts a buffer the application gave back (a credit to return).
+    pub fn returned(&mut self, r: crate::pool::Returned) {
         let qp = self.id().qp();
-        let n = self.recv.repost_returns(qp, self.error.is_none());
-        self.to_return += n;
-        n > 0
+        if self.recv.repost(qp, r, self.error.is_none()) {
+            self.to_return += 1;
+        }
     }
 
     /// Handles a completion for this endpoint.

@@ -2,7 +2,7 @@
 //! slot sits at which index, the ring where the application gives popped
 //! buffers back, and re-posting them.
 
-use crate::pool::{Block, Notify, Pool, RingReturn, Slot};
+use crate::pool::{Block, Notify, Pool, Returned, RingReturn, Slot};
 use crate::sys::{ffi, Error, Result};
 use crate::Payload;
 use std::sync::Arc;
@@ -11,7 +11,6 @@ use std::sync::Arc;
 pub struct RecvRing {
     posted: Vec<Option<Slot>>,
     ring: Arc<RingReturn>,
-    returns: Vec<(u32, Slot)>,
     pool: Pool,
     dev: usize,
     key: u64,
@@ -23,7 +22,6 @@ impl RecvRing {
         RecvRing {
             posted: (0..depth).map(|_| None).collect(),
             ring: RingReturn::new(pool, notify, key),
-            returns: Vec::new(),
             pool: pool.clone(),
             dev,
             key,
@@ -72,24 +70,20 @@ impl RecvRing {
         Block::received(slot, off, len, &self.ring, index)
     }
 
-    /// Re-posts what the application gave back (or recycles it when `post`
-    /// is false); returns how many were re-posted.
-    pub fn repost_returns(&mut self, qp: *mut ffi::ibv_qp, post: bool) -> u32 {
-        if !self.ring.has_returns() {
-            return 0;
+    /// True if `r` came from this ring.
+    pub fn owns(&self, r: &Returned) -> bool {
+        Arc::ptr_eq(&self.ring, &r.ring)
+    }
+
+    /// Re-posts a buffer the application gave back (or recycles it when
+    /// `post` is false); returns true if it was re-posted.
+    pub fn repost(&mut self, qp: *mut ffi::ibv_qp, r: Returned, post: bool) -> bool {
+        debug_assert!(self.owns(&r));
+        if !post {
+            self.pool.recycle(r.slot);
+            return false;
         }
-        let mut returns = std::mem::take(&mut self.returns);
-        self.ring.take(&mut returns);
-        let mut n = 0;
-        for (i, slot) in returns.drain(..) {
-            if !post {
-                self.pool.recycle(slot);
-            } else if self.post(qp, i, slot).is_ok() {
-                n += 1;
-            }
-        }
-        self.returns = returns;
-        n
+        self.post(qp, r.index, r.slot).is_ok()
     }
 
     /// Gives a slot back to the pool.

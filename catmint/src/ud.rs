@@ -370,10 +370,15 @@ impl Ud {
         self.deliver(out);
     }
 
-    /// Re-posts buffers the application gave back.
-    pub fn repost_returns(&mut self) {
+    /// True if the returned buffer `r` came from this socket's ring.
+    pub fn owns(&self, r: &crate::pool::Returned) -> bool {
+        self.recv.owns(r)
+    }
+
+    /// Re-posts a buffer the application gave back.
+    pub fn returned(&mut self, r: crate::pool::Returned) {
         let qp = self.id().qp();
-        self.recv.repost_returns(qp, true);
+        self.recv.repost(qp, r, true);
     }
 
     /// Cancels what the application waits for (close).

@@ -339,51 +339,55 @@ impl Engine {
             return;
         }
         let mut out = std::mem::take(&mut self.out.0);
+        let Engine { backend, queues, tokens, fresh, .. } = self;
         for (op, outcome) in out.drain(..) {
-            let Some((qd, kind)) = self.tokens.describe(op) else {
-                log::error!("{}: completion for unknown operation {op:#x} dropped", self.backend.name());
-                continue;
-            };
-            let value = match outcome {
-                Outcome::Pushed => QValue::Push,
-                Outcome::Popped { buf, from } => QValue::Pop { buf, from },
-                Outcome::Connected => {
-                    if let Ok(q) = self.queues.get_mut(qd) {
-                        q.phase = Phase::Connected;
-                    }
-                    QValue::Connect
-                }
-                Outcome::Accepted { sock, peer } => {
-                    let mut q = Queue::new(sock, SockType::Stream);
-                    q.phase = Phase::Connected;
-                    q.peer = Some(peer);
-                    match self.queues.insert(q) {
-                        Ok(new_qd) => QValue::Accept { qd: new_qd, peer },
-                        Err(e) => {
-                            let _ = self.backend.close(sock, &mut Completions::default());
-                            QValue::Failed(e.errno())
-                        }
-                    }
-                }
-                Outcome::Failed(errno) => {
-                    if kind == OpKind::Connect {
-                        if let Ok(q) = self.queues.get_mut(qd) {
-                            if q.phase == Phase::Connecting {
-                                q.phase = Phase::Idle;
-                                q.peer = None;
-                            }
-                        }
-                    }
-                    QValue::Failed(errno)
-                }
-            };
-            if self.tokens.complete(op, value) {
-                self.fresh += 1;
+            if tokens.complete_with(op, |qd, kind| result_of(backend.as_mut(), queues, qd, kind, outcome)) {
+                *fresh += 1;
+            } else {
+                log::error!("{}: completion for unknown operation {op:#x} dropped", backend.name());
             }
         }
         // Keep the vector's capacity for the next round.
         if self.out.0.is_empty() {
             self.out.0 = out;
+        }
+    }
+}
+
+/// The result an outcome gives the operation (`qd`, `kind`), and what it
+/// does to the socket's state.
+fn result_of(backend: &mut dyn Backend, queues: &mut QueueTable, qd: QDesc, kind: OpKind, outcome: Outcome) -> QValue {
+    match outcome {
+        Outcome::Pushed => QValue::Push,
+        Outcome::Popped { buf, from } => QValue::Pop { buf, from },
+        Outcome::Connected => {
+            if let Ok(q) = queues.get_mut(qd) {
+                q.phase = Phase::Connected;
+            }
+            QValue::Connect
+        }
+        Outcome::Accepted { sock, peer } => {
+            let mut q = Queue::new(sock, SockType::Stream);
+            q.phase = Phase::Connected;
+            q.peer = Some(peer);
+            match queues.insert(q) {
+                Ok(new_qd) => QValue::Accept { qd: new_qd, peer },
+                Err(e) => {
+                    let _ = backend.close(sock, &mut Completions::default());
+                    QValue::Failed(e.errno())
+                }
+            }
+        }
+        Outcome::Failed(errno) => {
+            if kind == OpKind::Connect {
+                if let Ok(q) = queues.get_mut(qd) {
+                    if q.phase == Phase::Connecting {
+                        q.phase = Phase::Idle;
+                        q.peer = None;
+                    }
+                }
+            }
+            QValue::Failed(errno)
         }
     }
 }

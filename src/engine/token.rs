@@ -125,6 +125,23 @@ impl<T> TokenTable<T> {
         }
     }
 
+    /// Completes a pending operation with the outcome `f` makes from its
+    /// descriptor and kind, in one lookup. Returns false (and does not
+    /// call `f`) if the token is not pending, which would be a backend bug.
+    pub fn complete_with(&mut self, token: OpId, f: impl FnOnce(i32, OpKind) -> T) -> bool {
+        let (idx, generation) = split(token);
+        match self.slots.get_mut(idx) {
+            Some(s) if s.generation == generation && matches!(s.state, State::Pending) => {
+                s.state = State::Done(f(s.qd, s.kind));
+                self.pending -= 1;
+                self.done += 1;
+                self.finished.push_back(token);
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// Takes a finished operation out of the table, freeing its token.
     pub fn take(&mut self, token: OpId) -> Option<Finished<T>> {
         let (idx, generation) = split(token);
