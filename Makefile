@@ -32,7 +32,7 @@ examples: build
 	done
 
 test: build examples test-catnip
-	$(CARGO) test --release -p demi -p catmint -- --test-threads=2
+	$(CARGO) test --release -p demi -p catmint -p demi-cli -- --test-threads=2
 	$(MAKE) test-rxe
 	$(MAKE) test-rdma
 	$(MAKE) fuzz-smoke FUZZ_SMOKE_SECS=5

@@ -12,19 +12,12 @@
 //! Errors end the program with one line on stderr and exit status 1 (2 for a
 //! usage error, as clap reports it).
 
-#[path = "demi/devices.rs"]
 mod devices;
-#[path = "demi/echo.rs"]
 mod echo;
-#[path = "demi/echo_udp.rs"]
 mod echo_udp;
-#[path = "demi/net.rs"]
 mod net;
-#[path = "demi/ping.rs"]
 mod ping;
-#[path = "demi/stats.rs"]
 mod stats;
-#[path = "demi/stream.rs"]
 mod stream;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
