@@ -109,9 +109,9 @@ impl Proto {
 }
 
 /// The libOS, the socket kind and the libOS tunables, shared by echo, ping
-/// and stream. Each tunable sets its `DEMI_*` variable before the libOS
-/// starts (a variable already in the environment is used when the option is
-/// absent).
+/// and stream. Each tunable stands for its `DEMI_*` variable in the libOS's
+/// configuration (`demi::Config`); a variable in the environment is used
+/// when the option is absent.
 #[derive(Args, Clone, Debug)]
 pub struct Common {
     /// libOS to use

@@ -3,6 +3,7 @@
 
 use super::types::{demi_args, demi_qtoken_t, demi_sgarray_t};
 use super::{boundary, input, libos, output, put, sockaddr_in, to_c_addr, INIT, LIBOS};
+use crate::config::Config;
 use crate::error::fail;
 use crate::LibOs;
 use libc::{c_int, c_void, sockaddr, socklen_t};
@@ -10,8 +11,9 @@ use libc::{c_int, c_void, sockaddr, socklen_t};
 /// Largest option value passed through get/setsockopt.
 const MAX_OPTLEN: usize = 256;
 
-/// Starts the libOS named by `LIBOS` (default catnap). `args` may be NULL;
-/// its fields are accepted and not used.
+/// Starts the libOS named by `LIBOS` (default catnap), configured from the
+/// environment once ([`Config::from_env`]). `args` may be NULL; its fields
+/// are accepted and not used.
 #[no_mangle]
 pub extern "C" fn demi_init(args: *const demi_args) -> c_int {
     let _ = args;
@@ -21,9 +23,9 @@ pub extern "C" fn demi_init(args: *const demi_args) -> c_int {
         if LIBOS.get().is_some() {
             return fail(libc::EEXIST, "demi_init was already called");
         }
-        let name = crate::config::libos_from_env();
-        let os = LibOs::new(&name).inspect_err(|e| log::error!("demi_init: LIBOS={name}: {e}"))?;
-        log::info!("demi_init: libOS {name} is up");
+        let cfg = Config::from_env().inspect_err(|e| log::error!("demi_init: {e}"))?;
+        let os = LibOs::with_config(&cfg).inspect_err(|e| log::error!("demi_init: LIBOS={}: {e}", cfg.libos))?;
+        log::info!("demi_init: libOS {} is up", cfg.libos);
         let _ = LIBOS.set(os);
         Ok(())
     })
