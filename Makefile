@@ -92,9 +92,32 @@ bench-engine: build
 fmt:
 	$(CARGO) fmt --all
 
-lint:
+# fmt, clippy, and the C headers: regenerated, they must equal the
+# committed ones.
+lint: header
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --release --workspace --all-targets -- -D warnings
+	@git diff --exit-code -- include/ || { echo "make lint: include/ is not what make header generates from src/ffi: commit the regenerated headers"; exit 1; }
+
+# The C headers: include/demi/{types,libos,sga,wait}.h are generated from
+# src/ffi/{types,calls,sga,wait}.rs by cbindgen, one Rust module per header
+# (configs in include/cbindgen/); include/demi/cc.h, the compiler macros, is
+# written by hand. `make header` regenerates them; `make header-tools`
+# installs the pinned cbindgen with cargo when the right version is missing.
+CBINDGEN ?= cbindgen
+CBINDGEN_VERSION ?= 0.29.4
+HEADERS := types:types libos:calls sga:sga wait:wait
+.PHONY: header header-tools
+
+header-tools:
+	@$(CBINDGEN) --version 2>/dev/null | grep -qx 'cbindgen $(CBINDGEN_VERSION)' || \
+	  $(CARGO) install --locked cbindgen --version $(CBINDGEN_VERSION)
+
+header: header-tools
+	@for pair in $(HEADERS); do \
+	  h=$${pair%%:*}; src=$${pair##*:}; \
+	  $(CBINDGEN) --quiet --config include/cbindgen/$$h.toml --output include/demi/$$h.h src/ffi/$$src.rs || exit 1; \
+	done
 
 clean:
 	$(CARGO) clean
