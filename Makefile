@@ -11,14 +11,18 @@ DEPS_CATMINT := libibverbs-dev librdmacm-dev libclang-dev ibverbs-providers
 DEPS_CATNIP := libdpdk-dev libclang-dev pkg-config ethtool iputils-ping nftables
 # The tests: memcheck of demi ping/echo over catmint in the RDMA suite.
 DEPS_TEST := valgrind
+# The man pages: pandoc writes them from man/*.md; man-db (with groff) reads
+# them, and tests/man_pages.rs checks that they render.
+DEPS_DOCS := pandoc man-db
+VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
 
 .PHONY: test-catnip bench-catnip bench-engine test-rdma bench-rdma bench-cost
-.PHONY: all deps build test test-rust test-c demo examples install install-files bench clean fmt lint
+.PHONY: all deps build test test-rust test-c demo examples install install-files install-man bench clean fmt lint man
 
 all: build examples
 
 deps:
-	@scripts/install-deps $(DEPS_CORE) $(DEPS_CATMINT) $(DEPS_CATNIP) $(DEPS_TEST)
+	@scripts/install-deps $(DEPS_CORE) $(DEPS_CATMINT) $(DEPS_CATNIP) $(DEPS_TEST) $(DEPS_DOCS)
 	@command -v cargo >/dev/null || { echo "cargo is missing: install Rust with rustup (https://rustup.rs)"; exit 1; }
 
 build: deps
@@ -32,7 +36,7 @@ examples: build
 	done
 
 test: build examples test-catnip
-	$(CARGO) test --release -p demi -p catmint -- --test-threads=2
+	$(CARGO) test --release -p demi -p catmint -p demi-cli -- --test-threads=2
 	$(MAKE) test-rxe
 	$(MAKE) test-rdma
 	$(MAKE) fuzz-smoke FUZZ_SMOKE_SECS=5
@@ -52,17 +56,30 @@ demo: build
 
 install: build install-files
 
+# The man pages, from man/*.md (pandoc, man/man.lua): build/man/man1/demi.1
+# and build/man/man3/demi_<call>.3; only pages whose source changed are
+# rebuilt.
+man:
+	@scripts/man-pages $(BUILD)/man $(VERSION)
+
 # The copying half of install, without building: tests/c_abi.rs runs it from
 # inside `cargo test`, where a nested cargo build would wait on cargo's lock.
-install-files:
+# The man pages are made here (pandoc, not cargo).
+install-files: man install-man
 	@test -f target/release/libdemi.so -a -f target/release/libdemi.a || \
 	  { echo "install-files: target/release/libdemi.{so,a} missing: run make build first"; exit 1; }
 	install -d $(DESTDIR)$(PREFIX)/lib $(DESTDIR)$(PREFIX)/include/demi $(DESTDIR)$(PREFIX)/lib/pkgconfig
 	install -m 0644 target/release/libdemi.a $(DESTDIR)$(PREFIX)/lib/
 	install -m 0755 target/release/libdemi.so $(DESTDIR)$(PREFIX)/lib/
 	install -m 0644 include/demi/*.h $(DESTDIR)$(PREFIX)/include/demi/
-	sed -e 's|@PREFIX@|$(PREFIX)|g' -e 's|@VERSION@|$(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)|' \
+	sed -e 's|@PREFIX@|$(PREFIX)|g' -e 's|@VERSION@|$(VERSION)|' \
 	    -e 's|@LIBS_PRIVATE@|$(LIBS_PRIVATE)|' demi.pc.in > $(DESTDIR)$(PREFIX)/lib/pkgconfig/demi.pc
+
+# The man pages alone, into PREFIX/share/man (tests/man_pages.rs).
+install-man: man
+	install -d $(DESTDIR)$(PREFIX)/share/man/man1 $(DESTDIR)$(PREFIX)/share/man/man3
+	install -m 0644 $(BUILD)/man/man1/*.1 $(DESTDIR)$(PREFIX)/share/man/man1/
+	install -m 0644 $(BUILD)/man/man3/*.3 $(DESTDIR)$(PREFIX)/share/man/man3/
 
 # What a static link of libdemi.a needs besides it: the system libraries the
 # shared library was linked with (they follow the cargo features built, e.g.
@@ -92,9 +109,32 @@ bench-engine: build
 fmt:
 	$(CARGO) fmt --all
 
-lint:
+# fmt, clippy, and the C headers: regenerated, they must equal the
+# committed ones.
+lint: header
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --release --workspace --all-targets -- -D warnings
+	@git diff --exit-code -- include/ || { echo "make lint: include/ is not what make header generates from src/ffi: commit the regenerated headers"; exit 1; }
+
+# The C headers: include/demi/{types,libos,sga,wait}.h are generated from
+# src/ffi/{types,calls,sga,wait}.rs by cbindgen, one Rust module per header
+# (configs in include/cbindgen/); include/demi/cc.h, the compiler macros, is
+# written by hand. `make header` regenerates them; `make header-tools`
+# installs the pinned cbindgen with cargo when the right version is missing.
+CBINDGEN ?= cbindgen
+CBINDGEN_VERSION ?= 0.29.4
+HEADERS := types:types libos:calls sga:sga wait:wait
+.PHONY: header header-tools
+
+header-tools:
+	@$(CBINDGEN) --version 2>/dev/null | grep -qx 'cbindgen $(CBINDGEN_VERSION)' || \
+	  $(CARGO) install --locked cbindgen --version $(CBINDGEN_VERSION)
+
+header: header-tools
+	@for pair in $(HEADERS); do \
+	  h=$${pair%%:*}; src=$${pair##*:}; \
+	  $(CBINDGEN) --quiet --config include/cbindgen/$$h.toml --output include/demi/$$h.h src/ffi/$$src.rs || exit 1; \
+	done
 
 clean:
 	$(CARGO) clean

@@ -247,7 +247,7 @@ if want examples; then
     example_pair udp-pingpong 7105 "" no 300 64
 fi
 
-# 4. The demi command (src/bin/demi.rs) over catmint: `demi devices` sees
+# 4. The demi command (cli/) over catmint: `demi devices` sees
 # both soft-RoCE devices; `demi echo` on ADDR0 and `demi ping` bound to
 # ADDR1, stream (RC) and datagram (UD) sockets, over the veth wire.
 DEMI=${DEMI_SUITE_DEMI:-$(dirname "$0")/../target/release/demi}

@@ -4,12 +4,11 @@
 //! hands out the receive buffer itself, which is re-posted when freed.
 //! Socket options are kept per socket and read back, but RDMA has no use for
 //! them: catmint always sends at once (as with TCP_NODELAY) and sizes its
-//! buffers from `DEMI_RDMA_*`.
+//! buffers from its section of the configuration (`DEMI_RDMA_*`).
 #![allow(unsafe_code)]
 
 use crate::backend::{Backend, Completions, OpId, Outcome, SockId, SockType};
 use crate::buffer::{Buffer, BufferOwner};
-use crate::config::env_number;
 use crate::error::{fail, Error, Result};
 use catmint::{Block, Catmint as Transport, Done, Payload};
 use std::any::Any;
@@ -61,15 +60,15 @@ pub struct Catmint {
 }
 
 impl Catmint {
-    /// Opens the RDMA devices; ENODEV when the machine has none.
-    pub fn new() -> Result<Catmint> {
-        let d = catmint::Config::default();
+    /// Opens the RDMA devices with the tunables of `cfg`, clamped to what
+    /// the device layer accepts; ENODEV when the machine has none.
+    pub fn new(cfg: &catmint::Config) -> Result<Catmint> {
         let cfg = catmint::Config {
-            credits: env_number("DEMI_RDMA_RECV_DEPTH", d.credits as u64)?.clamp(1, 4096) as u32,
-            buf_size: env_number("DEMI_RDMA_BUF_SIZE", d.buf_size as u64)?.clamp(64, 1 << 24) as usize,
-            sq_depth: env_number("DEMI_RDMA_SQ_DEPTH", d.sq_depth as u64)?.clamp(4, 16384) as u32,
-            inline: env_number("DEMI_RDMA_INLINE", d.inline as u64)?.min(1024) as u32,
-            timeout: Duration::from_millis(env_number("DEMI_RDMA_TIMEOUT_MS", d.timeout.as_millis() as u64)?.max(1)),
+            credits: cfg.credits.clamp(1, 4096),
+            buf_size: cfg.buf_size.clamp(64, 1 << 24),
+            sq_depth: cfg.sq_depth.clamp(4, 16384),
+            inline: cfg.inline.min(1024),
+            timeout: cfg.timeout.max(Duration::from_millis(1)),
         };
         let t = Transport::new(cfg).map_err(|e| {
             if e.errno == libc::ENODEV {

@@ -70,10 +70,9 @@ fn to_error(e: catnip::Error) -> Error {
 }
 
 impl Catnip {
-    /// Starts DPDK and the stack from the environment (see dpdk/README.md).
-    pub fn new() -> Result<Catnip> {
-        let cfg = Config::from_env().map_err(to_error)?;
-        let stack = Stack::new(&cfg).map_err(to_error)?;
+    /// Starts DPDK and the stack with the settings of `cfg` (see dpdk/README.md).
+    pub fn new(cfg: &Config) -> Result<Catnip> {
+        let stack = Stack::new(cfg).map_err(to_error)?;
         Ok(Catnip {
             stack,
             socks: Vec::new(),

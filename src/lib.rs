@@ -11,7 +11,9 @@
 //! Layers: [`backend`] is the seam a libOS implements; [`engine`] owns
 //! descriptors, tokens and the socket state rules; [`LibOs`] makes an engine
 //! safe to share between threads and implements waiting; `ffi` is the C ABI
-//! of `include/demi/*.h` on top of one process-wide `LibOs`.
+//! of `include/demi/*.h` on top of one process-wide `LibOs`. [`Config`] is
+//! the configuration, read once (from the environment by `demi_init`, or
+//! built in code) and passed down: each backend gets its own section.
 //!
 //! ```no_run
 //! use demi::{LibOs, SockType, QValue};
@@ -42,6 +44,7 @@ mod sys;
 
 pub use backend::SockType;
 pub use buffer::Buffer;
+pub use config::Config;
 pub use engine::{QDesc, QResult, QToken, QValue};
 pub use error::{errno_name, Error, Result};
 pub use libos::LibOs;

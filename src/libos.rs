@@ -9,6 +9,7 @@
 
 use crate::backend::SockType;
 use crate::buffer::Buffer;
+use crate::config::Config;
 use crate::engine::{Engine, QDesc, QResult, QToken};
 use crate::error::{fail, Result};
 use crate::sys::{self, EventFd};
@@ -28,6 +29,21 @@ struct State {
     sleepers: Vec<RawFd>,
 }
 
+/// The backend `cfg.libos` names, built from its section of `cfg`.
+fn backend_for(cfg: &Config) -> Result<Box<dyn crate::backend::Backend>> {
+    match cfg.libos.as_str() {
+        "catnap" => Ok(Box::new(crate::catnap::Catnap::new()?)),
+        #[cfg(feature = "catmint")]
+        "catmint" => Ok(Box::new(crate::catmint::Catmint::new(&cfg.catmint)?)),
+        #[cfg(feature = "catnip")]
+        "catnip" => match &cfg.catnip {
+            Some(section) => Ok(Box::new(crate::catnip::Catnip::new(section)?)),
+            None => fail(libc::EINVAL, "catnip: no settings (Config::catnip is None; DEMI_LOCAL_IPV4 gives them)"),
+        },
+        name => Err(crate::config::unknown_libos(name)),
+    }
+}
+
 thread_local! {
     static WAKER: Option<EventFd> = EventFd::new().ok();
 }
@@ -45,15 +61,22 @@ impl std::fmt::Debug for LibOs {
 }
 
 impl LibOs {
-    /// Starts the libOS named `name` ("catnap", "catmint", "catnip").
+    /// Starts the libOS named `name` ("catnap", "catmint", "catnip") with the
+    /// environment's settings for it ([`Config::from_env_for`]).
     pub fn new(name: &str) -> Result<LibOs> {
-        let backend = crate::config::make_backend(name)?;
-        Ok(Self::with_engine(Engine::new(backend), crate::config::spin_time()?))
+        Self::with_config(&Config::from_env_for(name)?)
     }
 
-    /// Starts the libOS named by the `LIBOS` environment variable.
+    /// Starts the libOS named by the `LIBOS` environment variable, with the
+    /// environment's settings ([`Config::from_env`]).
     pub fn from_env() -> Result<LibOs> {
-        Self::new(&crate::config::libos_from_env())
+        Self::with_config(&Config::from_env()?)
+    }
+
+    /// Starts the libOS `cfg.libos` names; its backend gets its section of
+    /// `cfg`. EINVAL for a name this build does not have.
+    pub fn with_config(cfg: &Config) -> Result<LibOs> {
+        Ok(Self::with_engine(Engine::new(backend_for(cfg)?), cfg.spin))
     }
 
     /// Wraps an engine (custom backends, tests).

@@ -488,6 +488,8 @@ fn installed_copy_builds_with_pkg_config() {
         "include/demi/wait.h",
         "include/demi/types.h",
         "include/demi/cc.h",
+        "share/man/man3/demi_connect.3",
+        "share/man/man1/demi.1",
     ] {
         assert!(prefix.join(f).is_file(), "make install-files did not install {f}");
     }

@@ -1,5 +1,9 @@
-//! Settings from the environment (documented in dpdk/README.md). A missing
-//! or malformed value is EINVAL with a one-line message naming the variable.
+//! Settings by variable name (documented in dpdk/README.md). A missing or
+//! malformed value is EINVAL with a one-line message naming the variable.
+//!
+//! The caller answers for each name: demi reads the process environment
+//! once (its `Config::from_env`), tests pass a map. This crate never reads
+//! the environment itself.
 
 use crate::wire::EthernetAddress;
 use crate::Error;
@@ -54,12 +58,8 @@ impl Config {
         }
     }
 
-    /// Reads the configuration from the process environment.
-    pub fn from_env() -> Result<Config, Error> {
-        Self::from_lookup(|k| std::env::var(k).ok())
-    }
-
-    /// Reads the configuration through `get` (tests pass a map).
+    /// Reads the configuration through `get`, which gives the value of a
+    /// variable by name (demi's environment, or a map in tests).
     pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Config, Error> {
         let get = |k: &str| get(k).filter(|v| !v.trim().is_empty());
         let eal_args =

@@ -95,7 +95,7 @@ fn role_entry() {
     let Ok(role) = std::env::var("CATNIP_TEST_ROLE") else {
         return;
     };
-    let cfg = Config::from_env().expect("config");
+    let cfg = Config::from_lookup(|k| std::env::var(k).ok()).expect("config");
     let mut stack = Stack::new(&cfg).expect("stack");
     assert!(stack.wait_link(Duration::from_secs(20)), "memif link up");
     let mut events = Vec::new();

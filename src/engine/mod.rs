@@ -399,14 +399,3 @@ impl Drop for Engine {
         }
     }
 }
-
-/// Builds an error for an unknown or unbuilt libOS name.
-pub(crate) fn unknown_libos(name: &str) -> Error {
-    Error::with(
-        libc::EINVAL,
-        format!(
-            "unknown or not built libOS {name:?}; this build has: {}",
-            crate::config::built_libos_names().join(", ")
-        ),
-    )
-}

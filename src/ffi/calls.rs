@@ -3,6 +3,7 @@
 
 use super::types::{demi_args, demi_qtoken_t, demi_sgarray_t};
 use super::{boundary, input, libos, output, put, sockaddr_in, to_c_addr, INIT, LIBOS};
+use crate::config::Config;
 use crate::error::fail;
 use crate::LibOs;
 use libc::{c_int, c_void, sockaddr, socklen_t};
@@ -10,8 +11,9 @@ use libc::{c_int, c_void, sockaddr, socklen_t};
 /// Largest option value passed through get/setsockopt.
 const MAX_OPTLEN: usize = 256;
 
-/// Starts the libOS named by `LIBOS` (default catnap). `args` may be NULL;
-/// its fields are accepted and not used.
+/// Starts the libOS named by `LIBOS` (default catnap), configured from the
+/// environment once (`demi::Config::from_env`). `args` may be NULL; its
+/// fields are accepted and not used. See demi_init(3).
 #[no_mangle]
 pub extern "C" fn demi_init(args: *const demi_args) -> c_int {
     let _ = args;
@@ -21,28 +23,34 @@ pub extern "C" fn demi_init(args: *const demi_args) -> c_int {
         if LIBOS.get().is_some() {
             return fail(libc::EEXIST, "demi_init was already called");
         }
-        let name = crate::config::libos_from_env();
-        let os = LibOs::new(&name).inspect_err(|e| log::error!("demi_init: LIBOS={name}: {e}"))?;
-        log::info!("demi_init: libOS {name} is up");
+        let cfg = Config::from_env().inspect_err(|e| log::error!("demi_init: {e}"))?;
+        let os = LibOs::with_config(&cfg).inspect_err(|e| log::error!("demi_init: LIBOS={}: {e}", cfg.libos))?;
+        log::info!("demi_init: libOS {} is up", cfg.libos);
         let _ = LIBOS.set(os);
         Ok(())
     })
 }
 
+/// Creates a socket queue (AF_INET; SOCK_STREAM or SOCK_DGRAM) and writes its
+/// descriptor to `*sockqd_out`. See demi_socket(3).
+/// cbindgen:prefix=ATTR_NONNULL(1)
 #[no_mangle]
-pub extern "C" fn demi_socket(qd_out: *mut c_int, domain: c_int, ty: c_int, protocol: c_int) -> c_int {
+pub extern "C" fn demi_socket(sockqd_out: *mut c_int, domain: c_int, r#type: c_int, protocol: c_int) -> c_int {
     boundary("demi_socket", || {
         let os = libos()?;
-        let out = output(qd_out, "qd_out is NULL")?;
-        let qd = os.socket_raw(domain, ty, protocol)?;
+        let out = output(sockqd_out, "sockqd_out is NULL")?;
+        let qd = os.socket_raw(domain, r#type, protocol)?;
         // SAFETY: out was checked non-null; the caller provides storage for an int.
         unsafe { put(out, qd) };
         Ok(())
     })
 }
 
+/// Binds a socket queue to a local IPv4 address. See demi_bind(3).
+///
 /// # Safety
 /// `addr` must be NULL or readable for `size` bytes.
+/// cbindgen:prefix=ATTR_NONNULL(2)
 #[no_mangle]
 pub unsafe extern "C" fn demi_bind(qd: c_int, addr: *const sockaddr, size: socklen_t) -> c_int {
     boundary("demi_bind", || {
@@ -54,11 +62,15 @@ pub unsafe extern "C" fn demi_bind(qd: c_int, addr: *const sockaddr, size: sockl
     })
 }
 
+/// Makes a stream socket queue accept connections. See demi_listen(3).
 #[no_mangle]
 pub extern "C" fn demi_listen(qd: c_int, backlog: c_int) -> c_int {
     boundary("demi_listen", || libos()?.listen(qd, backlog))
 }
 
+/// Starts accepting one connection; the result (`DEMI_OPC_ACCEPT`) carries the
+/// new queue and the peer. See demi_accept(3).
+/// cbindgen:prefix=ATTR_NONNULL(1)
 #[no_mangle]
 pub extern "C" fn demi_accept(qt_out: *mut demi_qtoken_t, qd: c_int) -> c_int {
     boundary("demi_accept", || {
@@ -71,8 +83,12 @@ pub extern "C" fn demi_accept(qt_out: *mut demi_qtoken_t, qd: c_int) -> c_int {
     })
 }
 
+/// Starts connecting to `addr` (a datagram socket only sets its default peer).
+/// See demi_connect(3).
+///
 /// # Safety
 /// `addr` must be NULL or readable for `size` bytes.
+/// cbindgen:prefix=ATTR_NONNULL(1, 3)
 #[no_mangle]
 pub unsafe extern "C" fn demi_connect(
     qt_out: *mut demi_qtoken_t,
@@ -100,14 +116,19 @@ pub unsafe extern "C" fn demi_connect(
     })
 }
 
+/// Closes a queue; its pending operations complete with ECANCELED. See
+/// demi_close(3).
 #[no_mangle]
 pub extern "C" fn demi_close(qd: c_int) -> c_int {
     boundary("demi_close", || libos()?.close(qd))
 }
 
+/// Starts sending `sga` on a connected queue. See demi_push(3).
+///
 /// # Safety
 /// `sga` must be NULL or point to a readable `demi_sgarray_t` whose segment
 /// is readable for `sgaseg_len` bytes until the push completes.
+/// cbindgen:prefix=ATTR_NONNULL(1, 3)
 #[no_mangle]
 pub unsafe extern "C" fn demi_push(qt_out: *mut demi_qtoken_t, qd: c_int, sga: *const demi_sgarray_t) -> c_int {
     boundary("demi_push", || {
@@ -127,14 +148,17 @@ pub unsafe extern "C" fn demi_push(qt_out: *mut demi_qtoken_t, qd: c_int, sga: *
     })
 }
 
+/// Starts sending `sga` to `dest_addr` on a datagram queue. See demi_pushto(3).
+///
 /// # Safety
-/// As `demi_push`, and `addr` must be NULL or readable for `size` bytes.
+/// As `demi_push`, and `dest_addr` must be NULL or readable for `size` bytes.
+/// cbindgen:prefix=ATTR_NONNULL(1, 3, 4)
 #[no_mangle]
 pub unsafe extern "C" fn demi_pushto(
     qt_out: *mut demi_qtoken_t,
     qd: c_int,
     sga: *const demi_sgarray_t,
-    addr: *const sockaddr,
+    dest_addr: *const sockaddr,
     size: socklen_t,
 ) -> c_int {
     boundary("demi_pushto", || {
@@ -143,7 +167,7 @@ pub unsafe extern "C" fn demi_pushto(
         let qt = os.run(|e| {
             e.local_addr(qd)?; // EBADF first
                                // SAFETY: forwarded from this function's contract.
-            let to = unsafe { sockaddr_in(addr, size) }?;
+            let to = unsafe { sockaddr_in(dest_addr, size) }?;
             // SAFETY: forwarded from this function's contract.
             let sga = unsafe { input(sga, "sga is NULL") }?;
             // SAFETY: forwarded from this function's contract.
@@ -156,6 +180,9 @@ pub unsafe extern "C" fn demi_pushto(
     })
 }
 
+/// Starts receiving; the result (`DEMI_OPC_POP`) carries an sga to free with
+/// demi_sgafree(). See demi_pop(3).
+/// cbindgen:prefix=ATTR_NONNULL(1)
 #[no_mangle]
 pub extern "C" fn demi_pop(qt_out: *mut demi_qtoken_t, qd: c_int) -> c_int {
     boundary("demi_pop", || {
@@ -168,8 +195,11 @@ pub extern "C" fn demi_pop(qt_out: *mut demi_qtoken_t, qd: c_int) -> c_int {
     })
 }
 
+/// Sets a socket option. See demi_setsockopt(3).
+///
 /// # Safety
 /// `optval` must be NULL or readable for `optlen` bytes.
+/// cbindgen:prefix=ATTR_NONNULL(4)
 #[no_mangle]
 pub unsafe extern "C" fn demi_setsockopt(
     qd: c_int,
@@ -192,8 +222,11 @@ pub unsafe extern "C" fn demi_setsockopt(
     })
 }
 
+/// Reads a socket option. See demi_getsockopt(3).
+///
 /// # Safety
 /// `optval` must be NULL or writable for `*optlen` bytes; `optlen` NULL or valid.
+/// cbindgen:prefix=ATTR_NONNULL(4)
 #[no_mangle]
 pub unsafe extern "C" fn demi_getsockopt(
     qd: c_int,
@@ -218,8 +251,11 @@ pub unsafe extern "C" fn demi_getsockopt(
     })
 }
 
+/// Writes the address of the connected peer. See demi_getpeername(3).
+///
 /// # Safety
 /// `addr` must be NULL or writable for `*addrlen` bytes; `addrlen` NULL or valid.
+/// cbindgen:prefix=ATTR_NONNULL(2)
 #[no_mangle]
 pub unsafe extern "C" fn demi_getpeername(qd: c_int, addr: *mut sockaddr, addrlen: *mut socklen_t) -> c_int {
     boundary("demi_getpeername", || {

@@ -1,7 +1,7 @@
 //! The C ABI: a thin layer over [`crate::LibOs`].
 //!
 //! Rules every exported function follows (as in rustls-ffi):
-//! - the body runs inside [`boundary`], so a panic becomes ENOTRECOVERABLE
+//! - the body runs inside `boundary`, so a panic becomes ENOTRECOVERABLE
 //!   instead of unwinding into C;
 //! - every pointer is checked before use (NULL gives EINVAL);
 //! - out-parameters are written only on success;

@@ -13,6 +13,7 @@ use libc::c_int;
 /// sga (all zero) for size 0, sizes above 4 GiB, before `demi_init`, or when
 /// memory runs out.
 #[no_mangle]
+#[must_use]
 pub extern "C" fn demi_sgaalloc(size: libc::size_t) -> demi_sgarray_t {
     let mut sga = demi_sgarray_t::null();
     let _ = boundary("demi_sgaalloc", || {

@@ -52,6 +52,7 @@ fn to_c(e: &mut Engine, r: QResult) -> demi_qresult_t {
 ///
 /// # Safety
 /// `qr_out` must be NULL or writable; `timeout` NULL or readable.
+/// cbindgen:prefix=ATTR_NONNULL(1)
 #[no_mangle]
 pub unsafe extern "C" fn demi_wait(qr_out: *mut demi_qresult_t, qt: demi_qtoken_t, timeout: *const timespec) -> c_int {
     boundary("demi_wait", || {
@@ -79,6 +80,7 @@ fn wait_one(os: &LibOs, out: *mut demi_qresult_t, qt: demi_qtoken_t, timeout: Op
 ///
 /// # Safety
 /// As `demi_wait`.
+/// cbindgen:prefix=ATTR_NONNULL(1)
 #[no_mangle]
 pub unsafe extern "C" fn demi_timedwait(
     qr_out: *mut demi_qresult_t,
@@ -103,6 +105,8 @@ pub unsafe extern "C" fn demi_timedwait(
 /// # Safety
 /// `qts` must be NULL or readable for `num_qts` tokens; the out-pointers NULL
 /// or writable; `timeout` NULL or readable.
+/// cbindgen:prefix=ATTR_NONNULL(1, 2, 3)
+/// cbindgen:ptrs-as-arrays=[[qts;]]
 #[no_mangle]
 pub unsafe extern "C" fn demi_wait_any(
     qr_out: *mut demi_qresult_t,
@@ -149,6 +153,7 @@ pub unsafe extern "C" fn demi_wait_any(
 /// # Safety
 /// `qrs` must be NULL or writable for `num_qrs` results; `num_out` NULL or
 /// writable; `timeout` NULL or readable.
+/// cbindgen:prefix=ATTR_NONNULL(1, 3)
 #[no_mangle]
 pub unsafe extern "C" fn demi_wait_next_n(
     qrs: *mut demi_qresult_t,

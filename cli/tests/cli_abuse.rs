@@ -317,7 +317,7 @@ fn the_bound_is_an_option_documented_in_help_and_readme() {
     let out = text(&o.stdout);
     assert!(o.status.success());
     assert!(out.contains("--max-unsent <BYTES>") && out.contains("[default: 8m]"), "{out}");
-    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
     assert!(readme.contains("--max-unsent"), "README.md does not mention --max-unsent");
     for bad in ["0", "2048m", "lots"] {
         let (o, _) = demi(&["echo", "--bind", "127.0.0.1:0", "--max-unsent", bad], None);

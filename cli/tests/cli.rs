@@ -219,6 +219,33 @@ fn libos_set_up_errors_name_what_is_missing() {
     }
 }
 
+/// The options and the `DEMI_*` variables make one configuration: a
+/// malformed variable stops the start with its name, and an option given
+/// for it is used instead.
+#[test]
+fn variables_are_checked_and_options_win_over_them() {
+    let run = |args: &[&str], var: &str, value: &str| {
+        let mut cmd = Command::new(DEMI);
+        cmd.args(args).env_remove("LIBOS").env_remove("DEMI_DPDK_EAL").env(var, value).stdin(Stdio::null());
+        cmd.output().expect("run demi")
+    };
+    let to = format!("127.0.0.1:{}", free_port());
+    let ping = ["ping", "--to", &to, "--count", "1", "--timeout", "1"];
+    let o = run(&ping, "DEMI_SPIN_US", "abc");
+    assert_fails(&o, 1, "cannot start catnap: EINVAL (22): DEMI_SPIN_US=\"abc\" is not a non-negative integer");
+    let o = run(&[&ping[..], &["--spin-us", "0"]].concat(), "DEMI_SPIN_US", "abc");
+    assert_fails(&o, 1, &format!("cannot connect to {to} over catnap tcp: ECONNREFUSED"));
+    // catmint reads its tunables before it looks for a device.
+    let o = run(&[&ping[..], &["--libos", "catmint"]].concat(), "DEMI_RDMA_BUF_SIZE", "x");
+    assert_fails(&o, 1, "cannot start catmint: EINVAL (22): DEMI_RDMA_BUF_SIZE=\"x\" is not a non-negative integer");
+    // An option is checked as its variable is, before DPDK starts.
+    let catnip = ["ping", "--libos", "catnip", "--proto", "udp", "--to", &to, "--bind", "10.77.9.2", "--eal", "-l 0"];
+    let o = run(&[&catnip[..], &["--mtu", "100"]].concat(), "DEMI_MTU", "1500");
+    assert_fails(&o, 1, "cannot start catnip: EINVAL (22): catnip: DEMI_MTU=100 is outside 576..=9000");
+    let o = run(&catnip, "DEMI_MTU", "100");
+    assert_fails(&o, 1, "catnip: DEMI_MTU=100 is outside 576..=9000");
+}
+
 #[test]
 fn devices_says_what_there_is_and_why_not() {
     let o = demi(&["devices"]);

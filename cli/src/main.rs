@@ -12,19 +12,12 @@
 //! Errors end the program with one line on stderr and exit status 1 (2 for a
 //! usage error, as clap reports it).
 
-#[path = "demi/devices.rs"]
 mod devices;
-#[path = "demi/echo.rs"]
 mod echo;
-#[path = "demi/echo_udp.rs"]
 mod echo_udp;
-#[path = "demi/net.rs"]
 mod net;
-#[path = "demi/ping.rs"]
 mod ping;
-#[path = "demi/stats.rs"]
 mod stats;
-#[path = "demi/stream.rs"]
 mod stream;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -116,9 +109,9 @@ impl Proto {
 }
 
 /// The libOS, the socket kind and the libOS tunables, shared by echo, ping
-/// and stream. Each tunable sets its `DEMI_*` variable before the libOS
-/// starts (a variable already in the environment is used when the option is
-/// absent).
+/// and stream. Each tunable stands for its `DEMI_*` variable in the libOS's
+/// configuration (`demi::Config`); a variable in the environment is used
+/// when the option is absent.
 #[derive(Args, Clone, Debug)]
 pub struct Common {
     /// libOS to use

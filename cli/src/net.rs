@@ -20,7 +20,7 @@
 //! arrival to the last one's.
 
 use crate::{Common, Fail, Libos, Proto, Res};
-use demi::{LibOs, QDesc, QToken, QValue, SockType};
+use demi::{Config, LibOs, QDesc, QToken, QValue, SockType};
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::Duration;
 
@@ -117,14 +117,9 @@ pub fn error_text(e: &demi::Error) -> String {
     }
 }
 
-fn set(var: &str, value: Option<impl ToString>) {
-    if let Some(v) = value {
-        std::env::set_var(var, v.to_string());
-    }
-}
-
-fn env_set(var: &str) -> bool {
-    std::env::var(var).is_ok_and(|v| !v.trim().is_empty())
+/// A variable of the environment, if set and not blank.
+fn env_value(var: &str) -> Option<String> {
+    std::env::var(var).ok().filter(|v| !v.trim().is_empty())
 }
 
 /// EAL arguments for a memif link without hugepages.
@@ -139,8 +134,10 @@ pub fn memif_eal(path: &std::path::Path, role: Role, lcore: u32) -> String {
     )
 }
 
-/// Sets the DEMI_* variables from the options, then starts the libOS.
-/// `local` is the address of --bind (catnip's default own address).
+/// Starts the libOS with a configuration made from the options over the
+/// environment: each option stands for its `DEMI_*` variable, and a variable
+/// is used where its option is absent. `local` is the address of --bind
+/// (catnip's default own address).
 pub fn start(c: &Common, role: Role, local: Option<Ipv4Addr>) -> Res<LibOs> {
     let name = c.libos.name();
     if !demi::config::built_libos_names().contains(&name) {
@@ -152,34 +149,47 @@ pub fn start(c: &Common, role: Role, local: Option<Ipv4Addr>) -> Res<LibOs> {
     if c.libos == Libos::Catnip && c.proto == Proto::Tcp {
         return Err(Fail::new("catnip has datagram sockets only: use --proto udp"));
     }
-    set("DEMI_SPIN_US", c.spin_us);
-    set("DEMI_RDMA_RECV_DEPTH", c.recv_depth);
-    set("DEMI_RDMA_INLINE", c.inline);
-    set("DEMI_RDMA_BUF_SIZE", c.buf_size);
-    set("DEMI_RDMA_SQ_DEPTH", c.sq_depth);
-    set("DEMI_RDMA_TIMEOUT_MS", c.rdma_timeout_ms);
-    set("DEMI_MTU", c.mtu);
-    set("DEMI_DPDK_EAL", c.eal.as_ref());
-    if let Some(path) = &c.memif {
-        let lcore = c.lcore.unwrap_or(if role == Role::Server { 0 } else { 1 });
-        set("DEMI_DPDK_EAL", Some(memif_eal(path, role, lcore)));
-    }
+    let text = |v: Option<u64>| v.map(|n| n.to_string());
+    let eal = match &c.memif {
+        Some(path) => Some(memif_eal(path, role, c.lcore.unwrap_or(if role == Role::Server { 0 } else { 1 }))),
+        None => c.eal.clone(),
+    };
+    // --bind gives catnip its address unless the environment or
+    // --local-ipv4 does; 0.0.0.0 is no address.
+    let own = c.local_ipv4.or_else(|| if env_value("DEMI_LOCAL_IPV4").is_some() { None } else { local });
+    let options = [
+        ("LIBOS", Some(name.to_string())),
+        ("DEMI_SPIN_US", text(c.spin_us)),
+        ("DEMI_RDMA_RECV_DEPTH", text(c.recv_depth)),
+        ("DEMI_RDMA_INLINE", text(c.inline)),
+        ("DEMI_RDMA_BUF_SIZE", text(c.buf_size)),
+        ("DEMI_RDMA_SQ_DEPTH", text(c.sq_depth)),
+        ("DEMI_RDMA_TIMEOUT_MS", text(c.rdma_timeout_ms)),
+        ("DEMI_MTU", text(c.mtu)),
+        ("DEMI_DPDK_EAL", eal),
+        ("DEMI_LOCAL_IPV4", own.filter(|a| !a.is_unspecified()).map(|a| a.to_string())),
+    ];
+    // An option given (even blank) wins over the environment.
+    let get = |var: &str| match options.iter().find(|(v, _)| *v == var) {
+        Some((_, Some(value))) => Some(value.clone()).filter(|v| !v.trim().is_empty()),
+        _ => env_value(var),
+    };
     if c.libos == Libos::Catnip {
-        let own = c.local_ipv4.or_else(|| if env_set("DEMI_LOCAL_IPV4") { None } else { local });
-        set("DEMI_LOCAL_IPV4", own.filter(|a| !a.is_unspecified()));
-        if !env_set("DEMI_LOCAL_IPV4") {
+        if get("DEMI_LOCAL_IPV4").is_none() {
             return Err(Fail::new(
                 "catnip needs its own IPv4 address: give --bind ADDR (or --local-ipv4 ADDR, DEMI_LOCAL_IPV4)",
             ));
         }
-        if !env_set("DEMI_DPDK_EAL") {
+        if get("DEMI_DPDK_EAL").is_none() {
             return Err(Fail::new(
                 "catnip needs a DPDK port: --memif PATH for a link to another demi process, \
                  or --eal ARGS / DEMI_DPDK_EAL (see dpdk/README.md)",
             ));
         }
     }
-    LibOs::new(name).map_err(|e| Fail::new(format!("cannot start {name}: {}", error_text(&e))))
+    Config::from_lookup(get)
+        .and_then(|cfg| LibOs::with_config(&cfg))
+        .map_err(|e| Fail::new(format!("cannot start {name}: {}", error_text(&e))))
 }
 
 /// Waits for `qt`; `Ok(None)` when `timeout` passed (the operation stays
