@@ -6,19 +6,69 @@
 //! any time and the memory stays valid until the completion is reaped. Device
 //! libOSes supply their own owners (registered memory, received buffers that
 //! are re-posted on drop); catnap uses the heap.
+//!
+//! The reference count lives in the owner ([`Lender`]), not in an `Arc`, so
+//! that an owner can outlive its buffers and be lent again: a received RDMA
+//! buffer's owner is made once per receive slot and told when the last
+//! buffer over it goes, without an allocation per message. Owners made for
+//! one buffer (the heap, [`Buffer::from_owner`]) are boxed and freed then.
 #![allow(unsafe_code)]
 
 use std::any::Any;
 use std::fmt;
 use std::ptr::NonNull;
+use std::sync::atomic::{fence, AtomicUsize, Ordering};
 use std::sync::Arc;
 
-/// Whatever keeps a buffer's memory alive; dropping the last reference
-/// releases (or recycles) the memory.
-pub trait BufferOwner: Send + Sync + 'static {
-    /// For backends that need to recognise their own memory (e.g. an RDMA
-    /// lkey); heap buffers answer with themselves.
+/// What [`Lender::released`] asks the last buffer's drop to do.
+pub enum Released {
+    /// Nothing: the owner lives on (it took its memory back).
+    Kept,
+    /// The owner was boxed for its buffers alone (`Buffer::from_owner`):
+    /// free the box.
+    Free,
+    /// Drop this after the call (it may be what keeps the owner itself
+    /// alive, which the owner cannot drop while it is borrowed).
+    DropAfter(Arc<dyn Any + Send + Sync>),
+}
+
+/// The owner of the memory behind buffers: the count of buffers over it,
+/// and what happens when the last goes.
+///
+/// # Safety
+/// `refs` is the live count of [`Buffer`]s over this owner: set to 1 by
+/// whoever makes the first buffer ([`Buffer::lend`]), changed only by
+/// `Buffer` after that. The owner stays valid, and the memory of every
+/// buffer over it readable and writable, until `released` has returned (and
+/// whatever it asked for is done). `released` is called exactly once each
+/// time the count falls to zero, after every access through the buffers.
+pub unsafe trait Lender: Send + Sync + 'static {
+    /// For backends that recognise their own memory (e.g. an RDMA lkey).
     fn as_any(&self) -> &dyn Any;
+    /// The count of buffers over this owner.
+    fn refs(&self) -> &AtomicUsize;
+    /// The last buffer over this owner went away.
+    fn released(&self) -> Released;
+}
+
+/// An owner boxed for the buffers over one value (freed with the last).
+struct Boxed<T> {
+    refs: AtomicUsize,
+    value: T,
+}
+
+// SAFETY: the box is made with refs 1 for one buffer (Buffer::from_owner),
+// and asks to be freed when the count falls to zero.
+unsafe impl<T: Any + Send + Sync> Lender for Boxed<T> {
+    fn as_any(&self) -> &dyn Any {
+        &self.value
+    }
+    fn refs(&self) -> &AtomicUsize {
+        &self.refs
+    }
+    fn released(&self) -> Released {
+        Released::Free
+    }
 }
 
 /// Memory from the global allocator.
@@ -33,12 +83,6 @@ unsafe impl Send for HeapBlock {}
 // SAFETY: as above; HeapBlock itself has no interior mutability.
 unsafe impl Sync for HeapBlock {}
 
-impl BufferOwner for HeapBlock {
-    fn as_any(&self) -> &dyn Any {
-        self
-    }
-}
-
 impl Drop for HeapBlock {
     fn drop(&mut self) {
         // SAFETY: ptr/cap came from Box::<[u8]>::into_raw in Buffer::heap and
@@ -50,11 +94,10 @@ impl Drop for HeapBlock {
 }
 
 /// A view into shared, owned memory (see the module docs).
-#[derive(Clone)]
 pub struct Buffer {
     ptr: NonNull<u8>,
     len: usize,
-    owner: Arc<dyn BufferOwner>,
+    owner: NonNull<dyn Lender>,
 }
 
 // SAFETY: the owner is Send + Sync and keeps the memory alive; Buffer hands out
@@ -86,16 +129,39 @@ impl Buffer {
         let raw = Box::into_raw(boxed) as *mut u8;
         // SAFETY: Box::into_raw never returns null (a zero-length box is dangling, not null).
         let ptr = unsafe { NonNull::new_unchecked(raw) };
-        Buffer { ptr, len, owner: Arc::new(HeapBlock { ptr, cap: len }) }
+        // SAFETY: the block owns ptr..ptr+len and lives as long as the owner.
+        unsafe { Self::from_owner(ptr, len, HeapBlock { ptr, cap: len }) }
     }
 
-    /// A buffer over memory owned by `owner`.
+    /// A buffer over memory that `owner` keeps alive (boxed with it, and
+    /// dropped with the last clone). `Buffer::owner_any` gives `owner` back.
     ///
     /// # Safety
     /// `ptr..ptr+len` must be valid for reads and writes for as long as
-    /// `owner` (or any clone of it) is alive, and not be freed by anyone else.
-    pub unsafe fn from_owner(ptr: NonNull<u8>, len: usize, owner: Arc<dyn BufferOwner>) -> Buffer {
+    /// `owner` is alive, and not be freed by anyone else.
+    pub unsafe fn from_owner<T: Any + Send + Sync>(ptr: NonNull<u8>, len: usize, owner: T) -> Buffer {
+        let boxed: Box<dyn Lender> = Box::new(Boxed { refs: AtomicUsize::new(1), value: owner });
+        // SAFETY: Box::into_raw never returns null.
+        let owner = unsafe { NonNull::new_unchecked(Box::into_raw(boxed)) };
         Buffer { ptr, len, owner }
+    }
+
+    /// The first buffer over memory a long-lived owner lends (see [`Lender`]).
+    ///
+    /// # Safety
+    /// `lender`'s count must be zero (nothing over it), and `lender` must
+    /// honour the [`Lender`] contract for `ptr..ptr+len`: in particular stay
+    /// valid until the last buffer made from this one is dropped.
+    pub unsafe fn lend(ptr: NonNull<u8>, len: usize, lender: NonNull<dyn Lender>) -> Buffer {
+        // SAFETY: the caller vouches that lender is valid.
+        unsafe { lender.as_ref() }.refs().store(1, Ordering::Relaxed);
+        Buffer { ptr, len, owner: lender }
+    }
+
+    fn lender(&self) -> &dyn Lender {
+        // SAFETY: the owner stays valid while any buffer over it lives (the
+        // Lender contract), and this one does.
+        unsafe { self.owner.as_ref() }
     }
 
     /// Length of the view in bytes.
@@ -129,7 +195,8 @@ impl Buffer {
     /// Mutable bytes, only while this is the sole reference to the memory
     /// (not shared with an operation in flight or another clone).
     pub fn as_mut_slice(&mut self) -> Option<&mut [u8]> {
-        if Arc::strong_count(&self.owner) != 1 {
+        // Acquire: a clone dropped on another thread is done with the bytes.
+        if self.lender().refs().load(Ordering::Acquire) != 1 {
             return None;
         }
         // SAFETY: we hold the only reference to the owner, so nobody else
@@ -139,28 +206,65 @@ impl Buffer {
 
     /// A shorter view of the same memory (shares the owner).
     pub fn prefix(&self, len: usize) -> Option<Buffer> {
-        (len <= self.len).then(|| Buffer { ptr: self.ptr, len, owner: self.owner.clone() })
+        (len <= self.len).then(|| {
+            let mut b = self.clone();
+            b.len = len;
+            b
+        })
     }
 
     /// A view starting `off` bytes in (shares the owner).
     pub fn advance(&self, off: usize) -> Option<Buffer> {
-        (off <= self.len).then(|| Buffer {
+        (off <= self.len).then(|| {
+            let mut b = self.clone();
             // SAFETY: off <= len, so the result stays inside (or one past) the allocation.
-            ptr: unsafe { NonNull::new_unchecked(self.ptr.as_ptr().add(off)) },
-            len: self.len - off,
-            owner: self.owner.clone(),
+            b.ptr = unsafe { NonNull::new_unchecked(self.ptr.as_ptr().add(off)) };
+            b.len = self.len - off;
+            b
         })
     }
 
-    /// The owner, for backends that recognise their own memory.
-    pub fn owner(&self) -> &dyn BufferOwner {
-        &*self.owner
+    /// The owner's value, for backends that recognise their own memory:
+    /// what `from_owner` was given, or what a [`Lender`] shows of itself.
+    pub fn owner_any(&self) -> &dyn Any {
+        self.lender().as_any()
     }
 
     /// Number of live references to the memory (the app's handle, in-flight
     /// operations, clones); for tests of free-protection.
     pub fn ref_count(&self) -> usize {
-        Arc::strong_count(&self.owner)
+        self.lender().refs().load(Ordering::Relaxed)
+    }
+}
+
+impl Clone for Buffer {
+    fn clone(&self) -> Buffer {
+        // Relaxed, as Arc does: a new reference is made from an existing one,
+        // which keeps the owner alive meanwhile.
+        let old = self.lender().refs().fetch_add(1, Ordering::Relaxed);
+        if old > isize::MAX as usize {
+            // As Arc: a count this high means leaked clones; do not wrap.
+            std::process::abort();
+        }
+        Buffer { ptr: self.ptr, len: self.len, owner: self.owner }
+    }
+}
+
+impl Drop for Buffer {
+    fn drop(&mut self) {
+        // Release, then an Acquire fence before the owner takes the memory
+        // back: every access through any clone happens before that (as Arc).
+        if self.lender().refs().fetch_sub(1, Ordering::Release) != 1 {
+            return;
+        }
+        fence(Ordering::Acquire);
+        match self.lender().released() {
+            Released::Kept => {}
+            // SAFETY: a `Free` owner is the box from_owner made; this was its
+            // last buffer, and the borrow from `lender()` has ended.
+            Released::Free => drop(unsafe { Box::from_raw(self.owner.as_ptr()) }),
+            Released::DropAfter(keep) => drop(keep),
+        }
     }
 }
 

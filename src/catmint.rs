@@ -8,34 +8,61 @@
 #![allow(unsafe_code)]
 
 use crate::backend::{Backend, Completions, OpId, Outcome, SockId, SockType};
-use crate::buffer::{Buffer, BufferOwner};
+use crate::buffer::{Buffer, Lender, Released};
 use crate::error::{fail, Error, Result};
-use catmint::{Block, Catmint as Transport, Done, Payload};
+use catmint::{Block, Catmint as Transport, Done, LentSlot, Msg, Payload};
 use std::any::Any;
 use std::collections::HashMap;
 use std::net::SocketAddrV4;
 use std::os::fd::RawFd;
 use std::ptr::NonNull;
-use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
 use std::time::Duration;
 
-/// Keeps a catmint block alive behind a demi [`Buffer`].
-struct BlockOwner(Block);
-
-impl BufferOwner for BlockOwner {
+// SAFETY: catmint counts nothing in `refs` itself: a lent slot's count is
+// ours (Buffer::lend sets it to 1 for the first buffer, Buffer counts the
+// rest), and `release` is called once per lend when it falls to zero. The
+// slot, its memory and its ring stay alive until then (the lend holds a
+// reference to the ring), and what `release` returns when the ring is
+// closed is dropped only after the call, as `Released::DropAfter` asks.
+unsafe impl Lender for LentSlot {
     fn as_any(&self) -> &dyn Any {
         self
     }
+
+    fn refs(&self) -> &AtomicUsize {
+        LentSlot::refs(self)
+    }
+
+    fn released(&self) -> Released {
+        match self.release() {
+            None => Released::Kept,
+            Some(keep) => Released::DropAfter(keep),
+        }
+    }
 }
 
-fn to_buffer(block: Block) -> Buffer {
-    let len = block.len();
-    let ptr = NonNull::new(block.as_ptr()).expect("blocks are never null");
-    // SAFETY: the block owns ptr..ptr+len and lives as long as the owner.
-    unsafe { Buffer::from_owner(ptr, len, Arc::new(BlockOwner(block))) }
+/// A received message as a demi buffer: a lent receive slot without an
+/// allocation, or an assembled block (boxed with its buffer).
+fn to_buffer(msg: Msg) -> Buffer {
+    match msg {
+        Msg::Lent(lent) => {
+            let (ptr, len, slot) = lent.into_raw();
+            // SAFETY: the slot was just lent (count zero), and LentSlot keeps
+            // the Lender contract (above) for ptr..ptr+len.
+            unsafe { Buffer::lend(ptr, len, slot) }
+        }
+        Msg::Block(block) => {
+            let len = block.len();
+            let ptr = NonNull::new(block.as_ptr()).expect("blocks are never null");
+            // SAFETY: the block owns ptr..ptr+len and lives as long as the owner.
+            unsafe { Buffer::from_owner(ptr, len, block) }
+        }
+    }
 }
 
-/// A demi buffer as catmint payload: registered if it views a catmint block.
+/// A demi buffer as catmint payload: registered if it views catmint memory
+/// (a block from `alloc`, or a received buffer pushed back).
 struct BufferPayload(Buffer);
 
 impl Payload for BufferPayload {
@@ -44,8 +71,17 @@ impl Payload for BufferPayload {
     }
 
     fn lkey(&self, dev: usize) -> Option<u32> {
-        let owner = self.0.owner().as_any().downcast_ref::<BlockOwner>()?;
-        owner.0.contains(self.0.as_ptr(), self.0.len()).then(|| owner.0.lkey(dev))
+        let (ptr, len) = (self.0.as_ptr(), self.0.len());
+        let owner = self.0.owner_any();
+        if let Some(block) = owner.downcast_ref::<Block>() {
+            return block.contains(ptr, len).then(|| block.lkey(dev));
+        }
+        let slot = owner.downcast_ref::<LentSlot>()?;
+        if slot.contains(ptr, len) {
+            slot.lkey(dev)
+        } else {
+            None
+        }
     }
 }
 
@@ -96,7 +132,7 @@ impl catmint::Sink for Report<'_> {
             Done::Accepted { sock, peer } => Outcome::Accepted { sock, peer },
             Done::Connected => Outcome::Connected,
             Done::Sent => Outcome::Pushed,
-            Done::Received { msg: Some(block), from } => Outcome::Popped { buf: to_buffer(block), from },
+            Done::Received { msg: Some(msg), from } => Outcome::Popped { buf: to_buffer(msg), from },
             Done::Received { msg: None, from } => Outcome::Popped { buf: Buffer::heap(0), from },
             Done::Failed(errno) => Outcome::Failed(errno),
         };
@@ -167,7 +203,7 @@ impl Backend for Catmint {
     }
 
     fn alloc(&mut self, len: usize) -> Result<Buffer> {
-        Ok(to_buffer(self.t.alloc(len).map_err(err)?))
+        Ok(to_buffer(Msg::Block(self.t.alloc(len).map_err(err)?)))
     }
 
     fn setsockopt(&mut self, s: SockId, level: i32, name: i32, val: &[u8]) -> Result<()> {

@@ -10,15 +10,13 @@
 //! waiters busy-poll (`arm` returns None).
 
 use crate::backend::{Backend, Completions, OpId, Outcome, SockId, SockType};
-use crate::buffer::{Buffer, BufferOwner};
+use crate::buffer::Buffer;
 use crate::error::{fail, Error, Result};
 use catnip::{Config, Event, Mbuf, Payload, RxPayload, SendStatus, Stack};
-use std::any::Any;
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddrV4;
 use std::os::fd::RawFd;
 use std::ptr::NonNull;
-use std::sync::Arc;
 
 /// Received datagrams kept per socket while nobody pops; more are dropped
 /// (and counted) so one idle socket cannot drain the mbuf pool.
@@ -28,20 +26,8 @@ const RX_QUEUE_MAX: usize = 1024;
 /// at its payload area sends it without a copy.
 struct TxMbuf(Mbuf);
 
-impl BufferOwner for TxMbuf {
-    fn as_any(&self) -> &dyn Any {
-        self
-    }
-}
-
 /// A received mbuf whose payload a pop handed out; dropping it frees the mbuf.
 struct RxMbuf(#[allow(dead_code)] Mbuf);
-
-impl BufferOwner for RxMbuf {
-    fn as_any(&self) -> &dyn Any {
-        self
-    }
-}
 
 #[derive(Default)]
 struct Sock {
@@ -108,7 +94,7 @@ impl Catnip {
         }
         let len = payload.bytes().len();
         let ptr = NonNull::new(payload.bytes().as_ptr() as *mut u8).expect("mbuf data is never null");
-        let owner: Arc<dyn BufferOwner> = Arc::new(RxMbuf(payload.into_frame()));
+        let owner = RxMbuf(payload.into_frame());
         // SAFETY: ptr..ptr+len lies in the mbuf's data, which stays valid and
         // unused by anyone else while the RxMbuf owner holds the mbuf.
         #[allow(unsafe_code)]
@@ -188,7 +174,7 @@ impl Backend for Catnip {
             return fail(libc::EDESTADDRREQ, "catnip: no destination");
         };
         let port = self.local_port(s)?;
-        let payload = match buf.owner().as_any().downcast_ref::<TxMbuf>() {
+        let payload = match buf.owner_any().downcast_ref::<TxMbuf>() {
             Some(TxMbuf(mbuf)) => Payload::Buffer { buf: mbuf, data: buf.as_slice() },
             None => Payload::Bytes(buf.as_slice()),
         };
@@ -244,7 +230,7 @@ impl Backend for Catnip {
         // the TxMbuf owner keeps the mbuf (one reference) alive, and the
         // stack only writes the headroom before ptr, never the payload.
         #[allow(unsafe_code)]
-        let buf = unsafe { Buffer::from_owner(ptr, len, Arc::new(TxMbuf(m))) };
+        let buf = unsafe { Buffer::from_owner(ptr, len, TxMbuf(m)) };
         Ok(buf)
     }
 

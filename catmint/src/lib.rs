@@ -23,6 +23,7 @@ mod verbs;
 pub mod wire;
 
 pub use pool::{Block, Pool};
+pub use recv::{Lent, LentSlot, Msg};
 pub use sys::{Error, Result};
 
 use cm::{CmId, CqCell, EventChannel};
@@ -82,7 +83,7 @@ pub enum Done {
     Sent,
     /// A message; `None` is end of file (the peer closed in order).
     Received {
-        msg: Option<Block>,
+        msg: Option<Msg>,
         from: Option<SocketAddrV4>,
     },
     Failed(i32),
@@ -536,7 +537,9 @@ impl Catmint {
                     last = s;
                 }
                 Some(Sock::Dgram(ud)) if ud.owns(&r) => ud.returned(r),
-                _ => self.pool.recycle(r.slot),
+                // Its ring is gone or closing: the slot goes to the pool with
+                // the ring's last reference (RingShared's drop).
+                _ => drop(r),
             }
         }
         self.progress(last, out);

@@ -95,13 +95,13 @@ impl Slot {
     }
 }
 
-pub(crate) struct PoolShared {
+pub struct PoolShared {
     pds: Vec<Arc<Pd>>,
     free: Vec<Mutex<Vec<Slot>>>,
 }
 
 impl PoolShared {
-    fn give_back(&self, slot: Slot) {
+    pub(crate) fn give_back(&self, slot: Slot) {
         if slot.class != DEDICATED {
             self.free[slot.class as usize].lock().unwrap_or_else(|e| e.into_inner()).push(slot);
         }
@@ -146,7 +146,7 @@ impl Pool {
     /// A block of `len` bytes that returns to the pool when dropped.
     pub fn alloc(&self, len: usize) -> Result<Block> {
         let slot = self.slot(len)?;
-        Ok(Block { slot: Some(slot), off: 0, len, home: Home::Pool(self.shared.clone()) })
+        Ok(Block { slot: Some(slot), off: 0, len, pool: self.shared.clone() })
     }
 
     /// Gives a slot back to the free list.
@@ -228,7 +228,7 @@ impl Notify {
         self.efd.as_raw_fd()
     }
 
-    fn push(&self, r: Returned) {
+    pub(crate) fn push(&self, r: Returned) {
         self.returned.lock().unwrap_or_else(|e| e.into_inner()).push(r);
         // SeqCst pairs with `set_sleeping` then `take` on the waiter's side:
         // either the waiter's last poll sees `pending`, or we see `sleeping`.
@@ -269,40 +269,8 @@ impl Notify {
 /// A receive buffer the application gave back, to be re-posted on the
 /// ring it came from (if that ring is still open).
 pub struct Returned {
-    pub(crate) ring: Arc<RingReturn>,
+    pub(crate) ring: Arc<crate::recv::RingShared>,
     pub(crate) index: u32,
-    pub(crate) slot: Slot,
-}
-
-/// The identity of one endpoint's receive ring, held by the buffers it
-/// lends: a returned buffer goes back to this very ring, never to a newer
-/// socket that reuses the endpoint's key.
-pub(crate) struct RingReturn {
-    pool: Arc<PoolShared>,
-    notify: Arc<Notify>,
-    /// The endpoint's key (where the poll loop finds it).
-    pub(crate) key: u64,
-    open: AtomicBool,
-}
-
-impl RingReturn {
-    pub(crate) fn new(pool: &Pool, notify: &Arc<Notify>, key: u64) -> Arc<RingReturn> {
-        Arc::new(RingReturn { pool: pool.shared().clone(), notify: notify.clone(), key, open: AtomicBool::new(true) })
-    }
-
-    /// The endpoint is gone: later returns go straight to the pool (those
-    /// already in the list are recycled by the poll loop, which no longer
-    /// finds the ring).
-    pub(crate) fn close(&self) {
-        self.open.store(false, Ordering::Release);
-    }
-}
-
-enum Home {
-    Pool(Arc<PoolShared>),
-    Ring(Arc<RingReturn>, u32),
-    /// Taken by `drop`.
-    Gone,
 }
 
 /// One allocation of registered memory: bytes `off..off+len` of its slot.
@@ -310,15 +278,10 @@ pub struct Block {
     slot: Option<Slot>,
     off: usize,
     len: usize,
-    home: Home,
+    pool: Arc<PoolShared>,
 }
 
 impl Block {
-    /// A received buffer that goes back to `ring` (slot `index`) on drop.
-    pub(crate) fn received(slot: Slot, off: usize, len: usize, ring: &Arc<RingReturn>, index: u32) -> Block {
-        Block { slot: Some(slot), off, len, home: Home::Ring(ring.clone(), index) }
-    }
-
     fn slot(&self) -> &Slot {
         self.slot.as_ref().expect("a live block has its slot")
     }
@@ -362,15 +325,7 @@ impl Block {
 impl Drop for Block {
     fn drop(&mut self) {
         if let Some(slot) = self.slot.take() {
-            match std::mem::replace(&mut self.home, Home::Gone) {
-                Home::Pool(p) => p.give_back(slot),
-                Home::Ring(ring, index) if ring.open.load(Ordering::Acquire) => {
-                    let notify = ring.notify.clone();
-                    notify.push(Returned { ring, index, slot });
-                }
-                Home::Ring(ring, _) => ring.pool.give_back(slot),
-                Home::Gone => {}
-            }
+            self.pool.give_back(slot);
         }
     }
 }

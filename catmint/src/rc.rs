@@ -14,7 +14,7 @@
 
 use crate::cm::CmId;
 use crate::pool::{Block, Pool, Slot};
-use crate::recv::{registered, RecvRing};
+use crate::recv::{registered, Msg, RecvRing};
 use crate::sys::{ffi, Error, Result};
 use crate::wire::{flag, Hello, Imm, MAX_MESSAGE};
 use crate::{Done, Payload, Sink, Tag};
@@ -69,7 +69,7 @@ pub struct Rc {
     to_return: u32,
     owe_ack: bool,
     partial: Option<(Block, usize)>,
-    ready: VecDeque<Block>,
+    ready: VecDeque<Msg>,
     pops: VecDeque<Tag>,
     eof: bool,
     error: Option<i32>,
@@ -513,7 +513,7 @@ impl Rc {
         self.to_return += 1;
         if flags & flag::LAST != 0 {
             let (block, _) = self.partial.take().expect("matched above");
-            self.ready.push_back(block);
+            self.ready.push_back(Msg::Block(block));
         }
     }
 

@@ -1,16 +1,206 @@
 //! Receive buffers posted on a QP, shared by RC and UD endpoints: which
-//! slot sits at which index, the ring where the application gives popped
-//! buffers back, and re-posting them.
+//! slot sits at which index, lending a filled slot to the application
+//! without an allocation, and re-posting it when the application is done.
+//!
+//! A ring's slots are lent through [`LentSlot`]s made once per index in a
+//! [`RingShared`]. A lent slot holds one strong reference to its ring's
+//! `RingShared`, so the memory outlives the endpoint if the application
+//! keeps the buffer. When the last buffer over a lent slot goes (its count,
+//! kept by the buffer type of the caller, falls to zero) [`LentSlot::release`]
+//! puts `(ring, index)` on the transport's return list; the poll loop
+//! re-posts it on the ring it came from, if that ring is still open.
+//!
+//! Who touches a slot's `Slot` (the `UnsafeCell`): the endpoint, under the
+//! transport's `&mut`, while the slot is not lent (posting, lending,
+//! re-posting a returned one), and reads of its key while it is lent; never
+//! the thread that releases it; and `RingShared`'s drop, which has it alone.
 
-use crate::pool::{Block, Notify, Pool, Returned, RingReturn, Slot};
+use crate::pool::{Block, Notify, Pool, PoolShared, Returned, Slot};
 use crate::sys::{ffi, Error, Result};
 use crate::Payload;
+use std::any::Any;
+use std::cell::UnsafeCell;
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
+
+/// What one ring's lent buffers share: the ring's identity and its lendable slots.
+pub struct RingShared {
+    /// The endpoint's key (where the poll loop finds it).
+    pub(crate) key: u64,
+    open: AtomicBool,
+    notify: Arc<Notify>,
+    pool: Arc<PoolShared>,
+    slots: Box<[LentSlot]>,
+}
+
+/// One index of a ring, lendable to the application.
+pub struct LentSlot {
+    /// Buffers over this slot, counted by the caller's buffer type (0 while
+    /// posted or idle).
+    refs: AtomicUsize,
+    slot: UnsafeCell<Option<Slot>>,
+    ring: *const RingShared,
+    index: u32,
+}
+
+// SAFETY: `slot` is accessed as the module docs say (one side at a time,
+// handed over through the count and the return list's lock); `ring` is the
+// address of the RingShared that contains this LentSlot, immutable.
+unsafe impl Send for LentSlot {}
+// SAFETY: as above.
+unsafe impl Sync for LentSlot {}
+
+impl LentSlot {
+    /// The count of buffers over this slot (see the module docs).
+    pub fn refs(&self) -> &AtomicUsize {
+        &self.refs
+    }
+
+    /// The last buffer over this slot went away: give it back to its ring
+    /// (re-posted by the poll loop), or, if the ring is closed, return the
+    /// reference to drop once the caller no longer borrows this slot.
+    pub fn release(&self) -> Option<Arc<dyn Any + Send + Sync>> {
+        // SAFETY: lending took one strong reference to the ring for this
+        // slot (Lent::new); it is taken back here, once per lend.
+        let ring = unsafe { Arc::from_raw(self.ring) };
+        if ring.open.load(Ordering::Acquire) {
+            let notify = ring.notify.clone();
+            notify.push(Returned { ring, index: self.index });
+            None
+        } else {
+            // The slot stays in the RingShared, whose drop recycles it.
+            Some(ring)
+        }
+    }
+
+    /// True if `ptr..ptr+len` lies in this slot's memory.
+    pub fn contains(&self, ptr: *const u8, len: usize) -> bool {
+        self.with_slot(|s| {
+            let start = s.ptr() as usize;
+            let p = ptr as usize;
+            p >= start && p.checked_add(len).is_some_and(|end| end <= start + s.capacity())
+        })
+        .unwrap_or(false)
+    }
+
+    /// The memory key of this slot on device `dev`.
+    pub fn lkey(&self, dev: usize) -> Option<u32> {
+        self.with_slot(|s| s.lkey(dev))
+    }
+
+    fn with_slot<R>(&self, f: impl FnOnce(&Slot) -> R) -> Option<R> {
+        // SAFETY: a shared read while lent (the slot is not moved while any
+        // buffer over it lives; see the module docs).
+        unsafe { (*self.slot.get()).as_ref() }.map(f)
+    }
+}
+
+impl RingShared {
+    fn new(pool: &Pool, notify: &Arc<Notify>, key: u64, depth: u32) -> Arc<RingShared> {
+        Arc::new_cyclic(|me| RingShared {
+            key,
+            open: AtomicBool::new(true),
+            notify: notify.clone(),
+            pool: pool.shared().clone(),
+            slots: (0..depth)
+                .map(|index| LentSlot {
+                    refs: AtomicUsize::new(0),
+                    slot: UnsafeCell::new(None),
+                    ring: me.as_ptr(),
+                    index,
+                })
+                .collect(),
+        })
+    }
+}
+
+impl Drop for RingShared {
+    fn drop(&mut self) {
+        for s in self.slots.iter_mut() {
+            if let Some(slot) = s.slot.get_mut().take() {
+                self.pool.give_back(slot);
+            }
+        }
+    }
+}
+
+/// A received message lent from a ring: bytes `off..off+len` of the slot at
+/// `index`. Holds the lend's reference to the ring; dropped unused, it
+/// gives the slot back as a released buffer would.
+pub struct Lent {
+    slot: NonNull<LentSlot>,
+    ptr: NonNull<u8>,
+    len: usize,
+}
+
+// SAFETY: a Lent is the one handle on its lend (see LentSlot).
+unsafe impl Send for Lent {}
+// SAFETY: as above; it only reads.
+unsafe impl Sync for Lent {}
+
+impl Lent {
+    pub fn as_slice(&self) -> &[u8] {
+        // SAFETY: the slot's memory stays valid and unwritten by the device
+        // while it is lent.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Gives up the handle for a buffer of the caller's own: the bytes, and
+    /// the slot whose count that buffer keeps (it must call
+    /// [`LentSlot::release`] when the count it set to one falls to zero).
+    pub fn into_raw(self) -> (NonNull<u8>, usize, NonNull<LentSlot>) {
+        let parts = (self.ptr, self.len, self.slot);
+        std::mem::forget(self);
+        parts
+    }
+}
+
+impl Drop for Lent {
+    fn drop(&mut self) {
+        // SAFETY: the lend keeps the ring, and so the LentSlot, alive; this
+        // handle was never turned into a buffer, so nothing else counts it.
+        let keep = unsafe { self.slot.as_ref() }.release();
+        drop(keep);
+    }
+}
+
+/// A received message: lent from a receive ring (the common case: a
+/// message that fit in one receive), or assembled in pool memory.
+pub enum Msg {
+    Lent(Lent),
+    Block(Block),
+}
+
+impl Msg {
+    pub fn as_slice(&self) -> &[u8] {
+        match self {
+            Msg::Lent(l) => l.as_slice(),
+            Msg::Block(b) => b.as_slice(),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.as_slice().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
 
 /// Posted receive buffers of one QP.
 pub struct RecvRing {
     posted: Vec<Option<Slot>>,
-    ring: Arc<RingReturn>,
+    shared: Arc<RingShared>,
     pool: Pool,
     dev: usize,
     key: u64,
@@ -21,7 +211,7 @@ impl RecvRing {
     pub fn new(pool: &Pool, notify: &Arc<Notify>, dev: usize, key: u64, depth: u32) -> RecvRing {
         RecvRing {
             posted: (0..depth).map(|_| None).collect(),
-            ring: RingReturn::new(pool, notify, key),
+            shared: RingShared::new(pool, notify, key, depth),
             pool: pool.clone(),
             dev,
             key,
@@ -65,25 +255,40 @@ impl RecvRing {
     }
 
     /// Lends the slot at `index` to the application as `off..off+len`; it
-    /// comes back through the ring when dropped.
-    pub fn lend(&self, slot: Slot, index: u32, off: usize, len: usize) -> Block {
-        Block::received(slot, off, len, &self.ring, index)
+    /// comes back through the transport's return list when released.
+    pub fn lend(&self, slot: Slot, index: u32, off: usize, len: usize) -> Msg {
+        let lent = &self.shared.slots[index as usize];
+        debug_assert!(off + len <= slot.capacity());
+        // SAFETY: off + len <= capacity, inside the slot.
+        let ptr = unsafe { NonNull::new_unchecked(slot.ptr().add(off)) };
+        // SAFETY: the slot at `index` is not lent (it was posted until its
+        // completion just now), so nothing else touches its cell.
+        unsafe { *lent.slot.get() = Some(slot) };
+        // The lend's reference to the ring, given back by `release`.
+        // SAFETY: `lent.ring` is our live RingShared (we hold an Arc to it).
+        unsafe { Arc::increment_strong_count(lent.ring) };
+        Msg::Lent(Lent { slot: NonNull::from(lent), ptr, len })
     }
 
     /// True if `r` came from this ring.
     pub fn owns(&self, r: &Returned) -> bool {
-        Arc::ptr_eq(&self.ring, &r.ring)
+        Arc::ptr_eq(&self.shared, &r.ring)
     }
 
     /// Re-posts a buffer the application gave back (or recycles it when
     /// `post` is false); returns true if it was re-posted.
     pub fn repost(&mut self, qp: *mut ffi::ibv_qp, r: Returned, post: bool) -> bool {
         debug_assert!(self.owns(&r));
+        // SAFETY: released (count zero, handed over through the return
+        // list's lock), so the slot is ours again; we hold `&mut self`.
+        let Some(slot) = (unsafe { (*self.shared.slots[r.index as usize].slot.get()).take() }) else {
+            return false;
+        };
         if !post {
-            self.pool.recycle(r.slot);
+            self.pool.recycle(slot);
             return false;
         }
-        self.post(qp, r.index, r.slot).is_ok()
+        self.post(qp, r.index, slot).is_ok()
     }
 
     /// Gives a slot back to the pool.
@@ -91,10 +296,10 @@ impl RecvRing {
         self.pool.recycle(slot);
     }
 
-    /// Tears down once the QP is destroyed: recycle posted slots; buffers the
-    /// application still holds go to the pool when dropped.
+    /// Tears down once the QP is destroyed: recycle posted slots; lent ones
+    /// go to the pool when the ring's last reference does.
     pub fn close(&mut self) {
-        self.ring.close();
+        self.shared.open.store(false, Ordering::Release);
         for slot in self.posted.drain(..).flatten() {
             self.pool.recycle(slot);
         }

@@ -8,7 +8,7 @@
 
 use crate::cm::{CmId, CqCell};
 use crate::pool::{Block, Notify, Pool, Slot};
-use crate::recv::{registered, RecvRing};
+use crate::recv::{registered, Msg, RecvRing};
 use crate::sys::{ffi, Error, Result};
 use crate::verbs::{Ah, Pd};
 use crate::wire::UdHeader;
@@ -94,7 +94,7 @@ pub struct Ud {
     /// Largest payload a datagram may carry (path MTU less our header).
     pub max_payload: usize,
     recv: RecvRing,
-    ready: VecDeque<(Block, SocketAddrV4)>,
+    ready: VecDeque<(Msg, SocketAddrV4)>,
     pops: VecDeque<Tag>,
     pub peers: HashMap<SocketAddrV4, Peer, BuildHasherDefault<AddrHasher>>,
     inflight: VecDeque<Inflight>,
