@@ -202,6 +202,22 @@ impl LibOs {
         })
     }
 
+    /// For programs that sleep on the libOS together with descriptors of
+    /// their own (an event loop; the LD_PRELOAD library's `poll`/`epoll_wait`):
+    /// arms the device's wake-up and returns the descriptor that becomes
+    /// readable when the libOS may have work, with the longest such a sleep may
+    /// last before the libOS must be polled again. `None`: the libOS has no
+    /// such descriptor (DPDK); poll instead of sleeping.
+    ///
+    /// Poll once more after arming (a `wait*` with a zero timeout) and sleep
+    /// only if that finds nothing: work that arrived before arming need not
+    /// make the descriptor readable.
+    pub fn arm(&self) -> Option<(RawFd, Option<Duration>)> {
+        let mut st = self.lock();
+        let fd = st.engine.arm()?;
+        Some((fd, st.engine.max_sleep()))
+    }
+
     /// The wait loop shared by every `wait*`: `ready` returns `Some` once the
     /// wait is over. Spins for the spin time, then sleeps on the backend's
     /// descriptor and this thread's eventfd, without holding the lock.
