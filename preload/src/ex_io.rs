@@ -262,6 +262,10 @@ fn send_core(fd: RawFd, parts: &[&[u8]], flags: c_int, to: Option<SocketAddrV4>)
     }
 }
 
+fn is_stream(fd: RawFd) -> Ret<bool> {
+    Ok(lock().sock(fd)?.is_stream())
+}
+
 /// Copies `dst.len()` bytes of the concatenation of `parts`, from `from`.
 fn fill(dst: &mut [u8], parts: &[&[u8]], mut from: usize) {
     let mut at = 0;
@@ -340,8 +344,9 @@ unsafe fn do_sendto(
     boundary("sendto", || {
         // SAFETY: the caller's contract.
         let parts = unsafe { one(buf, n) }?;
+        // A stream socket ignores the address, whatever it holds (as TCP does).
         // SAFETY: the caller's contract on (a, l).
-        let to = if a.is_null() { None } else { Some(unsafe { addr::read(a, l) }?) };
+        let to = if a.is_null() || is_stream(fd)? { None } else { Some(unsafe { addr::read(a, l) }?) };
         Ok(send_core(fd, &parts, flags, to)? as ssize_t)
     })
 }
@@ -526,7 +531,7 @@ pub unsafe extern "C" fn sendmsg(fd: c_int, msg: *const msghdr, flags: c_int) ->
         let m = unsafe { &*msg };
         // SAFETY: sendmsg's contract on the iovec array.
         let parts = unsafe { iov_ref(m.msg_iov, m.msg_iovlen as c_int) }?;
-        let to = if m.msg_name.is_null() || m.msg_namelen == 0 {
+        let to = if m.msg_name.is_null() || m.msg_namelen == 0 || is_stream(fd)? {
             None
         } else {
             // SAFETY: msg_name has msg_namelen readable bytes.
