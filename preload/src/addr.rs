@@ -68,3 +68,26 @@ pub unsafe fn write(a: SocketAddrV4, addr: *mut sockaddr, len: *mut socklen_t) -
     }
     Ok(())
 }
+
+/// The source address the kernel's routing picks to reach `dst` (what a
+/// connected socket's local address is), found with a throwaway UDP socket
+/// whose connect sends nothing.
+pub fn route_source(dst: Ipv4Addr) -> Option<Ipv4Addr> {
+    // SAFETY: plain system calls through the C library on a socket made and
+    // closed here; the addresses are live locals of the right sizes.
+    unsafe {
+        let fd = crate::real::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return None;
+        }
+        let mut sin: sockaddr_in = std::mem::zeroed();
+        sin.sin_family = libc::AF_INET as libc::sa_family_t;
+        sin.sin_port = 9u16.to_be();
+        sin.sin_addr.s_addr = u32::from(dst).to_be();
+        let mut len = SIN_LEN as socklen_t;
+        let ok = crate::real::connect(fd, (&sin as *const sockaddr_in).cast(), len) == 0
+            && crate::real::getsockname(fd, (&mut sin as *mut sockaddr_in).cast(), &mut len) == 0;
+        crate::real::close(fd);
+        ok.then(|| Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)))
+    }
+}

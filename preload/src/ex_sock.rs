@@ -223,8 +223,22 @@ pub unsafe extern "C" fn connect(fd: c_int, a: *const sockaddr, len: socklen_t) 
             Phase::Connected if s.is_stream() => return Err(libc::EISCONN),
             _ => {}
         }
-        let (nonblock, timeout, stream) = (s.nonblock, s.snd_timeout, s.is_stream());
+        let (nonblock, timeout, stream, unbound) = (s.nonblock, s.snd_timeout, s.is_stream(), s.local.is_none());
         s.so_error = 0;
+        if stream && unbound {
+            // The engine reports a local address only after bind. Bind first
+            // where that is what the kernel does anyway (catnap: its connect
+            // binds), to the address its routing would pick, so getsockname
+            // tells the truth; elsewhere the address without the port.
+            let src = addr::route_source(*to.ip()).unwrap_or(Ipv4Addr::UNSPECIFIED);
+            let local = if os.name() == "catnap" {
+                os.bind(qd, SocketAddrV4::new(src, 0)).map_err(|e| e.errno())?;
+                os.local_addr(qd).ok().flatten()
+            } else {
+                Some(SocketAddrV4::new(src, 0))
+            };
+            st.sock(fd)?.local = local;
+        }
         let qt = os.connect(qd, to).map_err(|e| e.errno())?;
         let s = st.sock(fd)?;
         s.connect = Some(qt);

@@ -10,6 +10,7 @@ use crate::guard::Ret;
 use crate::sock::{Phase, Sock};
 use demi::{LibOs, QDesc, QResult, QToken, QValue, SockType};
 use std::collections::HashMap;
+use std::net::SocketAddrV4;
 use std::os::fd::RawFd;
 use std::sync::{LazyLock, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -75,6 +76,9 @@ pub struct State {
     /// Eventfds of threads sleeping in this library (woken on any event).
     pub sleepers: Vec<RawFd>,
     pub stats: Stats,
+    /// What a forked child inherited from its parent and must not touch:
+    /// kept (reachable, never dropped) rather than leaked.
+    abandoned: Vec<(Option<LibOs>, HashMap<QDesc, Sock>)>,
 }
 
 static STATE: LazyLock<Mutex<State>> = LazyLock::new(|| {
@@ -88,6 +92,7 @@ static STATE: LazyLock<Mutex<State>> = LazyLock::new(|| {
         epolls: HashMap::new(),
         sleepers: Vec::new(),
         stats: Stats::default(),
+        abandoned: Vec::new(),
     })
 });
 
@@ -282,7 +287,14 @@ impl State {
             c.refs = 0;
             c.phase = Phase::Connected;
             c.peer = Some(peer);
-            c.local = os.local_addr(new).ok().flatten();
+            // The engine knows no local address for accepted connections: the
+            // listener's, with the address routing picks towards the peer if
+            // the listener's is the wildcard.
+            c.local = os.local_addr(new).ok().flatten().or_else(|| {
+                let l = self.socks.get(&qd)?.local?;
+                let ip = if l.ip().is_unspecified() { crate::addr::route_source(*peer.ip())? } else { *l.ip() };
+                Some(SocketAddrV4::new(ip, l.port()))
+            });
             self.socks.insert(new, c);
             self.stats.accepted += 1;
             self.feed(os, new, rcvbuf);
@@ -384,13 +396,12 @@ impl State {
     /// In the child of a fork: the parent's libOS and connections are not
     /// this process's to drive. Keep the parent's descriptor numbers as
     /// inherited (closable, nothing else) and start afresh on the next
-    /// socket call. The libOS is leaked, not dropped: dropping would tear
-    /// down what the parent still uses.
+    /// socket call. The libOS is set aside, never dropped: dropping would
+    /// tear down what the parent still uses.
     pub fn forked_child(&mut self) {
-        if let Some(os) = self.os.take() {
-            std::mem::forget(os);
-        }
-        std::mem::forget(std::mem::take(&mut self.socks));
+        let os = self.os.take();
+        let socks = std::mem::take(&mut self.socks);
+        self.abandoned.push((os, socks));
         self.tokens.clear();
         self.sleepers.clear();
         for set in self.epolls.values_mut() {
