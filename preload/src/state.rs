@@ -15,6 +15,9 @@ use std::os::fd::RawFd;
 use std::sync::{LazyLock, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+/// Connections a listener takes from the libOS before the program asks.
+const ACCEPT_AHEAD: usize = 1;
+
 /// What a token in flight is for.
 #[derive(Clone, Copy, Debug)]
 pub enum Op {
@@ -310,7 +313,11 @@ impl State {
             return;
         }
         if s.phase == Phase::Listening {
-            if s.accept.is_none() && s.accept_err.is_none() && s.backlog.len() < s.backlog_max {
+            // One connection taken ahead at most: the rest wait in the
+            // libOS's queue, as in the kernel's, costing no descriptor (with
+            // catnap each taken connection holds one: taking many ahead
+            // starves a program near its descriptor limit).
+            if s.accept.is_none() && s.accept_err.is_none() && s.backlog.len() < ACCEPT_AHEAD.min(s.backlog_max) {
                 match os.accept(qd) {
                     Ok(qt) => {
                         s.accept = Some(qt);
