@@ -24,6 +24,7 @@ mod addr;
 mod ex_ctl;
 mod ex_epoll;
 mod ex_io;
+mod ex_mmsg;
 mod ex_opt;
 mod ex_poll;
 mod ex_sock;

@@ -525,6 +525,30 @@ static void test_udp(void)
     }
     CHECK(n == 2 && memcmp(buf, "th", 2) == 0, "one datagram per read (%zd)", n);
     CHECK(recv(b, buf, 2, MSG_DONTWAIT) == -1 && errno == EAGAIN, "then EAGAIN");
+    /* Batches: sendmmsg of three, recvmmsg takes them all. */
+    char m0[] = "m0", m1[] = "m11", m2[] = "m222", r0[8], r1[8], r2[8];
+    struct iovec siov[3] = {{m0, 2}, {m1, 3}, {m2, 4}}, riov[3] = {{r0, 8}, {r1, 8}, {r2, 8}};
+    struct mmsghdr sv[3], rv[3];
+    memset(sv, 0, sizeof sv);
+    memset(rv, 0, sizeof rv);
+    for (int i = 0; i < 3; i++) {
+        sv[i].msg_hdr.msg_name = &to;
+        sv[i].msg_hdr.msg_namelen = sizeof to;
+        sv[i].msg_hdr.msg_iov = &siov[i];
+        sv[i].msg_hdr.msg_iovlen = 1;
+        rv[i].msg_hdr.msg_iov = &riov[i];
+        rv[i].msg_hdr.msg_iovlen = 1;
+    }
+    CHECK(sendmmsg(a, sv, 3, 0) == 3 && sv[2].msg_len == 4, "sendmmsg sent 3");
+    int got = 0;
+    for (double t0 = now_ms(); got < 3 && now_ms() - t0 < 5000;) {
+        wait_for(b, POLLIN, 100);
+        int k = recvmmsg(b, rv + got, 3 - got, MSG_DONTWAIT, NULL);
+        CHECK(k > 0 || errno == EAGAIN, "recvmmsg");
+        if (k > 0) got += k;
+    }
+    CHECK(got == 3 && rv[0].msg_len + rv[1].msg_len + rv[2].msg_len == 9, "recvmmsg took 3 (%d)", got);
+    CHECK(memcmp(r0, "m0", 2) == 0 && memcmp(r1, "m11", 3) == 0 && memcmp(r2, "m222", 4) == 0, "in order");
     /* connect sets the default peer: send/recv without addresses. */
     struct sockaddr_in back = loopback(port_of(a));
     CHECK(connect(b, (struct sockaddr *)&back, sizeof back) == 0, "udp connect");
