@@ -202,6 +202,20 @@ fn send_core(fd: RawFd, parts: &[&[u8]], flags: c_int, to: Option<SocketAddrV4>)
                 return Some(Ok(0));
             }
         }
+        if !stream && !s.addressed {
+            if let Some(ip) = st.cfg.source {
+                // DEMI_PRELOAD_SOURCE: send from that address.
+                if let Err(e) = os.bind(qd, SocketAddrV4::new(ip, 0)) {
+                    return Some(Err(e.errno()));
+                }
+                let local = os.local_addr(qd).ok().flatten();
+                let s = st.sock(fd).ok()?;
+                s.local = local;
+                s.addressed = true;
+                st.feed(&os, qd, rcvbuf);
+            }
+        }
+        let s = st.sock(fd).ok()?;
         let target = if stream { None } else { to.or(s.peer) };
         if !stream {
             if target.is_none() {

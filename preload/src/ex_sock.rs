@@ -225,13 +225,16 @@ pub unsafe extern "C" fn connect(fd: c_int, a: *const sockaddr, len: socklen_t) 
         }
         let (nonblock, timeout, stream, unbound) = (s.nonblock, s.snd_timeout, s.is_stream(), s.local.is_none());
         s.so_error = 0;
-        if stream && unbound {
+        let source = st.cfg.source;
+        if unbound && (stream || source.is_some()) {
             // The engine reports a local address only after bind. Bind first
             // where that is what the kernel does anyway (catnap: its connect
             // binds), to the address its routing would pick, so getsockname
-            // tells the truth; elsewhere the address without the port.
-            let src = addr::route_source(*to.ip()).unwrap_or(Ipv4Addr::UNSPECIFIED);
-            let local = if os.name() == "catnap" {
+            // tells the truth; elsewhere the address without the port. With
+            // DEMI_PRELOAD_SOURCE, bind to that address on every libOS (on
+            // catmint it picks the RDMA device).
+            let src = source.or_else(|| addr::route_source(*to.ip())).unwrap_or(Ipv4Addr::UNSPECIFIED);
+            let local = if source.is_some() || os.name() == "catnap" {
                 os.bind(qd, SocketAddrV4::new(src, 0)).map_err(|e| e.errno())?;
                 os.local_addr(qd).ok().flatten()
             } else {

@@ -66,6 +66,9 @@ pub struct Cfg {
     pub rcvbuf: usize,
     pub spin: Duration,
     pub linger: Duration,
+    /// DEMI_PRELOAD_SOURCE: the address unbound sockets are bound to before
+    /// they connect or send (the RDMA device a client uses, on catmint).
+    pub source: Option<std::net::Ipv4Addr>,
 }
 
 pub struct State {
@@ -88,7 +91,9 @@ static STATE: LazyLock<Mutex<State>> = LazyLock::new(|| {
     Mutex::new(State {
         os: None,
         init_err: None,
-        cfg: Cfg { sndbuf: 1 << 20, rcvbuf: 1 << 20, spin: Duration::from_micros(50), linger: Duration::from_secs(10) },
+        cfg: Cfg { sndbuf: 1 << 20, rcvbuf: 1 << 20, spin: Duration::from_micros(50), linger: Duration::from_secs(10),
+            source: None,
+        },
         socks: HashMap::new(),
         fds: HashMap::new(),
         tokens: HashMap::new(),
@@ -140,6 +145,13 @@ impl State {
                 self.cfg.sndbuf = env_size("DEMI_PRELOAD_SNDBUF", 1 << 20).max(1);
                 self.cfg.rcvbuf = env_size("DEMI_PRELOAD_RCVBUF", 1 << 20).max(1);
                 self.cfg.spin = demi::config::spin_time().unwrap_or(Duration::from_micros(50));
+                self.cfg.source = match std::env::var("DEMI_PRELOAD_SOURCE") {
+                    Ok(v) if !v.trim().is_empty() => v.trim().parse().ok().or_else(|| {
+                        eprintln!("demi preload: DEMI_PRELOAD_SOURCE={v:?} is not an IPv4 address; ignored");
+                        None
+                    }),
+                    _ => None,
+                };
                 log::info!(
                     "demi preload: AF_INET stream and datagram sockets go to {name} (pid {})",
                     std::process::id()

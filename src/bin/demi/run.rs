@@ -28,6 +28,10 @@ pub struct RunArgs {
     /// Append one line of counters (sockets, bytes carried) to FILE at exit (DEMI_PRELOAD_STATS)
     #[arg(long, value_name = "FILE")]
     pub stats: Option<PathBuf>,
+    /// Bind the program's unbound sockets to this address before they connect or send
+    /// (DEMI_PRELOAD_SOURCE; on catmint it picks the RDMA device a client uses)
+    #[arg(long, value_name = "ADDR")]
+    pub source: Option<Ipv4Addr>,
     /// Bound on a socket's unsent bytes: writable below it (DEMI_PRELOAD_SNDBUF)
     #[arg(long, value_name = "BYTES")]
     pub sndbuf: Option<u64>,
@@ -111,7 +115,8 @@ pub fn run(a: &RunArgs) -> Res<()> {
     let (prog, args) = a.cmd.split_first().ok_or_else(|| Fail::new("no command to run"))?;
     let mut cmd = std::process::Command::new(prog);
     cmd.args(args).env("LD_PRELOAD", preload).env("LIBOS", name);
-    let vars: [(&str, Option<String>); 13] = [
+    let vars: [(&str, Option<String>); 14] = [
+        ("DEMI_PRELOAD_SOURCE", a.source.map(|v| v.to_string())),
         ("DEMI_PRELOAD_LOG", a.log.clone()),
         ("DEMI_PRELOAD_STATS", a.stats.as_ref().map(|p| p.display().to_string())),
         ("DEMI_PRELOAD_SNDBUF", a.sndbuf.map(|v| v.to_string())),
