@@ -288,10 +288,14 @@ pub unsafe extern "C" fn shutdown(fd: c_int, how: c_int) -> c_int {
 
 #[no_mangle]
 pub unsafe extern "C" fn close(fd: c_int) -> c_int {
-    if fdtab::is_epoll(fd) {
+    if fdtab::is_epoll(fd) && !inside() {
         let _in = crate::guard::Inside::enter();
         let mut st = lock();
         st.epolls.remove(&fd);
+        if let Some(bell) = st.doorbells.remove(&fd) {
+            // SAFETY: closes the doorbell eventfd this library made.
+            unsafe { real::close(bell) };
+        }
         fdtab::clear(fd);
     } else if fdtab::is_sock(fd) {
         let r = boundary("close", || {

@@ -14,6 +14,9 @@ pub const FD_LIMIT: usize = 1 << 20;
 pub const SOCK: u8 = 1;
 /// The number names an epoll instance created while this library was loaded.
 pub const EPOLL: u8 = 2;
+/// The epoll instance has demi sockets registered (and a doorbell, see
+/// ex_epoll.rs): its waits take the library's path.
+pub const DOORBELL: u8 = 4;
 
 static FLAGS: [AtomicU8; FD_LIMIT] = [const { AtomicU8::new(0) }; FD_LIMIT];
 
@@ -30,6 +33,11 @@ pub fn is_sock(fd: i32) -> bool {
 /// True if `fd` is an epoll instance this library has seen created.
 pub fn is_epoll(fd: i32) -> bool {
     slot(fd).is_some_and(|s| s.load(Ordering::Acquire) & EPOLL != 0)
+}
+
+/// True if `fd` is an epoll instance with demi sockets in it.
+pub fn has_doorbell(fd: i32) -> bool {
+    slot(fd).is_some_and(|s| s.load(Ordering::Acquire) & DOORBELL != 0)
 }
 
 /// Marks `fd` as `what` (replacing any earlier mark).

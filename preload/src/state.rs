@@ -79,6 +79,8 @@ pub struct State {
     pub fds: HashMap<RawFd, Entry>,
     pub tokens: HashMap<QToken, (QDesc, Op)>,
     pub epolls: HashMap<RawFd, HashMap<RawFd, Reg>>,
+    /// Each epoll instance's doorbell eventfd (ex_epoll.rs).
+    pub doorbells: HashMap<RawFd, RawFd>,
     /// Eventfds of threads sleeping in this library (woken on any event).
     pub sleepers: Vec<RawFd>,
     pub stats: Stats,
@@ -91,13 +93,18 @@ static STATE: LazyLock<Mutex<State>> = LazyLock::new(|| {
     Mutex::new(State {
         os: None,
         init_err: None,
-        cfg: Cfg { sndbuf: 1 << 20, rcvbuf: 1 << 20, spin: Duration::from_micros(50), linger: Duration::from_secs(10),
+        cfg: Cfg {
+            sndbuf: 1 << 20,
+            rcvbuf: 1 << 20,
+            spin: Duration::from_micros(50),
+            linger: Duration::from_secs(10),
             source: None,
         },
         socks: HashMap::new(),
         fds: HashMap::new(),
         tokens: HashMap::new(),
         epolls: HashMap::new(),
+        doorbells: HashMap::new(),
         sleepers: Vec::new(),
         stats: Stats::default(),
         abandoned: Vec::new(),

@@ -303,6 +303,50 @@ static void test_epoll_mixed(int s, int c)
     close(efd);
 }
 
+struct waiter {
+    int ep, n;
+    uint64_t data;
+    double took;
+};
+
+static void *epoll_waiter(void *arg)
+{
+    struct waiter *w = arg;
+    struct epoll_event ev;
+    double t0 = now_ms();
+    w->n = epoll_wait(w->ep, &ev, 1, 5000);
+    w->took = now_ms() - t0;
+    w->data = w->n == 1 ? ev.data.u64 : 0;
+    return NULL;
+}
+
+/* A thread asleep in epoll_wait on a set of kernel descriptors wakes for a
+ * socket another thread adds (with data already waiting). */
+static void test_epoll_add_while_waiting(int s, int c)
+{
+    int pipefd[2];
+    CHECK(pipe(pipefd) == 0, "pipe");
+    struct waiter w = {.ep = epoll_create1(0)};
+    CHECK(w.ep >= 0, "epoll_create1");
+    struct epoll_event ev = {.events = EPOLLIN};
+    ev.data.u64 = 201;
+    CHECK(epoll_ctl(w.ep, EPOLL_CTL_ADD, pipefd[0], &ev) == 0, "add pipe");
+    pthread_t t;
+    CHECK(pthread_create(&t, NULL, epoll_waiter, &w) == 0, "thread");
+    usleep(200 * 1000);
+    write_all(c, "w", 1);
+    ev.data.u64 = 202;
+    CHECK(epoll_ctl(w.ep, EPOLL_CTL_ADD, s, &ev) == 0, "add the socket while the other thread waits");
+    CHECK(pthread_join(t, NULL) == 0, "join");
+    CHECK(w.n == 1 && w.data == 202, "the waiter saw the socket (n=%d data=%llu)", w.n, (unsigned long long)w.data);
+    CHECK(w.took < 3000, "promptly (%.0f ms)", w.took);
+    char ch;
+    CHECK(read(s, &ch, 1) == 1 && ch == 'w', "byte");
+    close(w.ep);
+    close(pipefd[0]);
+    close(pipefd[1]);
+}
+
 static void test_select(int s, int c)
 {
     int pipefd[2];
@@ -571,6 +615,7 @@ int main(void)
     test_nonblocking(s);
     test_nonblocking_connect(lfd);
     test_epoll_mixed(s, c);
+    test_epoll_add_while_waiting(s, c);
     test_select(s, c);
     close(s);
     close(c);
