@@ -109,7 +109,8 @@ clean:
 # libdemi_preload.so and `demi run` on the host (catnap): tests/c/preload_edges.c
 # on the kernel and under the preload, then unmodified redis-server/cli/benchmark,
 # memcached with libmemcached's tools, and sockperf (select, poll, epoll; TCP
-# and UDP), each under `demi run` (preload/tests/; about a minute).
+# and UDP), each under `demi run`; sockperf UDP over catnip/memif between two
+# preloaded processes (root) (preload/tests/; about a minute and a half).
 test-preload: build
 	@scripts/install-deps $(DEPS_PRELOAD)
 	$(CARGO) test --release -p demi-preload -- --test-threads=1

@@ -64,11 +64,17 @@ pub fn temp_file(name: &str) -> PathBuf {
 
 /// `demi run --libos LIBOS --stats STATS -- prog args...`, ready to spawn.
 pub fn demi_run(libos: &str, stats: &Path, prog: &Path, args: &[&str]) -> Command {
+    demi_run_with(libos, stats, &[], prog, args)
+}
+
+/// As [`demi_run`], with more `demi run` options before the `--`.
+pub fn demi_run_with(libos: &str, stats: &Path, opts: &[&str], prog: &Path, args: &[&str]) -> Command {
     let mut c = Command::new(demi());
     c.args(["run", "--libos", libos, "--preload"])
         .arg(lib())
         .arg("--stats")
         .arg(stats)
+        .args(opts)
         .arg("--")
         .arg(prog)
         .args(args)
