@@ -19,7 +19,7 @@ use crate::fdtab;
 use crate::guard::{boundary, inside, Ret};
 use crate::real;
 use crate::state::{lock, Entry, Reg};
-use crate::wait::sleep;
+use crate::wait::{sleep, Pacer, Step};
 use libc::{c_int, epoll_event};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
@@ -218,12 +218,12 @@ fn wait_core(
         return Err(libc::EFAULT);
     }
     let max = max as usize;
-    let deadline = (timeout >= 0).then(|| Instant::now() + Duration::from_millis(timeout as u64));
     let always = (libc::EPOLLERR | libc::EPOLLHUP) as u32;
     let mut kernel = [libc::pollfd { fd: ep, events: libc::POLLIN, revents: 0 }];
     let mut kernel_hint = false;
-    let mut spin_until = None;
     let mut st = lock();
+    let mut pacer = Pacer::new((timeout >= 0).then(|| Duration::from_millis(timeout as u64)), st.cfg.spin);
+    let mut expired = false;
     loop {
         st.progress();
         let sndbuf = st.cfg.sndbuf;
@@ -255,8 +255,6 @@ fn wait_core(
             // but so is the readiness, which the program drains anyway.
             ready.truncate(max);
         }
-        let now = Instant::now();
-        let expired = deadline.is_some_and(|d| now >= d);
         if !ready.is_empty() || kernel_hint || expired {
             drop(st);
             let n = ready.len();
@@ -281,14 +279,19 @@ fn wait_core(
             }
             return Ok((n + k) as c_int);
         }
-        let until = *spin_until.get_or_insert(now + st.cfg.spin);
-        if now < until {
-            drop(st);
-            std::thread::yield_now();
-            st = lock();
-            continue;
-        }
-        let left = deadline.map(|d| d.saturating_duration_since(now));
+        let left = match pacer.step() {
+            Step::Expired => {
+                expired = true;
+                continue;
+            }
+            Step::Spin => {
+                drop(st);
+                std::thread::yield_now();
+                st = lock();
+                continue;
+            }
+            Step::Sleep(left) => left,
+        };
         let (g, k) = sleep(st, &mut kernel, left, mask)?;
         st = g;
         kernel_hint = k > 0;

@@ -5,7 +5,6 @@
 //! libOS memory and push, up to the socket's bound on unsent bytes.
 
 use crate::addr;
-use crate::ex_sock::deadline;
 use crate::fdtab;
 use crate::guard::{boundary, Ret};
 use crate::real;
@@ -85,7 +84,7 @@ fn recv_core(fd: RawFd, parts: &mut [&mut [u8]], flags: c_int) -> Ret<Got> {
     let want: usize = parts.iter().map(|p| p.len()).sum();
     let timeout = lock().sock(fd)?.rcv_timeout;
     let mut got = 0;
-    let r = block(deadline(timeout), |st: &mut State| {
+    let r = block(timeout, |st: &mut State| {
         let rcvbuf = st.cfg.rcvbuf;
         let os = match st.libos() {
             Ok(os) => os,
@@ -169,7 +168,7 @@ fn send_core(fd: RawFd, parts: &[&[u8]], flags: c_int, to: Option<SocketAddrV4>)
     let total: usize = parts.iter().map(|p| p.len()).sum();
     let timeout = lock().sock(fd)?.snd_timeout;
     let mut sent = 0;
-    let r = block(deadline(timeout), |st: &mut State| {
+    let r = block(timeout, |st: &mut State| {
         let (sndbuf, rcvbuf) = (st.cfg.sndbuf, st.cfg.rcvbuf);
         let os = match st.libos() {
             Ok(os) => os,

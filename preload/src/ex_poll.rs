@@ -5,9 +5,9 @@ use crate::fdtab;
 use crate::guard::{boundary, inside, Ret};
 use crate::real;
 use crate::state::{lock, started};
-use crate::wait::sleep;
+use crate::wait::{sleep, Pacer, Step};
 use libc::{c_int, nfds_t, pollfd};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 fn any_demi(fds: &[pollfd]) -> bool {
     fds.iter().any(|p| fdtab::is_sock(p.fd))
@@ -16,14 +16,14 @@ fn any_demi(fds: &[pollfd]) -> bool {
 /// The heart of poll: fills `revents` of every entry and returns how many
 /// are ready, waiting up to `timeout` (None: forever).
 pub fn poll_core(fds: &mut [pollfd], timeout: Option<Duration>, mask: Option<*const libc::sigset_t>) -> Ret<c_int> {
-    let deadline = timeout.map(|t| Instant::now() + t);
     let demi: Vec<usize> = (0..fds.len()).filter(|&i| fdtab::is_sock(fds[i].fd)).collect();
     let kidx: Vec<usize> = (0..fds.len()).filter(|&i| !fdtab::is_sock(fds[i].fd)).collect();
     let mut kernel: Vec<pollfd> = kidx.iter().map(|&i| pollfd { revents: 0, ..fds[i] }).collect();
     let always = (libc::POLLERR | libc::POLLHUP) as u32;
     let mut kernel_hint = false;
-    let mut spin_until = None;
     let mut st = lock();
+    let mut pacer = Pacer::new(timeout, st.cfg.spin);
+    let mut expired = false;
     loop {
         st.progress();
         let sndbuf = st.cfg.sndbuf;
@@ -38,8 +38,6 @@ pub fn poll_core(fds: &mut [pollfd], timeout: Option<Duration>, mask: Option<*co
                 n += 1;
             }
         }
-        let now = Instant::now();
-        let expired = deadline.is_some_and(|d| now >= d);
         if n > 0 || kernel_hint || expired {
             drop(st);
             if !kernel.is_empty() {
@@ -57,14 +55,19 @@ pub fn poll_core(fds: &mut [pollfd], timeout: Option<Duration>, mask: Option<*co
             }
             return Ok(n);
         }
-        let until = *spin_until.get_or_insert(now + st.cfg.spin);
-        if now < until {
-            drop(st);
-            std::thread::yield_now();
-            st = lock();
-            continue;
-        }
-        let left = deadline.map(|d| d.saturating_duration_since(now));
+        let left = match pacer.step() {
+            Step::Expired => {
+                expired = true;
+                continue;
+            }
+            Step::Spin => {
+                drop(st);
+                std::thread::yield_now();
+                st = lock();
+                continue;
+            }
+            Step::Sleep(left) => left,
+        };
         let (g, k) = sleep(st, &mut kernel, left, mask)?;
         st = g;
         kernel_hint = k > 0;

@@ -12,7 +12,6 @@ use demi::SockType;
 use libc::{c_int, c_void, sockaddr, socklen_t};
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::os::fd::RawFd;
-use std::time::{Duration, Instant};
 
 /// Reserves a descriptor number with the kernel for a demi socket: an
 /// unbound AF_UNIX datagram socket (fstat says "socket", as programs
@@ -29,11 +28,6 @@ pub fn reserve() -> Ret<RawFd> {
         return Err(libc::EMFILE);
     }
     Ok(fd)
-}
-
-/// A deadline `t` from now, if any.
-pub fn deadline(t: Option<Duration>) -> Option<Instant> {
-    t.map(|t| Instant::now() + t)
 }
 
 #[no_mangle]
@@ -126,7 +120,7 @@ fn accept_common(fd: RawFd, a: *mut sockaddr, len: *mut socklen_t, flags: c_int)
         return Err(libc::EINVAL);
     }
     let timeout = lock().sock(fd)?.rcv_timeout;
-    let got = block(deadline(timeout), |st: &mut State| {
+    let got = block(timeout, |st: &mut State| {
         let rcvbuf = st.cfg.rcvbuf;
         let os = match st.libos() {
             Ok(os) => os,
@@ -258,7 +252,7 @@ pub unsafe extern "C" fn connect(fd: c_int, a: *const sockaddr, len: socklen_t) 
             return Err(libc::EINPROGRESS);
         }
         drop(st);
-        block(deadline(timeout), |st| connect_outcome(st, fd))?.ok_or(libc::EINPROGRESS)
+        block(timeout, |st| connect_outcome(st, fd))?.ok_or(libc::EINPROGRESS)
     })
 }
 

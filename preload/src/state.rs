@@ -83,6 +83,8 @@ pub struct State {
     pub doorbells: HashMap<RawFd, RawFd>,
     /// Eventfds of threads sleeping in this library (woken on any event).
     pub sleepers: Vec<RawFd>,
+    /// Sockets closed by the program whose unsent bytes are still going out.
+    lingering: Vec<QDesc>,
     pub stats: Stats,
     /// What a forked child inherited from its parent and must not touch:
     /// kept (reachable, never dropped) rather than leaked.
@@ -106,6 +108,7 @@ static STATE: LazyLock<Mutex<State>> = LazyLock::new(|| {
         epolls: HashMap::new(),
         doorbells: HashMap::new(),
         sleepers: Vec::new(),
+        lingering: Vec::new(),
         stats: Stats::default(),
         abandoned: Vec::new(),
     })
@@ -394,6 +397,7 @@ impl State {
         let backlog: Vec<QDesc> = s.backlog.drain(..).collect();
         if s.is_stream() && s.unsent > 0 && s.err.is_none() {
             s.linger_until = Some(Instant::now() + linger);
+            self.lingering.push(qd);
         } else {
             self.socks.remove(&qd);
             if let Err(e) = os.close(qd) {
@@ -406,17 +410,21 @@ impl State {
     }
 
     fn reap_lingering(&mut self, os: &LibOs) {
-        let now = Instant::now();
-        let done: Vec<QDesc> = self
-            .socks
-            .values()
-            .filter(|s| s.linger_until.is_some_and(|t| s.unsent == 0 || s.err.is_some() || now >= t))
-            .map(|s| s.qd)
-            .collect();
-        for qd in done {
-            self.socks.remove(&qd);
-            let _ = os.close(qd);
+        if self.lingering.is_empty() {
+            return;
         }
+        let now = Instant::now();
+        let socks = &mut self.socks;
+        self.lingering.retain(|qd| {
+            let done = match socks.get(qd) {
+                Some(s) => s.unsent == 0 || s.err.is_some() || s.linger_until.is_some_and(|t| now >= t),
+                None => true,
+            };
+            if done && socks.remove(qd).is_some() {
+                let _ = os.close(*qd);
+            }
+            !done
+        });
     }
 
     /// In the child of a fork: the parent's libOS and connections are not
@@ -430,6 +438,7 @@ impl State {
         self.abandoned.push((os, socks));
         self.tokens.clear();
         self.sleepers.clear();
+        self.lingering.clear();
         for set in self.epolls.values_mut() {
             set.clear();
         }

@@ -155,28 +155,80 @@ pub fn sleep(
     Ok((st, ready))
 }
 
+/// Spin rounds between clock reads (reading the clock can be a system call,
+/// and a slow one: an emulated clock in VMs).
+const CLOCK_EVERY: u32 = 8;
+
+/// What a waiter does after a check that found nothing.
+pub enum Step {
+    /// Poll again (within the spin time).
+    Spin,
+    /// Sleep, at most this long (None: no deadline).
+    Sleep(Option<Duration>),
+    /// The timeout has passed.
+    Expired,
+}
+
+/// Paces a wait: spin for the spin time, then sleep, until the timeout;
+/// reads the clock as little as it can: never when the first check succeeds
+/// or the timeout is zero, then once every few spin rounds. The timeout runs
+/// from the first check that found nothing.
+pub struct Pacer {
+    timeout: Option<Duration>,
+    spin: Duration,
+    deadline: Option<Instant>,
+    spin_until: Option<Instant>,
+    spun: bool,
+    rounds: u32,
+}
+
+impl Pacer {
+    pub fn new(timeout: Option<Duration>, spin: Duration) -> Pacer {
+        Pacer { timeout, spin, deadline: None, spin_until: None, spun: false, rounds: 0 }
+    }
+
+    pub fn step(&mut self) -> Step {
+        if self.timeout == Some(Duration::ZERO) {
+            return Step::Expired;
+        }
+        self.rounds = self.rounds.wrapping_add(1);
+        if self.spin_until.is_some() && !self.spun && self.rounds % CLOCK_EVERY != 0 {
+            return Step::Spin;
+        }
+        let now = Instant::now();
+        let until = *self.spin_until.get_or_insert_with(|| {
+            self.deadline = self.timeout.map(|t| now + t);
+            now + self.spin
+        });
+        if self.deadline.is_some_and(|d| now >= d) {
+            return Step::Expired;
+        }
+        if now < until {
+            return Step::Spin;
+        }
+        self.spun = true;
+        Step::Sleep(self.deadline.map(|d| d.saturating_duration_since(now)))
+    }
+}
+
 /// Blocks until `check` (run with the state locked, after polling the
-/// libOS) gives an answer, or until `deadline` (then `Ok(None)`).
-pub fn block<R>(deadline: Option<Instant>, mut check: impl FnMut(&mut State) -> Option<Ret<R>>) -> Ret<Option<R>> {
-    let mut spin_until = None;
+/// libOS) gives an answer, or until `timeout` passes (then `Ok(None)`).
+pub fn block<R>(timeout: Option<Duration>, mut check: impl FnMut(&mut State) -> Option<Ret<R>>) -> Ret<Option<R>> {
     let mut st = lock();
+    let mut pacer = Pacer::new(timeout, st.cfg.spin);
     loop {
         st.progress();
         if let Some(r) = check(&mut st) {
             return r.map(Some);
         }
-        let now = Instant::now();
-        if deadline.is_some_and(|d| now >= d) {
-            return Ok(None);
+        match pacer.step() {
+            Step::Expired => return Ok(None),
+            Step::Spin => {
+                drop(st);
+                std::thread::yield_now();
+                st = lock();
+            }
+            Step::Sleep(left) => st = sleep(st, &mut [], left, None)?.0,
         }
-        let until = *spin_until.get_or_insert(now + st.cfg.spin);
-        if now < until {
-            drop(st);
-            std::thread::yield_now();
-            st = lock();
-            continue;
-        }
-        let left = deadline.map(|d| d.saturating_duration_since(now));
-        st = sleep(st, &mut [], left, None)?.0;
     }
 }
