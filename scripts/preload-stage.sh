@@ -142,9 +142,28 @@ preload_sockperf() {
     fi
 }
 
+# The kernel's TCP over the same veth, same boot: context for the figures
+# above (TCG's timings swing with the host's load; compare within a run).
+preload_kernel_baseline() {
+    local port=7320 feed=$LOGS/pre-feed-k slog=$LOGS/pre-sps-k clog=$LOGS/pre-spc-k
+    printf 'T:%s:%s\n' "$A0" "$port" >"$feed"
+    pre_start "kernel sockperf server" "$slog" 'IP = ' 300 sockperf sr -f "$feed" -F e || return
+    sleep 1
+    timeout -k 5 120 sockperf pp -f "$feed" -F e -t 2 -m 64 --client_ip "$A1" >"$clog" 2>&1
+    local rc=$?
+    kill -INT "$SERVER_PID" 2>/dev/null
+    reap_server
+    if ((rc == 0)) && grep -q 'Summary: Latency is' "$clog"; then
+        pass "baseline: kernel TCP sockperf ping-pong -F e from $A1 to $A0 ($(grep -o 'Latency is [0-9.]* usec' "$clog"); p50 $(grep -o 'percentile 50.000 = *[0-9.]*' "$clog" | awk '{print $NF}') us)"
+    else
+        fail "baseline: kernel TCP sockperf ping-pong from $A1 to $A0" "exit $rc" "$(show "$clog")"
+    fi
+}
+
 preload_redis
 preload_memcached
 preload_sockperf T s 7311
 preload_sockperf T p 7312
 preload_sockperf T e 7313
 preload_sockperf U e 7314
+preload_kernel_baseline
