@@ -120,6 +120,22 @@ pub fn lock() -> MutexGuard<'static, State> {
     STATE.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// The state, if it can be locked within `limit` (at exit: never wait on a
+/// lock held by a thread that will not give it back).
+pub fn lock_within(limit: Duration) -> Option<MutexGuard<'static, State>> {
+    let start = Instant::now();
+    loop {
+        match STATE.try_lock() {
+            Ok(g) => return Some(g),
+            Err(std::sync::TryLockError::Poisoned(e)) => return Some(e.into_inner()),
+            Err(std::sync::TryLockError::WouldBlock) if start.elapsed() < limit => {
+                std::thread::sleep(Duration::from_millis(1))
+            }
+            Err(std::sync::TryLockError::WouldBlock) => return None,
+        }
+    }
+}
+
 /// True once the libOS has been started in this process (poll and epoll
 /// then take the demi path).
 pub fn started() -> bool {

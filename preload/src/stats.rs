@@ -7,7 +7,10 @@ use std::io::Write;
 extern "C" fn write_stats() {
     let _in = crate::guard::Inside::enter();
     let Ok(path) = std::env::var("DEMI_PRELOAD_STATS") else { return };
-    let st = crate::state::lock();
+    let Some(st) = crate::state::lock_within(std::time::Duration::from_millis(200)) else {
+        log::warn!("demi preload: no stats line: the state stayed locked at exit");
+        return;
+    };
     let s = &st.stats;
     let line = format!(
         "pid={} libos={} sockets={} accepted={} connected={} bytes_in={} bytes_out={} listening={}\n",
