@@ -44,7 +44,7 @@ preload_redis() {
     PORT=7301
     local slog=$LOGS/pre-redis stats=$LOGS/pre-redis.stats name="preload: redis-server over catmint on $A0"
     pre_start "$name" "$slog" 'Ready to accept' 900 "${PRE_RUN[@]}" --stats "$stats" -- \
-        redis-server --port "$PORT" --bind "$A0" --save '' --appendonly no --protected-mode no || return
+        redis-server --port "$PORT" --bind "$A0" --save '' --appendonly no --protected-mode no --dir "$LOGS" || return
     if no_kernel_listener "$PORT"; then
         pass "$name: ss -ltn shows no kernel listener on port $PORT"
     else
@@ -58,10 +58,19 @@ preload_redis() {
     [[ $(pre_cli incr n) == 2 ]] || why+="INCR; "
     [[ $(pre_cli lpush l a b c) == 3 ]] || why+="LPUSH; "
     [[ $(pre_cli lrange l 0 -1 | tr '\n' ' ') == "c b a " ]] || why+="LRANGE; "
+    # BGSAVE forks; the parent's RDMA connections and listener must survive.
+    [[ $(pre_cli bgsave) == "Background saving started" ]] || why+="BGSAVE; "
+    local i
+    for ((i = 0; i < 100; i++)); do
+        pre_cli info persistence | grep -q 'rdb_bgsave_in_progress:0' && break
+        sleep 0.2
+    done
+    pre_cli info persistence | grep -q 'rdb_last_bgsave_status:ok' || why+="BGSAVE status; "
+    [[ $(pre_cli get greeting) == "hello rdma" ]] || why+="GET after the fork; "
     local moved=$(($(tx veth1) - before))
     ((moved >= 10)) || why+="veth1 sent only $moved packets; "
     if [[ -z $why ]]; then
-        pass "preload: redis-cli from $A1: SET/GET/INCR/LPUSH/LRANGE values (veth1 tx +$moved)"
+        pass "preload: redis-cli from $A1: SET/GET/INCR/LPUSH/LRANGE values, BGSAVE (a fork) (veth1 tx +$moved)"
     else
         fail "preload: redis-cli from $A1: SET/GET/INCR/LPUSH/LRANGE values" "$why" "$(show "$LOGS/pre-cli.err")"
     fi

@@ -19,7 +19,23 @@ fn start_redis(name: &str, shell_prefix: Option<&str>) -> Redis {
     let port = free_port();
     let stats = temp_file(&format!("{name}.stats"));
     let ports = port.to_string();
-    let args = ["--port", &ports, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--daemonize", "no"];
+    let dir = temp_file(&format!("{name}.dir"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let dirs = dir.display().to_string();
+    let args = [
+        "--port",
+        &ports,
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--daemonize",
+        "no",
+        "--dir",
+        &dirs,
+    ];
     let cmd = demi_run("catnap", &stats, &need("redis-server"), &args);
     let cmd = match shell_prefix {
         // e.g. "ulimit -n 64": the limit, then exec the same command line.
@@ -93,6 +109,20 @@ fn redis_values_and_benchmark() {
     let n = k.read(&mut buf).unwrap();
     assert_eq!(&buf[..n], b"$10\r\nhello demi\r\n");
     drop(k);
+
+    // BGSAVE: redis forks a child that writes the data set; the parent's
+    // demi sockets must carry on unharmed.
+    assert_eq!(r.cli(&["bgsave"]), "Background saving started");
+    let start = Instant::now();
+    loop {
+        let info = r.cli(&["info", "persistence"]);
+        if info.contains("rdb_bgsave_in_progress:0") && info.contains("rdb_last_bgsave_status:ok") {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(20), "BGSAVE did not finish:\n{info}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(r.cli(&["get", "greeting"]), "hello demi", "served after the fork");
 
     for clients in ["1", "16"] {
         let out = r.benchmark(clients);
