@@ -154,13 +154,14 @@ fn recv_core(fd: RawFd, parts: &mut [&mut [u8]], flags: c_int) -> Ret<Got> {
     Ok(g)
 }
 
-/// A broken stream: EPIPE, with SIGPIPE unless MSG_NOSIGNAL (as the kernel).
-fn epipe(flags: c_int) -> i32 {
-    if flags & libc::MSG_NOSIGNAL == 0 {
+/// The signal a broken stream's EPIPE comes with, unless MSG_NOSIGNAL (as
+/// the kernel). Raised after the state's lock is released: the program's
+/// handler may call into the library.
+fn sigpipe(r: &Ret<usize>, flags: c_int) {
+    if matches!(r, Err(libc::EPIPE)) && flags & libc::MSG_NOSIGNAL == 0 {
         // SAFETY: plain system call: the signal the kernel would send.
         unsafe { libc::raise(libc::SIGPIPE) };
     }
-    libc::EPIPE
 }
 
 fn send_core(fd: RawFd, parts: &[&[u8]], flags: c_int, to: Option<SocketAddrV4>) -> Ret<usize> {
@@ -188,14 +189,14 @@ fn send_core(fd: RawFd, parts: &[&[u8]], flags: c_int, to: Option<SocketAddrV4>)
                     s.err_reported = true;
                     return Some(Err(e));
                 }
-                return Some(Err(epipe(flags)));
+                return Some(Err(libc::EPIPE));
             }
             match s.phase {
-                Phase::Connected if s.shut_wr => return Some(Err(epipe(flags))),
+                Phase::Connected if s.shut_wr => return Some(Err(libc::EPIPE)),
                 Phase::Connected => {}
                 Phase::Connecting if nonblock => return Some(Err(libc::EAGAIN)),
                 Phase::Connecting => return None,
-                _ => return Some(Err(epipe(flags))),
+                _ => return Some(Err(libc::EPIPE)),
             }
             if total == 0 {
                 return Some(Ok(0));
@@ -267,12 +268,15 @@ fn send_core(fd: RawFd, parts: &[&[u8]], flags: c_int, to: Option<SocketAddrV4>)
                 return Some(Ok(sent));
             }
         }
-    })?;
-    match r {
-        Some(n) => Ok(n),
-        None if sent > 0 => Ok(sent),
-        None => Err(libc::EAGAIN),
-    }
+    });
+    let r = match r {
+        Err(e) => Err(e),
+        Ok(Some(n)) => Ok(n),
+        Ok(None) if sent > 0 => Ok(sent),
+        Ok(None) => Err(libc::EAGAIN),
+    };
+    sigpipe(&r, flags);
+    r
 }
 
 fn is_stream(fd: RawFd) -> Ret<bool> {

@@ -318,6 +318,14 @@ static void test_fork(int lfd)
     close(c);
 }
 
+static volatile sig_atomic_t sigpipes;
+
+static void count_sigpipe(int sig)
+{
+    (void)sig;
+    sigpipes++;
+}
+
 static void test_reset(int lfd)
 {
     int c, s = pair(lfd, &c);
@@ -334,9 +342,13 @@ static void test_reset(int lfd)
     errno = 0;
     ssize_t n = read(s, buf, sizeof buf);
     CHECK(n == -1 && errno == ECONNRESET, "read after a reset: got %zd", n);
-    signal(SIGPIPE, SIG_IGN);
+    signal(SIGPIPE, count_sigpipe);
     n = send(s, "x", 1, MSG_NOSIGNAL);
     CHECK(n == -1 && (errno == EPIPE || errno == ECONNRESET), "send after a reset: got %zd", n);
+    CHECK(sigpipes == 0, "no SIGPIPE with MSG_NOSIGNAL");
+    n = write(s, "x", 1);
+    CHECK(n == -1 && errno == EPIPE && sigpipes == 1, "write: EPIPE and one SIGPIPE (got %zd, %d)", n, (int)sigpipes);
+    signal(SIGPIPE, SIG_IGN);
     close(s);
 }
 
