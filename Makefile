@@ -14,15 +14,17 @@ DEPS_TEST := valgrind
 # The man pages: pandoc writes them from man/*.md; man-db (with groff) reads
 # them, and tests/man_pages.rs checks that they render.
 DEPS_DOCS := pandoc man-db
+# The preload's tests: unmodified servers and their clients (make test-preload).
+DEPS_PRELOAD := redis-server redis-tools memcached libmemcached-tools sockperf
 VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
 
-.PHONY: test-catnip bench-catnip bench-engine test-rdma bench-rdma bench-cost
+.PHONY: test-preload test-catnip bench-catnip bench-engine test-rdma bench-rdma bench-cost
 .PHONY: all deps build test test-rust test-c demo examples install install-files install-man bench clean fmt lint man
 
 all: build examples
 
 deps:
-	@scripts/install-deps $(DEPS_CORE) $(DEPS_CATMINT) $(DEPS_CATNIP) $(DEPS_TEST) $(DEPS_DOCS)
+	@scripts/install-deps $(DEPS_CORE) $(DEPS_CATMINT) $(DEPS_CATNIP) $(DEPS_TEST) $(DEPS_DOCS) $(DEPS_PRELOAD)
 	@command -v cargo >/dev/null || { echo "cargo is missing: install Rust with rustup (https://rustup.rs)"; exit 1; }
 
 build: deps
@@ -37,6 +39,7 @@ examples: build
 
 test: build examples test-catnip
 	$(CARGO) test --release -p demi -p catmint -p demi-cli -- --test-threads=2
+	$(MAKE) test-preload
 	$(MAKE) test-rxe
 	$(MAKE) test-rdma
 	$(MAKE) fuzz-smoke FUZZ_SMOKE_SECS=5
@@ -72,6 +75,8 @@ install-files: man install-man
 	install -m 0644 target/release/libdemi.a $(DESTDIR)$(PREFIX)/lib/
 	install -m 0755 target/release/libdemi.so $(DESTDIR)$(PREFIX)/lib/
 	install -m 0644 include/demi/*.h $(DESTDIR)$(PREFIX)/include/demi/
+	if [ -f target/release/libdemi_preload.so ]; then \
+	  install -m 0755 target/release/libdemi_preload.so $(DESTDIR)$(PREFIX)/lib/; fi
 	sed -e 's|@PREFIX@|$(PREFIX)|g' -e 's|@VERSION@|$(VERSION)|' \
 	    -e 's|@LIBS_PRIVATE@|$(LIBS_PRIVATE)|' demi.pc.in > $(DESTDIR)$(PREFIX)/lib/pkgconfig/demi.pc
 
@@ -139,6 +144,15 @@ header: header-tools
 clean:
 	$(CARGO) clean
 	rm -rf $(BUILD)
+
+# libdemi_preload.so and `demi run` on the host (catnap): tests/c/preload_edges.c
+# on the kernel and under the preload, then unmodified redis-server/cli/benchmark,
+# memcached with libmemcached's tools, and sockperf (select, poll, epoll; TCP
+# and UDP), each under `demi run`; sockperf UDP over catnip/memif between two
+# preloaded processes (root) (preload/tests/; about a minute and a half).
+test-preload: build
+	@scripts/install-deps $(DEPS_PRELOAD)
+	$(CARGO) test --release -p demi-preload -- --test-threads=1
 
 # The catnip crate's own tests (wire parsers, raw stack over memif); the
 # libOS-level catnip tests run with the demi package's in `make test`.

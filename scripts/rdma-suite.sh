@@ -15,7 +15,9 @@
 #   5. the demi command: `demi devices`, and `demi ping` bound to ADDR1
 #      against `demi echo` on ADDR0 over RC and UD;
 #   6. memcheck: one RC and one UD `demi ping`/`demi echo` pair, all four
-#      processes under valgrind (0 errors, no definite leaks).
+#      processes under valgrind (0 errors, no definite leaks);
+#   7. unmodified redis, memcached and sockperf under `demi run --libos
+#      catmint` (scripts/preload-stage.sh).
 #
 # Inputs (set by scripts/test-rdma): DEMI_SUITE_CATNAP, DEMI_SUITE_RDMA and
 # DEMI_SUITE_CATMINT (test binaries), DEMI_SUITE_EXAMPLES (directory of the
@@ -69,7 +71,7 @@ fail() {
 show() { sed 's/^/    | /' "$1" 2>/dev/null | tail -n "${2:-15}"; }
 stage() { printf '# %s (%d s into the suite)\n' "$1" $((SECONDS - SUITE_START)); }
 # DEMI_SUITE_ONLY=WORDS runs only the parts named (catnap, rdma, catmint,
-# examples, demi, memcheck);
+# examples, demi, preload, memcheck);
 # DEMI_SUITE_TESTS=WORDS only the tests whose names contain one of them.
 want() { [[ -z ${DEMI_SUITE_ONLY:-} || " $DEMI_SUITE_ONLY " == *" $1 "* ]]; }
 
@@ -312,6 +314,14 @@ if want demi; then
     demi_ping tcp 7106
     demi_ping udp 7107
     demi_idle
+fi
+
+# 7. Unmodified programs (redis, memcached, sockperf) under `demi run
+# --libos catmint` (scripts/preload-stage.sh).
+if want preload; then
+    stage "unmodified programs over catmint (demi run, libdemi_preload.so)"
+    # shellcheck source=scripts/preload-stage.sh
+    source "$(dirname "$0")/preload-stage.sh"
 fi
 
 # 6. memcheck: `demi echo` on ADDR0 and `demi ping` bound to ADDR1, both

@@ -27,6 +27,31 @@ struct State {
     engine: Engine,
     /// Eventfds of threads sleeping in a wait.
     sleepers: Vec<RawFd>,
+    /// Sleeps arranged by `arm` whose `Armed` is not dropped yet.
+    armed: usize,
+}
+
+/// True while some thread sleeps on the device (in a wait, or armed).
+fn someone_sleeps(st: &State) -> bool {
+    st.armed > 0 || !st.sleepers.is_empty()
+}
+
+/// A sleep on the libOS's descriptor, from [`LibOs::arm`].
+pub struct Armed {
+    os: LibOs,
+    /// The descriptor to sleep on (readable when the libOS may have work).
+    pub fd: RawFd,
+    /// The device's next deadline: wake by then, or its timeouts stall.
+    pub deadline: Option<Instant>,
+}
+
+impl Drop for Armed {
+    fn drop(&mut self) {
+        let mut st = self.os.lock();
+        st.armed -= 1;
+        let any = someone_sleeps(&st);
+        st.engine.set_sleeping(any);
+    }
 }
 
 /// The backend `cfg.libos` names, built from its section of `cfg`.
@@ -81,7 +106,9 @@ impl LibOs {
 
     /// Wraps an engine (custom backends, tests).
     pub fn with_engine(engine: Engine, spin: Duration) -> LibOs {
-        LibOs { shared: Arc::new(Shared { engine: Mutex::new(State { engine, sleepers: Vec::new() }), spin }) }
+        LibOs {
+            shared: Arc::new(Shared { engine: Mutex::new(State { engine, sleepers: Vec::new(), armed: 0 }), spin }),
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -225,6 +252,32 @@ impl LibOs {
         })
     }
 
+    /// For programs that sleep on the libOS together with descriptors of
+    /// their own (an event loop; the LD_PRELOAD library's `poll`/`epoll_wait`):
+    /// arms the device's wake-up and returns the descriptor that becomes
+    /// readable when the libOS may have work, and the device's next deadline
+    /// (sleep no longer). `None`: the libOS has no such descriptor (DPDK);
+    /// poll instead of sleeping.
+    ///
+    /// Poll once more after arming (a `wait*` with a zero timeout) and sleep
+    /// only if that finds nothing: work that arrived before arming need not
+    /// make the descriptor readable. Drop the [`Armed`] once awake: while it
+    /// lives, work that appears outside a poll (see
+    /// [`crate::backend::Backend::set_sleeping`]) also makes the descriptor
+    /// readable, at the price of a system call.
+    pub fn arm(&self) -> Option<Armed> {
+        let mut st = self.lock();
+        st.engine.set_sleeping(true);
+        let Some(fd) = st.engine.arm() else {
+            let any = someone_sleeps(&st);
+            st.engine.set_sleeping(any);
+            return None;
+        };
+        st.armed += 1;
+        let deadline = st.engine.next_deadline();
+        Some(Armed { os: self.clone(), fd, deadline })
+    }
+
     /// The wait loop shared by every `wait*`: `ready` returns `Some` once the
     /// wait is over. Spins for the spin time, then sleeps on the backend's
     /// descriptor and this thread's eventfd, without holding the lock.
@@ -282,7 +335,7 @@ impl LibOs {
             let Some(dev_fd) = st.engine.arm() else {
                 // The device has no descriptor (DPDK): keep polling, but let
                 // other threads in.
-                let others = !st.sleepers.is_empty();
+                let others = someone_sleeps(&st);
                 st.engine.set_sleeping(others);
                 drop(st);
                 std::thread::yield_now();
@@ -290,12 +343,12 @@ impl LibOs {
             };
             // Work that raced with arming is found by this last round.
             if let Some(r) = round(&mut st, &mut ready) {
-                let others = !st.sleepers.is_empty();
+                let others = someone_sleeps(&st);
                 st.engine.set_sleeping(others);
                 return r;
             }
             let Some(me) = WAKER.with(|w| w.as_ref().map(|w| w.as_raw_fd())) else {
-                let others = !st.sleepers.is_empty();
+                let others = someone_sleeps(&st);
                 st.engine.set_sleeping(others);
                 drop(st);
                 std::thread::sleep(Duration::from_micros(100));
@@ -318,7 +371,7 @@ impl LibOs {
             if let Some(i) = st.sleepers.iter().position(|&fd| fd == me) {
                 st.sleepers.swap_remove(i);
             }
-            let others = !st.sleepers.is_empty();
+            let others = someone_sleeps(&st);
             st.engine.set_sleeping(others);
             // Reading the eventfd is a system call: only when it fired.
             if slept? & 2 != 0 {

@@ -22,14 +22,17 @@ use std::any::Any;
 use std::cell::UnsafeCell;
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 /// What one ring's lent buffers share: the ring's identity and its lendable slots.
 pub struct RingShared {
     /// The endpoint's key (where the poll loop finds it).
     pub(crate) key: u64,
     open: AtomicBool,
-    notify: Arc<Notify>,
+    /// Weak: the return list holds rings (through their returned slots),
+    /// so a strong reference back would be a cycle that outlives the
+    /// transport.
+    notify: Weak<Notify>,
     pool: Arc<PoolShared>,
     slots: Box<[LentSlot]>,
 }
@@ -64,13 +67,17 @@ impl LentSlot {
         // SAFETY: lending took one strong reference to the ring for this
         // slot (Lent::new); it is taken back here, once per lend.
         let ring = unsafe { Arc::from_raw(self.ring) };
-        if ring.open.load(Ordering::Acquire) {
-            let notify = ring.notify.clone();
-            notify.push(Returned { ring, index: self.index });
-            None
-        } else {
+        if !ring.open.load(Ordering::Acquire) {
             // The slot stays in the RingShared, whose drop recycles it.
-            Some(ring)
+            return Some(ring);
+        }
+        match ring.notify.upgrade() {
+            Some(notify) => {
+                notify.push(Returned { ring, index: self.index });
+                None
+            }
+            // The transport is gone.
+            None => Some(ring),
         }
     }
 
@@ -101,7 +108,7 @@ impl RingShared {
         Arc::new_cyclic(|me| RingShared {
             key,
             open: AtomicBool::new(true),
-            notify: notify.clone(),
+            notify: Arc::downgrade(notify),
             pool: pool.shared().clone(),
             slots: (0..depth)
                 .map(|index| LentSlot {

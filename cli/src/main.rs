@@ -7,7 +7,8 @@
 //! - `demi ping`: round-trip latency against `demi echo` (min, p50, p90, p99,
 //!   p99.9, max; `--json` for scripts);
 //! - `demi stream`: one-way throughput against `demi echo`, which counts
-//!   what arrives.
+//!   what arrives;
+//! - `demi run -- CMD ARGS...`: an unmodified program over a libOS (demi/run.rs).
 //!
 //! Errors end the program with one line on stderr and exit status 1 (2 for a
 //! usage error, as clap reports it).
@@ -17,6 +18,7 @@ mod echo;
 mod echo_udp;
 mod net;
 mod ping;
+mod run;
 mod stats;
 mod stream;
 
@@ -67,6 +69,9 @@ enum Cmd {
     Ping(PingArgs),
     /// Measure one-way throughput to `demi echo` (it counts what arrives)
     Stream(StreamArgs),
+    /// Run an unmodified program with its IPv4 TCP/UDP sockets served by a libOS (LD_PRELOAD of
+    /// libdemi_preload.so): demi run --libos catmint -- redis-server
+    Run(run::RunArgs),
 }
 
 /// Which libOS carries the traffic.
@@ -325,6 +330,7 @@ fn main() -> ExitCode {
         Cmd::Echo(a) => echo::run(&a),
         Cmd::Ping(a) => ping::run(&a),
         Cmd::Stream(a) => stream::run(&a),
+        Cmd::Run(a) => run::run(&a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
