@@ -376,8 +376,14 @@ impl Backend for Loopback {
         Ok(())
     }
 
-    fn push(&mut self, s: SockId, buf: Buffer, to: Option<SocketAddrV4>, op: OpId, out: &mut Completions)
-        -> Result<()> {
+    fn push(
+        &mut self,
+        s: SockId,
+        buf: Buffer,
+        to: Option<SocketAddrV4>,
+        op: OpId,
+        out: &mut Completions,
+    ) -> Result<()> {
         let sock = self.sock(s)?;
         let outcome = if sock.stream {
             match sock.peer {
