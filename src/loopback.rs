@@ -495,3 +495,63 @@ impl Backend for Loopback {
         None
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The ops and errnos (0 for success) reported so far, emptying `out`.
+    fn reported(out: &mut Completions) -> Vec<(OpId, i32)> {
+        out.0.drain(..).map(|(op, o)| (op, if let Outcome::Failed(e) = o { e } else { 0 })).collect()
+    }
+
+    /// The Backend contract at its source, where the engine cannot hide a
+    /// mistake (it drops completions of unknown operations): close reports
+    /// every pending operation of the socket at once and exactly once.
+    #[test]
+    fn close_reports_each_pending_operation_once_and_at_once() {
+        let (mut lb, mut out) = (Loopback::new(), Completions::default());
+        let at: SocketAddrV4 = "10.0.0.1:80".parse().unwrap();
+        let l = lb.socket(SockType::Stream).unwrap();
+        lb.bind(l, at).unwrap();
+        lb.listen(l, 4).unwrap();
+        let c = lb.socket(SockType::Stream).unwrap();
+        lb.connect(c, at, 1, &mut out).unwrap();
+        lb.accept(l, 2, &mut out).unwrap();
+        assert_eq!(reported(&mut out), [], "connect and accept finish in a poll, not in the call");
+        lb.poll(&mut out);
+        let server_end = match out.0.last() {
+            Some((2, Outcome::Accepted { sock, .. })) => *sock,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(reported(&mut out), [(1, 0), (2, 0)]);
+        lb.pop(c, 3, &mut out).unwrap();
+        lb.accept(l, 4, &mut out).unwrap();
+        lb.control().hold();
+        lb.push(c, Buffer::copy_from(b"x"), None, 5, &mut out).unwrap();
+        assert_eq!(reported(&mut out), [], "held");
+        lb.close(c, &mut out).unwrap();
+        assert_eq!(reported(&mut out), [(5, 0), (3, libc::ECANCELED)], "the held push left; the pop is cancelled");
+        lb.close(l, &mut out).unwrap();
+        assert_eq!(reported(&mut out), [(4, libc::ECANCELED)]);
+        lb.control().release();
+        lb.poll(&mut out);
+        assert_eq!(reported(&mut out), [], "nothing follows a close");
+        // The server end still gets what was pushed, then end of file.
+        lb.pop(server_end, 6, &mut out).unwrap();
+        lb.pop(server_end, 7, &mut out).unwrap();
+        lb.poll(&mut out);
+        let lens: Vec<_> = out
+            .0
+            .iter()
+            .map(|(op, o)| {
+                (
+                    *op,
+                    matches!(o, Outcome::Popped { buf, .. } if buf.len() == 1),
+                    matches!(o, Outcome::Popped { buf, .. } if buf.is_empty()),
+                )
+            })
+            .collect();
+        assert_eq!(lens, [(6, true, false), (7, false, true)]);
+    }
+}
