@@ -14,6 +14,10 @@
 //! of `include/demi/*.h` on top of one process-wide `LibOs`. [`Config`] is
 //! the configuration, read once (from the environment by `demi_init`, or
 //! built in code) and passed down: each backend gets its own section.
+//! [`loopback`] is a fourth, in-memory backend for tests: datagram and
+//! stream sockets that reach each other inside one process, with no kernel
+//! networking and no device, and a handle that can stall it so tokens stay
+//! pending (`LibOs::with_engine(Engine::new(Box::new(Loopback::new())), spin)`).
 //!
 //! ```no_run
 //! use demi::{LibOs, SockType, QValue};
@@ -40,6 +44,7 @@ pub mod engine;
 mod error;
 pub mod ffi;
 mod libos;
+pub mod loopback;
 mod sys;
 
 pub use backend::SockType;

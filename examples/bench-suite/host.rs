@@ -152,11 +152,11 @@ pub fn engine(ctx: &Ctx, r: &mut Results) {
     };
     let syscall = syscall_ns();
     let scmd = "bench-suite: 1,000,000 x getppid(2), best of 5";
-    for (label, name) in [("push, 64 B, instant device", "push"), ("pop, 64 B, instant device", "pop")] {
+    for (label, name) in [("push, 64 B, loopback device", "push"), ("pop, 64 B, loopback device", "pop")] {
         match cells(label).and_then(|c| c.first().copied()) {
             Some(ns) => r.rows.push(row(
                 Section::Engine,
-                &format!("{name}: issue + complete + wait, 64 B, instant device"),
+                &format!("{name}: issue + complete + wait, 64 B, loopback device"),
                 "cost per operation",
                 ns,
                 "ns",
