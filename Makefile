@@ -82,9 +82,10 @@ install-files: man install-man
 
 # The man pages alone, into PREFIX/share/man (tests/man_pages.rs).
 install-man: man
-	install -d $(DESTDIR)$(PREFIX)/share/man/man1 $(DESTDIR)$(PREFIX)/share/man/man3
+	install -d $(DESTDIR)$(PREFIX)/share/man/man1 $(DESTDIR)$(PREFIX)/share/man/man3 $(DESTDIR)$(PREFIX)/share/man/man7
 	install -m 0644 $(BUILD)/man/man1/*.1 $(DESTDIR)$(PREFIX)/share/man/man1/
 	install -m 0644 $(BUILD)/man/man3/*.3 $(DESTDIR)$(PREFIX)/share/man/man3/
+	install -m 0644 $(BUILD)/man/man7/*.7 $(DESTDIR)$(PREFIX)/share/man/man7/
 
 # What a static link of libdemi.a needs besides it: the system libraries the
 # shared library was linked with (they follow the cargo features built, e.g.

@@ -72,6 +72,8 @@ fn sources() -> Vec<(String, &'static str)> {
             match stem.as_str() {
                 "demi" => Some((stem, "1")),
                 s if s.starts_with("demi_") => Some((stem, "3")),
+                "demi-preload" => Some((stem, "7")),
+                s if s.starts_with("demi-") => Some((stem, "1")),
                 _ => None,
             }
         })

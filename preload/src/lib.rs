@@ -3,7 +3,7 @@
 //! is named by `LIBOS` (catnap, catmint, catnip) and started on the first
 //! `socket(AF_INET, SOCK_STREAM or SOCK_DGRAM)` call.
 //!
-//! How it works (man/demi_preload.md has the user's view):
+//! How it works (man/demi-preload.md has the user's view):
 //!
 //! - Each demi socket has a real descriptor number the kernel reserved for
 //!   it (an unbound AF_UNIX socket, close-on-exec), so numbers never collide
