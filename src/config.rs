@@ -97,6 +97,12 @@ impl Config {
         Config::from_lookup(env)
     }
 
+    /// The libOS `LIBOS` names (default catnap), for messages about a
+    /// configuration that did not parse.
+    pub fn libos_from_env() -> String {
+        env("LIBOS").filter(|s| !s.is_empty()).unwrap_or_else(|| DEFAULT_LIBOS.to_string())
+    }
+
     /// [`Config::from_env`] for the libOS `libos`, whatever `LIBOS` says.
     pub fn from_env_for(libos: &str) -> Result<Config> {
         Config::from_lookup(|k| if k == "LIBOS" { Some(libos.to_string()) } else { env(k) })

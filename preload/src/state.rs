@@ -167,7 +167,7 @@ impl State {
         crate::init_logging();
         // The library's configuration, read once from the environment.
         let cfg = demi::Config::from_env();
-        let name = cfg.as_ref().map_or_else(|_| "the configured libOS".to_string(), |c| c.libos.clone());
+        let name = cfg.as_ref().map_or_else(|_| demi::Config::libos_from_env(), |c| c.libos.clone());
         match cfg.and_then(|c| LibOs::with_config(&c).map(|os| (os, c.spin))) {
             Ok((os, spin)) => {
                 self.cfg.sndbuf = env_size("DEMI_PRELOAD_SNDBUF", 1 << 20).max(1);
