@@ -1,0 +1,188 @@
+//! Moving a [`Catmint`] forward: polling its CQs and its rdma_cm channel,
+//! re-posting receive buffers the application gave back, checking deadlines,
+//! and arming the one descriptor a waiter sleeps on.
+
+use crate::{live, Catmint, Sink, Sock, SockId, CM_EVERY};
+use std::os::fd::{AsRawFd, RawFd};
+use std::time::Instant;
+
+impl Catmint {
+    /// Moves everything forward without blocking; appends what finished.
+    pub fn poll(&mut self, out: &mut dyn Sink) {
+        // Read the CM channel after a sleep, and every CM_EVERY busy polls.
+        if self.armed || self.cm_countdown == 0 {
+            self.cm_countdown = CM_EVERY;
+            self.armed = false;
+            self.poll_cm(out);
+        } else {
+            self.cm_countdown -= 1;
+        }
+        // Sends progress where credits arrive (a completion) and credits
+        // are returned where buffers come back (`repost_returns`): no sweep
+        // over every connection.
+        self.poll_cqs(out);
+        self.notify.take(&mut self.returns);
+        if !self.returns.is_empty() {
+            self.repost_returns(out);
+        }
+        if self.timed > 0 {
+            self.check_timers(out);
+        }
+        self.bury();
+        self.reclaim();
+        if std::mem::take(&mut self.trim_due) {
+            // Sockets went away: give back registered memory nobody uses.
+            let n = self.pool.trim();
+            if n > 0 {
+                log::debug!("catmint: freed {n} registered chunks");
+            }
+        }
+    }
+
+    /// Re-posts the receive buffers the application gave back on the rings
+    /// they came from; buffers of rings that are gone go to the pool.
+    fn repost_returns(&mut self, out: &mut dyn Sink) {
+        let mut returns = std::mem::take(&mut self.returns);
+        let mut last: Option<SockId> = None;
+        for r in returns.drain(..) {
+            let s = live(&self.socks, r.ring.key);
+            if last.is_some() && last != s {
+                self.progress(last, out);
+            }
+            last = None;
+            match s.and_then(|s| self.socks[s].sock.as_mut()) {
+                Some(Sock::Connected(ep)) if ep.owns(&r) => {
+                    ep.returned(r);
+                    last = s;
+                }
+                Some(Sock::Dgram(ud)) if ud.owns(&r) => ud.returned(r),
+                // Its ring is gone or closing: the slot goes to the pool with
+                // the ring's last reference (RingShared's drop).
+                _ => drop(r),
+            }
+        }
+        self.progress(last, out);
+        self.returns = returns;
+    }
+
+    /// Lets a connection whose buffers came back return its credits (in
+    /// data or a CREDIT message) and post what they allow.
+    fn progress(&mut self, s: Option<SockId>, out: &mut dyn Sink) {
+        if let Some(Sock::Connected(ep)) = s.and_then(|s| self.socks[s].sock.as_mut()) {
+            ep.progress_sends(out);
+        }
+    }
+
+    /// Drops what waited in the graveyard (its events are acknowledged).
+    fn bury(&mut self) {
+        if !self.graveyard.is_empty() {
+            self.graveyard.clear();
+            self.trim_due = true;
+        }
+    }
+
+    /// Arms CQ notification; returns the descriptor to sleep on.
+    pub fn arm(&mut self) -> RawFd {
+        for d in &self.devices {
+            let mut cq = d.cq.lock().unwrap_or_else(|e| e.into_inner());
+            // QPs are created only by calls on this transport, and a thread
+            // arms again before each sleep: one that sleeps now waits for
+            // nothing on a QP created later.
+            if d.has_qps() {
+                cq.arm();
+            } else {
+                cq.quiesce();
+            }
+        }
+        self.armed = true;
+        self.epoll.as_raw_fd()
+    }
+
+    /// Whether a waiter sleeps on the descriptor from [`Catmint::arm`]: set
+    /// before arming, cleared when the last sleeper wakes. While it is set,
+    /// work that appears outside `poll` (a receive buffer given back by
+    /// another thread, a QP created on a device whose CQ was not armed) also
+    /// makes the descriptor readable.
+    pub fn set_sleeping(&mut self, sleeping: bool) {
+        self.notify.set_sleeping(sleeping);
+    }
+
+    /// The earliest connect, accept or close deadline, if any: a sleeper must
+    /// poll by then, since nothing else wakes it for a timeout.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        if self.timed == 0 {
+            return None;
+        }
+        self.socks
+            .iter()
+            .filter_map(|e| match e.sock.as_ref()? {
+                Sock::Resolving { deadline, .. }
+                | Sock::Connecting { deadline, .. }
+                | Sock::Incoming { deadline, .. }
+                | Sock::Closing { deadline, .. }
+                | Sock::Resolver { deadline, .. } => Some(*deadline),
+                _ => None,
+            })
+            .min()
+    }
+
+    /// A QP was created on device `dev`: if a waiter sleeps and the device's
+    /// CQ was not armed (it had no QP when the waiter armed), arm it now so
+    /// the new QP's completions wake the sleeper.
+    pub(crate) fn arm_new_qp(&self, dev: usize) {
+        if self.notify.is_sleeping() {
+            self.devices[dev].cq.lock().unwrap_or_else(|e| e.into_inner()).arm_if_quiet();
+        }
+    }
+
+    fn poll_cqs(&mut self, out: &mut dyn Sink) {
+        // Disjoint fields, so that a CQ stays locked while its completions
+        // go to the sockets (no clone of the CQ's Arc per poll).
+        let Catmint { devices, wcs, socks, .. } = self;
+        for dev in devices.iter_mut() {
+            // A device without QPs has nothing to report once its CQ is
+            // empty: skip it (a client uses one device of several).
+            let unused = !dev.has_qps();
+            if unused && dev.idle {
+                continue;
+            }
+            dev.idle = unused;
+            let mut cq = dev.cq.lock().unwrap_or_else(|e| e.into_inner());
+            loop {
+                let n = cq.poll(wcs);
+                for wc in &wcs[..n] {
+                    let Some(s) = live(socks, wc.wr_id >> 32) else { continue };
+                    match &mut socks[s].sock {
+                        Some(Sock::Connected(ep) | Sock::Connecting { ep, .. } | Sock::Incoming { ep, .. }) => {
+                            ep.on_completion(wc, out)
+                        }
+                        Some(Sock::Dgram(ud)) => ud.on_completion(wc, out),
+                        // Whatever a closing endpoint reports was already cancelled.
+                        Some(Sock::Closing { ep, .. }) => ep.on_completion(wc, &mut Vec::new()),
+                        _ => {}
+                    }
+                }
+                if n < wcs.len() {
+                    break;
+                }
+            }
+        }
+    }
+
+    fn poll_cm(&mut self, out: &mut dyn Sink) {
+        loop {
+            let ev = match self.channel.next() {
+                Ok(Some(ev)) => ev,
+                Ok(None) => return,
+                Err(e) => {
+                    log::error!("catmint: {e}");
+                    return;
+                }
+            };
+            self.on_cm_event(&ev, out);
+            drop(ev);
+            // Only now may ids the event named be destroyed.
+            self.bury();
+        }
+    }
+}
