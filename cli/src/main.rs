@@ -125,6 +125,22 @@ pub struct Common {
     /// Socket kind
     #[arg(long, value_enum, default_value_t = Proto::Tcp)]
     pub proto: Proto,
+    #[command(flatten)]
+    pub tune: Tunables,
+    /// Shortcut for a memif link to another process: EAL arguments without hugepages and a net_memif
+    /// vdev on this socket file (echo is the memif server, ping and stream the client)
+    #[arg(long, value_name = "PATH", conflicts_with = "eal", help_heading = "Tuning (catnip, DPDK)")]
+    pub memif: Option<PathBuf>,
+    /// CPU core for DPDK with --memif (default: 0 for echo, 1 otherwise)
+    #[arg(long, value_name = "N", requires = "memif", help_heading = "Tuning (catnip, DPDK)")]
+    pub lcore: Option<u32>,
+}
+
+/// The libOS tunables of every command that starts a libOS (echo, ping,
+/// stream, run). Each stands for its `DEMI_*` variable; a variable in the
+/// environment is used when the option is absent.
+#[derive(Args, Clone, Debug)]
+pub struct Tunables {
     /// µs a waiter polls before it sleeps (DEMI_SPIN_US; 0 sleeps at once)
     #[arg(long, value_name = "US", help_heading = "Tuning (every libOS)")]
     pub spin_us: Option<u64>,
@@ -146,19 +162,28 @@ pub struct Common {
     /// EAL arguments, whitespace-separated (DEMI_DPDK_EAL)
     #[arg(long, value_name = "ARGS", allow_hyphen_values = true, help_heading = "Tuning (catnip, DPDK)")]
     pub eal: Option<String>,
-    /// Shortcut for a memif link to another process: EAL arguments without hugepages and a net_memif
-    /// vdev on this socket file (echo is the memif server, ping and stream the client)
-    #[arg(long, value_name = "PATH", conflicts_with = "eal", help_heading = "Tuning (catnip, DPDK)")]
-    pub memif: Option<PathBuf>,
-    /// CPU core for DPDK with --memif (default: 0 for echo, 1 otherwise)
-    #[arg(long, value_name = "N", requires = "memif", help_heading = "Tuning (catnip, DPDK)")]
-    pub lcore: Option<u32>,
-    /// Our IPv4 address (DEMI_LOCAL_IPV4; default: the address of --bind)
+    /// Our IPv4 address (DEMI_LOCAL_IPV4; echo, ping and stream default to the address of --bind)
     #[arg(long, value_name = "ADDR", help_heading = "Tuning (catnip, DPDK)")]
     pub local_ipv4: Option<Ipv4Addr>,
     /// IP MTU, 576..=9000 (DEMI_MTU)
     #[arg(long, value_name = "BYTES", help_heading = "Tuning (catnip, DPDK)")]
     pub mtu: Option<u64>,
+}
+
+impl Tunables {
+    /// The numeric tunables as (variable, value given) pairs.
+    pub fn numbers(&self) -> [(&'static str, Option<String>); 7] {
+        let text = |v: Option<u64>| v.map(|n| n.to_string());
+        [
+            ("DEMI_SPIN_US", text(self.spin_us)),
+            ("DEMI_RDMA_RECV_DEPTH", text(self.recv_depth)),
+            ("DEMI_RDMA_INLINE", text(self.inline)),
+            ("DEMI_RDMA_BUF_SIZE", text(self.buf_size)),
+            ("DEMI_RDMA_SQ_DEPTH", text(self.sq_depth)),
+            ("DEMI_RDMA_TIMEOUT_MS", text(self.rdma_timeout_ms)),
+            ("DEMI_MTU", text(self.mtu)),
+        ]
+    }
 }
 
 #[derive(Args)]

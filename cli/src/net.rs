@@ -149,26 +149,19 @@ pub fn start(c: &Common, role: Role, local: Option<Ipv4Addr>) -> Res<LibOs> {
     if c.libos == Libos::Catnip && c.proto == Proto::Tcp {
         return Err(Fail::new("catnip has datagram sockets only: use --proto udp"));
     }
-    let text = |v: Option<u64>| v.map(|n| n.to_string());
     let eal = match &c.memif {
         Some(path) => Some(memif_eal(path, role, c.lcore.unwrap_or(if role == Role::Server { 0 } else { 1 }))),
-        None => c.eal.clone(),
+        None => c.tune.eal.clone(),
     };
     // --bind gives catnip its address unless the environment or
     // --local-ipv4 does; 0.0.0.0 is no address.
-    let own = c.local_ipv4.or_else(|| if env_value("DEMI_LOCAL_IPV4").is_some() { None } else { local });
-    let options = [
+    let own = c.tune.local_ipv4.or_else(|| if env_value("DEMI_LOCAL_IPV4").is_some() { None } else { local });
+    let mut options = vec![
         ("LIBOS", Some(name.to_string())),
-        ("DEMI_SPIN_US", text(c.spin_us)),
-        ("DEMI_RDMA_RECV_DEPTH", text(c.recv_depth)),
-        ("DEMI_RDMA_INLINE", text(c.inline)),
-        ("DEMI_RDMA_BUF_SIZE", text(c.buf_size)),
-        ("DEMI_RDMA_SQ_DEPTH", text(c.sq_depth)),
-        ("DEMI_RDMA_TIMEOUT_MS", text(c.rdma_timeout_ms)),
-        ("DEMI_MTU", text(c.mtu)),
         ("DEMI_DPDK_EAL", eal),
         ("DEMI_LOCAL_IPV4", own.filter(|a| !a.is_unspecified()).map(|a| a.to_string())),
     ];
+    options.extend(c.tune.numbers());
     // An option given (even blank) wins over the environment.
     let get = |var: &str| match options.iter().find(|(v, _)| *v == var) {
         Some((_, Some(value))) => Some(value.clone()).filter(|v| !v.trim().is_empty()),

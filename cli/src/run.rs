@@ -38,33 +38,8 @@ pub struct RunArgs {
     /// Bound on a socket's received, unread bytes (DEMI_PRELOAD_RCVBUF)
     #[arg(long, value_name = "BYTES")]
     pub rcvbuf: Option<u64>,
-    /// µs a waiter polls before it sleeps (DEMI_SPIN_US; 0 sleeps at once)
-    #[arg(long, value_name = "US", help_heading = "Tuning (every libOS)")]
-    pub spin_us: Option<u64>,
-    /// Receives posted per connection = credits (DEMI_RDMA_RECV_DEPTH)
-    #[arg(long, value_name = "N", help_heading = "Tuning (catmint, RDMA)")]
-    pub recv_depth: Option<u64>,
-    /// Sends up to this many bytes go inline (DEMI_RDMA_INLINE)
-    #[arg(long, value_name = "BYTES", help_heading = "Tuning (catmint, RDMA)")]
-    pub inline: Option<u64>,
-    /// Size of each receive buffer (DEMI_RDMA_BUF_SIZE)
-    #[arg(long, value_name = "BYTES", help_heading = "Tuning (catmint, RDMA)")]
-    pub buf_size: Option<u64>,
-    /// Send queue depth per connection (DEMI_RDMA_SQ_DEPTH)
-    #[arg(long, value_name = "N", help_heading = "Tuning (catmint, RDMA)")]
-    pub sq_depth: Option<u64>,
-    /// Bound on address/route resolution and connection set-up (DEMI_RDMA_TIMEOUT_MS)
-    #[arg(long, value_name = "MS", help_heading = "Tuning (catmint, RDMA)")]
-    pub rdma_timeout_ms: Option<u64>,
-    /// EAL arguments, whitespace-separated (DEMI_DPDK_EAL)
-    #[arg(long, value_name = "ARGS", allow_hyphen_values = true, help_heading = "Tuning (catnip, DPDK)")]
-    pub eal: Option<String>,
-    /// Our IPv4 address (DEMI_LOCAL_IPV4)
-    #[arg(long, value_name = "ADDR", help_heading = "Tuning (catnip, DPDK)")]
-    pub local_ipv4: Option<Ipv4Addr>,
-    /// IP MTU, 576..=9000 (DEMI_MTU)
-    #[arg(long, value_name = "BYTES", help_heading = "Tuning (catnip, DPDK)")]
-    pub mtu: Option<u64>,
+    #[command(flatten)]
+    pub tune: crate::Tunables,
     /// The program and its arguments
     #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true, value_name = "CMD")]
     pub cmd: Vec<OsString>,
@@ -115,22 +90,16 @@ pub fn run(a: &RunArgs) -> Res<()> {
     let (prog, args) = a.cmd.split_first().ok_or_else(|| Fail::new("no command to run"))?;
     let mut cmd = std::process::Command::new(prog);
     cmd.args(args).env("LD_PRELOAD", preload).env("LIBOS", name);
-    let vars: [(&str, Option<String>); 14] = [
+    let mut vars = vec![
         ("DEMI_PRELOAD_SOURCE", a.source.map(|v| v.to_string())),
         ("DEMI_PRELOAD_LOG", a.log.clone()),
         ("DEMI_PRELOAD_STATS", a.stats.as_ref().map(|p| p.display().to_string())),
         ("DEMI_PRELOAD_SNDBUF", a.sndbuf.map(|v| v.to_string())),
         ("DEMI_PRELOAD_RCVBUF", a.rcvbuf.map(|v| v.to_string())),
-        ("DEMI_SPIN_US", a.spin_us.map(|v| v.to_string())),
-        ("DEMI_RDMA_RECV_DEPTH", a.recv_depth.map(|v| v.to_string())),
-        ("DEMI_RDMA_INLINE", a.inline.map(|v| v.to_string())),
-        ("DEMI_RDMA_BUF_SIZE", a.buf_size.map(|v| v.to_string())),
-        ("DEMI_RDMA_SQ_DEPTH", a.sq_depth.map(|v| v.to_string())),
-        ("DEMI_RDMA_TIMEOUT_MS", a.rdma_timeout_ms.map(|v| v.to_string())),
-        ("DEMI_DPDK_EAL", a.eal.clone()),
-        ("DEMI_LOCAL_IPV4", a.local_ipv4.map(|v| v.to_string())),
-        ("DEMI_MTU", a.mtu.map(|v| v.to_string())),
+        ("DEMI_DPDK_EAL", a.tune.eal.clone()),
+        ("DEMI_LOCAL_IPV4", a.tune.local_ipv4.map(|v| v.to_string())),
     ];
+    vars.extend(a.tune.numbers());
     for (var, val) in vars {
         if let Some(v) = val {
             cmd.env(var, v);
