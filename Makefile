@@ -13,7 +13,7 @@ DEPS_CATNIP := libdpdk-dev libclang-dev pkg-config ethtool iputils-ping nftables
 DEPS_TEST := valgrind
 # The man pages: pandoc writes them from man/*.md; man-db (with groff) reads
 # them, and tests/man_pages.rs checks that they render.
-DEPS_DOCS := pandoc man-db
+DEPS_DOCS := pandoc man-db graphviz
 # The preload's tests: unmodified servers and their clients (make test-preload).
 DEPS_PRELOAD := redis-server redis-tools memcached libmemcached-tools sockperf
 VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
@@ -79,6 +79,12 @@ install-files: man install-man
 	  install -m 0755 target/release/libdemi_preload.so $(DESTDIR)$(PREFIX)/lib/; fi
 	sed -e 's|@PREFIX@|$(PREFIX)|g' -e 's|@VERSION@|$(VERSION)|' \
 	    -e 's|@LIBS_PRIVATE@|$(LIBS_PRIVATE)|' demi.pc.in > $(DESTDIR)$(PREFIX)/lib/pkgconfig/demi.pc
+
+# docs/architecture.png from docs/architecture.dot (graphviz's dot; make deps
+# installs it). The PNG is committed, so only a change to the .dot needs it.
+.PHONY: architecture
+architecture:
+	dot -Tpng -Gdpi=110 docs/architecture.dot -o docs/architecture.png
 
 # The man pages alone, into PREFIX/share/man (tests/man_pages.rs).
 install-man: man
