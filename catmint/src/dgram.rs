@@ -3,8 +3,9 @@
 
 use crate::cm::{CmEvent, CmId, PortSpace};
 use crate::sys::{ffi, Error, Result};
+use crate::types::{Done, Payload, Sink, SockId, Tag};
 use crate::ud::Ud;
-use crate::{connect_errno, Catmint, Done, Payload, Sink, Sock, SockId, Tag};
+use crate::{connect_errno, Catmint, Sock};
 use std::net::SocketAddrV4;
 use std::sync::Arc;
 use std::time::Instant;

@@ -19,6 +19,7 @@ mod rc;
 mod recv;
 mod stream;
 mod sys;
+mod types;
 mod ud;
 mod verbs;
 pub mod wire;
@@ -26,6 +27,7 @@ pub mod wire;
 pub use pool::{Block, Pool};
 pub use recv::{Lent, LentSlot, Msg};
 pub use sys::{Error, Result};
+pub use types::{Config, Done, Payload, Sink, SockId, Tag};
 
 use cm::{CmId, CqCell, EventChannel};
 use pool::Notify;
@@ -39,92 +41,6 @@ use sys::ffi;
 use ud::Ud;
 use verbs::{CompChannel, Cq, DeviceList, Pd};
 use wire::Hello;
-
-/// The caller's name for one request.
-pub type Tag = u64;
-
-/// A socket of a [`Catmint`].
-pub type SockId = usize;
-
-/// Bytes to send. `bytes()` must not move when the value moves (it points to
-/// memory owned elsewhere), and must stay valid while the value lives.
-pub trait Payload: Send + Sync {
-    fn bytes(&self) -> &[u8];
-    /// The memory key on device `dev` if the bytes are registered memory of
-    /// this transport (else they are copied into registered memory once).
-    fn lkey(&self, dev: usize) -> Option<u32>;
-}
-
-/// A shared payload (queued sends replayed after an implicit bind).
-impl Payload for Arc<dyn Payload> {
-    fn bytes(&self) -> &[u8] {
-        (**self).bytes()
-    }
-    fn lkey(&self, dev: usize) -> Option<u32> {
-        (**self).lkey(dev)
-    }
-}
-
-impl Payload for Block {
-    fn bytes(&self) -> &[u8] {
-        self.as_slice()
-    }
-    fn lkey(&self, dev: usize) -> Option<u32> {
-        Some(Block::lkey(self, dev))
-    }
-}
-
-/// How a request ended.
-pub enum Done {
-    Accepted {
-        sock: SockId,
-        peer: SocketAddrV4,
-    },
-    Connected,
-    Sent,
-    /// A message; `None` is end of file (the peer closed in order).
-    Received {
-        msg: Option<Msg>,
-        from: Option<SocketAddrV4>,
-    },
-    Failed(i32),
-}
-
-/// Where finished requests go: the caller's completion table, or a Vec.
-/// A trait rather than a Vec, so that the caller (demi's adapter) turns
-/// each `(Tag, Done)` into its own completion type where it is reported,
-/// with no staging list between the two.
-pub trait Sink {
-    /// Reports that the request `tag` finished.
-    fn push(&mut self, done: (Tag, Done));
-}
-
-impl Sink for Vec<(Tag, Done)> {
-    fn push(&mut self, done: (Tag, Done)) {
-        Vec::push(self, done);
-    }
-}
-
-/// Tunables.
-#[derive(Clone, Copy, Debug)]
-pub struct Config {
-    /// Receives granted to each peer (receive depth).
-    pub credits: u32,
-    /// Size of each receive buffer; larger messages are segmented.
-    pub buf_size: usize,
-    /// Send queue depth.
-    pub sq_depth: u32,
-    /// Largest send (header included) posted inline.
-    pub inline: u32,
-    /// Bound on address/route resolution and connection setup.
-    pub timeout: Duration,
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Config { credits: 32, buf_size: 32 << 10, sq_depth: 128, inline: 128, timeout: Duration::from_secs(3) }
-    }
-}
 
 struct Device {
     ctx: *mut ffi::ibv_context,

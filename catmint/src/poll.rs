@@ -2,7 +2,8 @@
 //! re-posting receive buffers the application gave back, checking deadlines,
 //! and arming the one descriptor a waiter sleeps on.
 
-use crate::{live, Catmint, Sink, Sock, SockId, CM_EVERY};
+use crate::types::{Sink, SockId};
+use crate::{live, Catmint, Sock, CM_EVERY};
 use std::os::fd::{AsRawFd, RawFd};
 use std::time::Instant;
 

@@ -16,8 +16,8 @@ use crate::cm::CmId;
 use crate::pool::{Block, Pool, Slot};
 use crate::recv::{registered, Msg, RecvRing};
 use crate::sys::{ffi, Error, Result};
+use crate::types::{Done, Payload, Sink, Tag};
 use crate::wire::{flag, Hello, Imm, MAX_MESSAGE};
-use crate::{Done, Payload, Sink, Tag};
 use std::collections::VecDeque;
 use std::sync::Arc;
 

@@ -17,7 +17,7 @@
 
 use crate::pool::{Block, Notify, Pool, PoolShared, Returned, Slot};
 use crate::sys::{ffi, Error, Result};
-use crate::Payload;
+use crate::types::Payload;
 use std::any::Any;
 use std::cell::UnsafeCell;
 use std::ptr::NonNull;

@@ -6,8 +6,9 @@
 use crate::cm::{CmEvent, CmId, PortSpace};
 use crate::rc::Rc;
 use crate::sys::{ffi, Error, Result};
+use crate::types::{Done, Sink, SockId, Tag};
 use crate::wire::Hello;
-use crate::{attempt_ms, conn_param, connect_errno, Catmint, Done, Listener, Sink, Sock, SockId, Tag};
+use crate::{attempt_ms, conn_param, connect_errno, Catmint, Listener, Sock};
 use std::collections::VecDeque;
 use std::net::SocketAddrV4;
 use std::time::Instant;
