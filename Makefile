@@ -18,7 +18,7 @@ DEPS_DOCS := pandoc man-db graphviz
 DEPS_PRELOAD := redis-server redis-tools memcached libmemcached-tools sockperf
 VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
 
-.PHONY: test-preload test-catnip bench-catnip bench-engine test-rdma bench-rdma bench-cost
+.PHONY: test-preload test-catnip bench-catnip bench-engine test-rdma bench-rdma bench-cost bench-preload
 .PHONY: all deps build test test-rust test-c demo examples install install-files install-man bench clean fmt lint man
 
 all: build examples
@@ -108,12 +108,23 @@ bench: build
 	$(CARGO) build --release --example bench-suite --example catnip-bench --example rdma-bench --bin demi
 	target/release/examples/bench-suite
 	scripts/bench-cost --no-build --update-docs
+	@scripts/install-deps $(DEPS_PRELOAD)
+	scripts/bench-preload --no-build --update-docs
 
 # Instructions per message (callgrind, counted, not timed): catnap and the
 # engine on the host, catmint next to perftest in one rxe-run boot; prints
 # its section of docs/BENCHMARKS.md (`--update-docs` writes it there).
 bench-cost: build examples
 	scripts/bench-cost --no-build
+
+# Unmodified programs over RDMA (issue 13): redis-benchmark SET/GET at -c 1
+# and -c 16 and sockperf ping-pong p50/p99, three ways over the same veth in
+# one rxe-run boot: kernel TCP, rsockets' librspreload.so (librdmacm1, from
+# rxe-deps) and demi's preload on catmint; prints its section of
+# docs/BENCHMARKS.md (`scripts/bench-preload --update-docs` writes it there).
+bench-preload: build rxe-deps
+	@scripts/install-deps $(DEPS_PRELOAD)
+	scripts/bench-preload --no-build
 
 bench-engine: build
 	$(CARGO) bench --bench engine
