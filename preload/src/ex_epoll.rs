@@ -19,7 +19,7 @@ use crate::fdtab;
 use crate::guard::{boundary, inside, Ret};
 use crate::real;
 use crate::state::{lock, Entry, Reg};
-use crate::wait::{sleep, Pacer, Step};
+use crate::wait::{Paced, Pacer};
 use libc::{c_int, epoll_event};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
@@ -279,22 +279,13 @@ fn wait_core(
             }
             return Ok((n + k) as c_int);
         }
-        let left = match pacer.step() {
-            Step::Expired => {
-                expired = true;
-                continue;
-            }
-            Step::Spin => {
-                drop(st);
-                std::thread::yield_now();
-                st = lock();
-                continue;
-            }
-            Step::Sleep(left) => left,
-        };
-        let (g, k) = sleep(st, &mut kernel, left, mask)?;
+        let (g, paced) = pacer.pace(st, &mut kernel, mask)?;
         st = g;
-        kernel_hint = k > 0;
+        match paced {
+            Paced::Expired => expired = true,
+            Paced::Spun => {}
+            Paced::Slept { kernel_ready } => kernel_hint = kernel_ready,
+        }
     }
 }
 

@@ -5,7 +5,7 @@ use crate::fdtab;
 use crate::guard::{boundary, inside, Ret};
 use crate::real;
 use crate::state::{lock, started};
-use crate::wait::{sleep, Pacer, Step};
+use crate::wait::{Paced, Pacer};
 use libc::{c_int, nfds_t, pollfd};
 use std::time::Duration;
 
@@ -55,22 +55,13 @@ pub fn poll_core(fds: &mut [pollfd], timeout: Option<Duration>, mask: Option<*co
             }
             return Ok(n);
         }
-        let left = match pacer.step() {
-            Step::Expired => {
-                expired = true;
-                continue;
-            }
-            Step::Spin => {
-                drop(st);
-                std::thread::yield_now();
-                st = lock();
-                continue;
-            }
-            Step::Sleep(left) => left,
-        };
-        let (g, k) = sleep(st, &mut kernel, left, mask)?;
+        let (g, paced) = pacer.pace(st, &mut kernel, mask)?;
         st = g;
-        kernel_hint = k > 0;
+        match paced {
+            Paced::Expired => expired = true,
+            Paced::Spun => {}
+            Paced::Slept { kernel_ready } => kernel_hint = kernel_ready,
+        }
     }
 }
 

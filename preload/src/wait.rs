@@ -164,6 +164,16 @@ pub fn sleep(
 /// and a slow one: an emulated clock in VMs).
 const CLOCK_EVERY: u32 = 8;
 
+/// What [`Pacer::pace`] did.
+pub enum Paced {
+    /// The timeout has passed.
+    Expired,
+    /// Yielded the CPU within the spin time.
+    Spun,
+    /// Slept; `kernel_ready` if a kernel descriptor woke it.
+    Slept { kernel_ready: bool },
+}
+
 /// What a waiter does after a check that found nothing.
 pub enum Step {
     /// Poll again (within the spin time).
@@ -190,6 +200,30 @@ pub struct Pacer {
 impl Pacer {
     pub fn new(timeout: Option<Duration>, spin: Duration) -> Pacer {
         Pacer { timeout, spin, deadline: None, spin_until: None, spun: false, rounds: 0 }
+    }
+
+    /// What a waiting loop does after a check that found nothing: yield
+    /// (within the spin time), sleep on the kernel descriptors and the
+    /// libOS (see `sleep`), or report that the timeout passed. Gives the
+    /// state lock back, and what happened.
+    pub fn pace(
+        &mut self,
+        st: MutexGuard<'static, State>,
+        kernel: &mut [libc::pollfd],
+        mask: Option<*const libc::sigset_t>,
+    ) -> Ret<(MutexGuard<'static, State>, Paced)> {
+        match self.step() {
+            Step::Expired => Ok((st, Paced::Expired)),
+            Step::Spin => {
+                drop(st);
+                std::thread::yield_now();
+                Ok((lock(), Paced::Spun))
+            }
+            Step::Sleep(left) => {
+                let (st, ready) = sleep(st, kernel, left, mask)?;
+                Ok((st, Paced::Slept { kernel_ready: ready > 0 }))
+            }
+        }
     }
 
     pub fn step(&mut self) -> Step {
