@@ -31,9 +31,13 @@ struct State {
     armed: usize,
 }
 
-/// True while some thread sleeps on the device (in a wait, or armed).
-fn someone_sleeps(st: &State) -> bool {
-    st.armed > 0 || !st.sleepers.is_empty()
+impl State {
+    /// Tells the device whether some thread still sleeps on it (in a wait,
+    /// or armed), after one stopped sleeping or did not go to sleep.
+    fn update_sleeping(&mut self) {
+        let any = self.armed > 0 || !self.sleepers.is_empty();
+        self.engine.set_sleeping(any);
+    }
 }
 
 /// A sleep on the libOS's descriptor, from [`LibOs::arm`].
@@ -49,8 +53,7 @@ impl Drop for Armed {
     fn drop(&mut self) {
         let mut st = self.os.lock();
         st.armed -= 1;
-        let any = someone_sleeps(&st);
-        st.engine.set_sleeping(any);
+        st.update_sleeping();
     }
 }
 
@@ -269,8 +272,7 @@ impl LibOs {
         let mut st = self.lock();
         st.engine.set_sleeping(true);
         let Some(fd) = st.engine.arm() else {
-            let any = someone_sleeps(&st);
-            st.engine.set_sleeping(any);
+            st.update_sleeping();
             return None;
         };
         st.armed += 1;
@@ -335,21 +337,18 @@ impl LibOs {
             let Some(dev_fd) = st.engine.arm() else {
                 // The device has no descriptor (DPDK): keep polling, but let
                 // other threads in.
-                let others = someone_sleeps(&st);
-                st.engine.set_sleeping(others);
+                st.update_sleeping();
                 drop(st);
                 std::thread::yield_now();
                 continue;
             };
             // Work that raced with arming is found by this last round.
             if let Some(r) = round(&mut st, &mut ready) {
-                let others = someone_sleeps(&st);
-                st.engine.set_sleeping(others);
+                st.update_sleeping();
                 return r;
             }
             let Some(me) = WAKER.with(|w| w.as_ref().map(|w| w.as_raw_fd())) else {
-                let others = someone_sleeps(&st);
-                st.engine.set_sleeping(others);
+                st.update_sleeping();
                 drop(st);
                 std::thread::sleep(Duration::from_micros(100));
                 continue;
@@ -371,8 +370,7 @@ impl LibOs {
             if let Some(i) = st.sleepers.iter().position(|&fd| fd == me) {
                 st.sleepers.swap_remove(i);
             }
-            let others = someone_sleeps(&st);
-            st.engine.set_sleeping(others);
+            st.update_sleeping();
             // Reading the eventfd is a system call: only when it fired.
             if slept? & 2 != 0 {
                 WAKER.with(|w| w.as_ref().map(EventFd::drain));
