@@ -56,6 +56,11 @@ impl Proc {
             std::thread::sleep(Duration::from_millis(20));
         }
     }
+
+    /// Closes the role's stdin: a role waiting for the end of its input goes on.
+    fn release(&mut self) {
+        drop(self.0.stdin.take());
+    }
 }
 
 /// A folder removed on drop (memif sockets live there).
@@ -156,7 +161,7 @@ fn spawn(role: &'static str, netns: Option<&str>, env: &[(&str, String)]) -> Pro
         .env("LIBOS", "catnip")
         .env("DEMI_ARP_RETRY_MS", "100")
         .env("DEMI_ARP_RETRIES", "10")
-        .stdin(Stdio::null());
+        .stdin(Stdio::piped());
     for (k, v) in env {
         cmd.env(k, v);
     }
@@ -204,6 +209,7 @@ fn memif_udp_ping_pong_between_two_dpdk_processes() {
         ],
     );
     client.expect_success(Duration::from_secs(60));
+    server.release();
     server.expect_success(Duration::from_secs(10));
 }
 
