@@ -10,6 +10,7 @@
 //!
 //! Resource cleanup follows ownership (see `verbs` and `cm`): dropping a
 //! socket destroys its QP and id, then recycles its buffers.
+#![deny(missing_docs)]
 
 mod cm;
 mod dgram;
@@ -296,6 +297,7 @@ impl Catmint {
         self.socks.get_mut(s).and_then(|e| e.sock.as_mut()).ok_or(Error::new("catmint socket", libc::EBADF))
     }
 
+    /// Binds a socket to a local address; port 0 picks one. Returns the address bound.
     pub fn bind(&mut self, s: SockId, addr: SocketAddrV4) -> Result<SocketAddrV4> {
         if self.is_datagram(s) {
             return self.bind_dgram(s, addr);
@@ -342,6 +344,7 @@ impl Catmint {
         }
     }
 
+    /// Asks for the next message on a socket; it is reported to `out` under `tag` when it arrives.
     pub fn recv(&mut self, s: SockId, tag: Tag, out: &mut dyn Sink) -> Result<()> {
         match self.sock_mut(s)? {
             Sock::Connected(ep) => {
@@ -360,6 +363,7 @@ impl Catmint {
         }
     }
 
+    /// The address of a connected socket's peer (ENOTCONN otherwise).
     pub fn peer_addr(&mut self, s: SockId) -> Result<SocketAddrV4> {
         match self.sock_mut(s)? {
             Sock::Connected(ep) => ep.id().peer_addr().ok_or(Error::new("peer_addr", libc::ENOTCONN)),

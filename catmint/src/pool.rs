@@ -116,6 +116,7 @@ pub struct Pool {
 }
 
 impl Pool {
+    /// A pool whose slots are registered on each protection domain in `pds` (one per device).
     pub fn new(pds: Vec<Arc<Pd>>) -> Pool {
         let free = CLASSES.iter().map(|_| Mutex::new(Vec::new())).collect();
         Pool { shared: Arc::new(PoolShared { pds, free }) }
@@ -286,24 +287,29 @@ impl Block {
         self.slot.as_ref().expect("a live block has its slot")
     }
 
+    /// The first byte of the block.
     pub fn as_ptr(&self) -> *mut u8 {
         // SAFETY: off <= capacity by construction.
         unsafe { self.slot().ptr().add(self.off) }
     }
 
+    /// Length in bytes.
     pub fn len(&self) -> usize {
         self.len
     }
 
+    /// True if the block holds no bytes.
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
 
+    /// The block's bytes.
     pub fn as_slice(&self) -> &[u8] {
         // SAFETY: off+len is inside the slot, which this block owns.
         unsafe { std::slice::from_raw_parts(self.as_ptr(), self.len) }
     }
 
+    /// The block's bytes, writable.
     pub fn as_mut_slice(&mut self) -> &mut [u8] {
         // SAFETY: as above, and &mut self makes the access unique.
         unsafe { std::slice::from_raw_parts_mut(self.as_ptr(), self.len) }

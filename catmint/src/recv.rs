@@ -147,16 +147,19 @@ unsafe impl Send for Lent {}
 unsafe impl Sync for Lent {}
 
 impl Lent {
+    /// The message's bytes, in the receive slot where they arrived.
     pub fn as_slice(&self) -> &[u8] {
         // SAFETY: the slot's memory stays valid and unwritten by the device
         // while it is lent.
         unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
     }
 
+    /// Length in bytes.
     pub fn len(&self) -> usize {
         self.len
     }
 
+    /// True if the message is empty.
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
@@ -183,11 +186,14 @@ impl Drop for Lent {
 /// A received message: lent from a receive ring (the common case: a
 /// message that fit in one receive), or assembled in pool memory.
 pub enum Msg {
+    /// It fit in one receive: the receive slot itself, lent until dropped.
     Lent(Lent),
+    /// It spanned several receives: assembled in a pool block.
     Block(Block),
 }
 
 impl Msg {
+    /// The message's bytes.
     pub fn as_slice(&self) -> &[u8] {
         match self {
             Msg::Lent(l) => l.as_slice(),
@@ -195,10 +201,12 @@ impl Msg {
         }
     }
 
+    /// Length in bytes.
     pub fn len(&self) -> usize {
         self.as_slice().len()
     }
 
+    /// True if the message is empty.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }

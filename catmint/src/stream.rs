@@ -20,6 +20,7 @@ impl Catmint {
         self.insert_with(|key| Ok(Sock::Idle { id: CmId::new(&channel, PortSpace::Tcp, key)?, bound: None }))
     }
 
+    /// Starts listening on a bound stream socket; up to `backlog` connections wait for accept.
     pub fn listen(&mut self, s: SockId, backlog: i32) -> Result<()> {
         let sock = self.take(s).ok_or(Error::new("listen", libc::EBADF))?;
         let (result, sock) = match sock {
@@ -47,6 +48,7 @@ impl Catmint {
         result
     }
 
+    /// Asks for the next incoming connection on a listening socket, reported to `out` under `tag`.
     pub fn accept(&mut self, s: SockId, tag: Tag, out: &mut dyn Sink) -> Result<()> {
         let Sock::Listening(l) = self.sock_mut(s)? else { return Err(Error::new("accept", libc::EINVAL)) };
         l.accepts.push_back(tag);
@@ -64,6 +66,7 @@ impl Catmint {
         }
     }
 
+    /// Starts connecting a stream socket to `to` (address and route resolution, then the CM handshake); reported under `tag`.
     pub fn connect(&mut self, s: SockId, to: SocketAddrV4, tag: Tag) -> Result<()> {
         let deadline = Instant::now() + self.cfg.timeout;
         let timeout_ms = attempt_ms(deadline).unwrap_or(1);

@@ -18,6 +18,7 @@ pub type SockId = usize;
 /// Bytes to send. `bytes()` must not move when the value moves (it points to
 /// memory owned elsewhere), and must stay valid while the value lives.
 pub trait Payload: Send + Sync {
+    /// The bytes to send.
     fn bytes(&self) -> &[u8];
     /// The memory key on device `dev` if the bytes are registered memory of
     /// this transport (else they are copied into registered memory once).
@@ -45,17 +46,25 @@ impl Payload for Block {
 
 /// How a request ended.
 pub enum Done {
+    /// A connection was accepted.
     Accepted {
+        /// The new connected socket.
         sock: SockId,
+        /// Who connected.
         peer: SocketAddrV4,
     },
+    /// A connect finished: the socket is connected.
     Connected,
+    /// A send finished: its bytes may be reused.
     Sent,
     /// A message; `None` is end of file (the peer closed in order).
     Received {
+        /// The message.
         msg: Option<Msg>,
+        /// The sender (datagram sockets only).
         from: Option<SocketAddrV4>,
     },
+    /// The request failed with this errno.
     Failed(i32),
 }
 

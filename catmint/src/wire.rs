@@ -49,10 +49,20 @@ pub mod flag {
 pub enum Imm {
     /// The first segment of a message of `total` bytes that takes more than
     /// one receive buffer; `ack` as the ACK flag.
-    First { total: u32, ack: bool },
+    First {
+        /// The whole message's length in bytes.
+        total: u32,
+        /// The ACK flag.
+        ack: bool,
+    },
     /// Any other send: credits returned (receive buffers re-posted since the
     /// last report) and flags.
-    Ctl { credits: u16, flags: u8 },
+    Ctl {
+        /// Receive buffers re-posted since the last report.
+        credits: u16,
+        /// The [`flag`] bits.
+        flags: u8,
+    },
 }
 
 impl Imm {
@@ -96,9 +106,11 @@ pub const MIN_BUF_SIZE: u32 = 64;
 
 /// Version 2: immediate-data framing (version 1 had an 8-byte header).
 const HELLO_VERSION: u8 = 2;
+/// Bytes of a [`Hello`] on the wire.
 pub const HELLO_LEN: usize = 8;
 
 impl Hello {
+    /// The wire form: magic, version, credits and buffer size (little-endian).
     pub fn emit(&self) -> [u8; HELLO_LEN] {
         let mut b = [0u8; HELLO_LEN];
         b[0] = MAGIC;
@@ -108,6 +120,7 @@ impl Hello {
         b
     }
 
+    /// Reads a hello; None if it is short, of another version, or asks for nothing.
     pub fn parse(b: &[u8]) -> Option<Hello> {
         if b.len() < HELLO_LEN || b[0] != MAGIC || b[1] != HELLO_VERSION {
             return None;
@@ -135,6 +148,7 @@ const UD_VERSION: u8 = 1;
 pub const UD_HDR_LEN: usize = 8;
 
 impl UdHeader {
+    /// The wire form: magic, version, source port and IPv4 address.
     pub fn emit(&self) -> [u8; UD_HDR_LEN] {
         let mut b = [0u8; UD_HDR_LEN];
         b[0] = UD_MAGIC;

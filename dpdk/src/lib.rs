@@ -33,6 +33,7 @@
 //! and the generic [`stack`] in pure Rust: fuzz/ builds it that way, and
 //! `cargo test -p catnip --no-default-features` runs the stack's tests.
 #![deny(unsafe_code)]
+#![deny(missing_docs)]
 // Without `dpdk` the DPDK items these docs link to do not exist.
 #![cfg_attr(not(feature = "dpdk"), allow(rustdoc::broken_intra_doc_links))]
 

@@ -62,38 +62,47 @@ impl<T: AsRef<[u8]>> Packet<T> {
         }
     }
 
+    /// The hardware type field (1 for Ethernet).
     pub fn hardware_type(&self) -> u16 {
         read_u16(self.buffer.as_ref(), field::HTYPE)
     }
 
+    /// The protocol type field (IPv4's EtherType for the packets this stack answers).
     pub fn protocol_type(&self) -> EtherType {
         EtherType::from(read_u16(self.buffer.as_ref(), field::PTYPE))
     }
 
+    /// Length of a hardware address in bytes (6 for Ethernet).
     pub fn hardware_len(&self) -> u8 {
         self.buffer.as_ref()[field::HLEN]
     }
 
+    /// Length of a protocol address in bytes (4 for IPv4).
     pub fn protocol_len(&self) -> u8 {
         self.buffer.as_ref()[field::PLEN]
     }
 
+    /// Request or reply.
     pub fn operation(&self) -> Operation {
         Operation::from(read_u16(self.buffer.as_ref(), field::OPER))
     }
 
+    /// The sender's MAC address.
     pub fn source_hardware_addr(&self) -> EthernetAddress {
         EthernetAddress(self.buffer.as_ref()[field::SHA].try_into().expect("6 bytes"))
     }
 
+    /// The sender's IPv4 address.
     pub fn source_protocol_addr(&self) -> Ipv4Addr {
         read_ipv4(self.buffer.as_ref(), field::SPA)
     }
 
+    /// The target's MAC address (zero in a request).
     pub fn target_hardware_addr(&self) -> EthernetAddress {
         EthernetAddress(self.buffer.as_ref()[field::THA].try_into().expect("6 bytes"))
     }
 
+    /// The IPv4 address being asked about or answered for.
     pub fn target_protocol_addr(&self) -> Ipv4Addr {
         read_ipv4(self.buffer.as_ref(), field::TPA)
     }
@@ -121,10 +130,15 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
 /// A parsed Ethernet/IPv4 ARP packet.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Repr {
+    /// Request or reply.
     pub operation: Operation,
+    /// The sender's MAC address.
     pub source_hardware_addr: EthernetAddress,
+    /// The sender's IPv4 address.
     pub source_protocol_addr: Ipv4Addr,
+    /// The target's MAC address (zero in a request).
     pub target_hardware_addr: EthernetAddress,
+    /// The IPv4 address being asked about or answered for.
     pub target_protocol_addr: Ipv4Addr,
 }
 

@@ -113,14 +113,17 @@ impl<T: AsRef<[u8]>> Frame<T> {
         self.buffer
     }
 
+    /// The destination MAC address.
     pub fn dst_addr(&self) -> Address {
         Address(self.buffer.as_ref()[field::DESTINATION].try_into().expect("6 bytes"))
     }
 
+    /// The source MAC address.
     pub fn src_addr(&self) -> Address {
         Address(self.buffer.as_ref()[field::SOURCE].try_into().expect("6 bytes"))
     }
 
+    /// What the payload is (IPv4, ARP, or another type this stack drops).
     pub fn ethertype(&self) -> EtherType {
         EtherType::from(read_u16(self.buffer.as_ref(), field::ETHERTYPE))
     }
@@ -132,18 +135,22 @@ impl<T: AsRef<[u8]>> Frame<T> {
 }
 
 impl<T: AsRef<[u8]> + AsMut<[u8]>> Frame<T> {
+    /// Writes the destination MAC address.
     pub fn set_dst_addr(&mut self, a: Address) {
         self.buffer.as_mut()[field::DESTINATION].copy_from_slice(&a.0);
     }
 
+    /// Writes the source MAC address.
     pub fn set_src_addr(&mut self, a: Address) {
         self.buffer.as_mut()[field::SOURCE].copy_from_slice(&a.0);
     }
 
+    /// Writes the EtherType.
     pub fn set_ethertype(&mut self, t: EtherType) {
         write_u16(self.buffer.as_mut(), field::ETHERTYPE, t.into());
     }
 
+    /// The bytes after the header, writable.
     pub fn payload_mut(&mut self) -> &mut [u8] {
         &mut self.buffer.as_mut()[field::PAYLOAD]
     }
@@ -152,8 +159,11 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Frame<T> {
 /// The header of an Ethernet II frame.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Repr {
+    /// The sending station.
     pub src_addr: Address,
+    /// The receiving station, or broadcast.
     pub dst_addr: Address,
+    /// What the payload is.
     pub ethertype: EtherType,
 }
 

@@ -57,22 +57,27 @@ impl<T: AsRef<[u8]>> Packet<T> {
         }
     }
 
+    /// The message type (echo request, echo reply, ...).
     pub fn msg_type(&self) -> Message {
         Message::from(self.buffer.as_ref()[field::TYPE])
     }
 
+    /// The code, which refines the type (for destination unreachable, why).
     pub fn msg_code(&self) -> u8 {
         self.buffer.as_ref()[field::CODE]
     }
 
+    /// The checksum field as it is on the wire.
     pub fn checksum(&self) -> u16 {
         read_u16(self.buffer.as_ref(), field::CHECKSUM)
     }
 
+    /// An echo message's identifier (meaningful for echo types only).
     pub fn echo_ident(&self) -> u16 {
         read_u16(self.buffer.as_ref(), field::ECHO_IDENT)
     }
 
+    /// An echo message's sequence number (meaningful for echo types only).
     pub fn echo_seq_no(&self) -> u16 {
         read_u16(self.buffer.as_ref(), field::ECHO_SEQNO)
     }
@@ -91,24 +96,36 @@ impl<T: AsRef<[u8]>> Packet<T> {
 /// The ICMP messages this stack reads or writes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Repr<'a> {
+    /// A ping: the reply echoes identifier, sequence number and data.
     EchoRequest {
+        /// Chosen by the sender to match replies to its pings.
         ident: u16,
+        /// Counts the sender's pings.
         seq_no: u16,
+        /// Bytes the reply must carry back unchanged.
         data: &'a [u8],
     },
+    /// The answer to an [`Repr::EchoRequest`], with its fields copied.
     EchoReply {
+        /// Copied from the request.
         ident: u16,
+        /// Copied from the request.
         seq_no: u16,
+        /// Copied from the request.
         data: &'a [u8],
     },
     /// `data` is the offending datagram's IP header and first 8 payload bytes.
     DstUnreachable {
+        /// Why the datagram could not be delivered (3: port unreachable).
         code: u8,
+        /// The offending datagram's IP header and first 8 payload bytes.
         data: &'a [u8],
     },
     /// Any other type or code, kept for counting.
     Other {
+        /// The message type.
         msg_type: Message,
+        /// The message code.
         code: u8,
     },
 }

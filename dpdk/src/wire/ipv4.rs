@@ -73,6 +73,7 @@ impl<T: AsRef<[u8]>> Packet<T> {
         Ok(())
     }
 
+    /// The version field (4 for every packet this stack accepts).
     pub fn version(&self) -> u8 {
         self.buffer.as_ref()[field::VER_IHL] >> 4
     }
@@ -82,14 +83,17 @@ impl<T: AsRef<[u8]>> Packet<T> {
         usize::from(self.buffer.as_ref()[field::VER_IHL] & 0x0f) * 4
     }
 
+    /// Header plus payload, in bytes.
     pub fn total_len(&self) -> u16 {
         read_u16(self.buffer.as_ref(), field::LENGTH)
     }
 
+    /// The identification field (used to reassemble fragments).
     pub fn ident(&self) -> u16 {
         read_u16(self.buffer.as_ref(), field::IDENT)
     }
 
+    /// True if the sender forbade fragmentation.
     pub fn dont_frag(&self) -> bool {
         read_u16(self.buffer.as_ref(), field::FLG_OFF) & FLAG_DF != 0
     }
@@ -99,22 +103,27 @@ impl<T: AsRef<[u8]>> Packet<T> {
         read_u16(self.buffer.as_ref(), field::FLG_OFF) & (FLAG_MF | OFFSET_MASK) != 0
     }
 
+    /// Hops left; a packet arriving with 0 is dropped.
     pub fn ttl(&self) -> u8 {
         self.buffer.as_ref()[field::TTL]
     }
 
+    /// What the payload is (UDP, ICMP or another protocol).
     pub fn protocol(&self) -> Protocol {
         Protocol::from(self.buffer.as_ref()[field::PROTOCOL])
     }
 
+    /// The header checksum field as it is on the wire.
     pub fn checksum(&self) -> u16 {
         read_u16(self.buffer.as_ref(), field::CHECKSUM.start)
     }
 
+    /// The sender's address.
     pub fn src_addr(&self) -> Ipv4Addr {
         read_ipv4(self.buffer.as_ref(), field::SRC_ADDR)
     }
 
+    /// The receiver's address.
     pub fn dst_addr(&self) -> Ipv4Addr {
         read_ipv4(self.buffer.as_ref(), field::DST_ADDR)
     }
@@ -159,10 +168,15 @@ pub enum Checksum {
 /// The parts of an IPv4 header this stack uses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Repr {
+    /// The sender's address.
     pub src_addr: Ipv4Addr,
+    /// The receiver's address.
     pub dst_addr: Ipv4Addr,
+    /// What the payload is.
     pub protocol: Protocol,
+    /// Length of the payload (after the header) in bytes.
     pub payload_len: usize,
+    /// Hops the packet may make.
     pub ttl: u8,
 }
 

@@ -49,10 +49,12 @@ impl<T: AsRef<[u8]>> Packet<T> {
         Ok(())
     }
 
+    /// The sender's port.
     pub fn src_port(&self) -> u16 {
         read_u16(self.buffer.as_ref(), field::SRC_PORT)
     }
 
+    /// The receiver's port.
     pub fn dst_port(&self) -> u16 {
         read_u16(self.buffer.as_ref(), field::DST_PORT)
     }
@@ -67,6 +69,7 @@ impl<T: AsRef<[u8]>> Packet<T> {
         usize::from(self.len()) == HEADER_LEN
     }
 
+    /// The checksum field as it is on the wire (0: none, allowed over IPv4).
     pub fn checksum(&self) -> u16 {
         read_u16(self.buffer.as_ref(), field::CHECKSUM)
     }
@@ -105,7 +108,9 @@ pub fn checksum_of(src: Ipv4Addr, dst: Ipv4Addr, header: &[u8], payload: &[u8]) 
 /// A parsed UDP header.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Repr {
+    /// The sender's port.
     pub src_port: u16,
+    /// The receiver's port.
     pub dst_port: u16,
 }
 
