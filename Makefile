@@ -137,6 +137,7 @@ fmt:
 lint: header
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --release --workspace --all-targets -- -D warnings
+	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --release --no-deps --workspace
 	@git diff --exit-code -- include/ || { echo "make lint: include/ is not what make header generates from src/ffi: commit the regenerated headers"; exit 1; }
 
 # The C headers: include/demi/{types,libos,sga,wait}.h are generated from

@@ -52,7 +52,7 @@ pub use buffer::Buffer;
 pub use config::Config;
 pub use engine::{QDesc, QResult, QToken, QValue};
 pub use error::{errno_name, Error, Result};
-pub use libos::LibOs;
+pub use libos::{Armed, LibOs};
 
 /// Starts `env_logger` once (level from `RUST_LOG`, default warnings).
 pub fn init_logging() {
