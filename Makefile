@@ -132,8 +132,8 @@ bench-engine: build
 fmt:
 	$(CARGO) fmt --all
 
-# fmt, clippy, and the C headers: regenerated, they must equal the
-# committed ones.
+# fmt, clippy, rustdoc (warnings are errors), and the C headers: regenerated,
+# they must equal the committed ones.
 lint: header
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --release --workspace --all-targets -- -D warnings
