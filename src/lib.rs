@@ -19,15 +19,37 @@
 //! networking and no device, and a handle that can stall it so tokens stay
 //! pending (`LibOs::with_engine(Engine::new(Box::new(Loopback::new())), spin)`).
 //!
-//! ```no_run
-//! use demi::{LibOs, SockType, QValue};
+//! The path of a push: [`LibOs::push`] takes the engine's lock, checks the
+//! descriptor's state, issues a token and hands the buffer to the backend,
+//! which posts it (catmint: a send work request on the socket's queue pair;
+//! catnap: a `send` on the kernel socket) and reports the outcome into the
+//! engine's completion table, at once or from a later poll. A pop is the
+//! same in reverse: the backend keeps a receive posted and, when a message
+//! arrives, lends its memory to the [`Buffer`] the pop returns (catmint's
+//! receive slot goes back to the device when the last `Buffer` drops).
+//! [`LibOs::wait`] polls the backend until the token's outcome is there,
+//! spinning for `DEMI_SPIN_US` and then sleeping on the backend's
+//! descriptor. docs/ARCHITECTURE.md draws the layers.
+//!
+//! Quick start, over catnap (kernel UDP on the loopback interface):
+//!
+//! ```
+//! use demi::{LibOs, QValue, SockType};
 //! let os = LibOs::new("catnap")?;
-//! let qd = os.socket(SockType::Datagram)?;
-//! os.bind(qd, "127.0.0.1:0".parse().unwrap())?;
-//! let msg = os.buffer_from(b"hello")?;
-//! let qt = os.pushto(qd, &msg, "127.0.0.1:7".parse().unwrap())?;
-//! let done = os.wait(qt, None)?;
-//! assert!(matches!(done.value, QValue::Push));
+//! let (a, b) = (os.socket(SockType::Datagram)?, os.socket(SockType::Datagram)?);
+//! os.bind(a, "127.0.0.1:0".parse().unwrap())?;
+//! os.bind(b, "127.0.0.1:0".parse().unwrap())?;
+//! let to = os.local_addr(b)?.expect("b is bound");
+//! let sent = os.pushto(a, &os.buffer_from(b"hello")?, to)?;
+//! let popped = os.pop(b)?;
+//! assert!(matches!(os.wait(sent, None)?.value, QValue::Push));
+//! match os.wait(popped, None)?.value {
+//!     QValue::Pop { buf, from } => {
+//!         assert_eq!(buf.as_slice(), b"hello");
+//!         assert_eq!(from, os.local_addr(a)?);
+//!     }
+//!     other => panic!("expected a pop, got {other:?}"),
+//! }
 //! # Ok::<(), demi::Error>(())
 //! ```
 #![deny(unsafe_code)]
