@@ -264,6 +264,20 @@ mod tests {
     }
 
     #[test]
+    fn slots_come_back_from_other_threads() {
+        let pool = LendPool::new(8, |_| {});
+        for round in 0..50u8 {
+            let bufs: Vec<Buffer> = (0..8).map(|i| filled(&pool, &[round ^ i; 16])).collect();
+            let ptrs: Vec<*const u8> = bufs.iter().map(Buffer::as_ptr).collect();
+            std::thread::spawn(move || drop(bufs)).join().unwrap();
+            assert_eq!(pool.waiting(), 8);
+            // The next round lends the same memory again.
+            let again: Vec<Buffer> = (0..8).map(|_| filled(&pool, b"x")).collect();
+            assert!(again.iter().all(|b| ptrs.contains(&b.as_ptr())));
+        }
+    }
+
+    #[test]
     fn reset_runs_when_the_last_buffer_goes() {
         let pool: LendPool<Box<[u8]>> = LendPool::new(1, |v| v.fill(0xee));
         let a = filled(&pool, b"abcd");
