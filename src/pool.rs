@@ -177,8 +177,11 @@ impl<T: Send + Sync + 'static> Lease<T> {
 impl<T: Send + Sync + 'static> Drop for Lease<T> {
     fn drop(&mut self) {
         // SAFETY: the lease owns the slot exclusively (see `value`).
-        let shared = unsafe { &self.slot.as_ref().shared };
-        if !shared.keep(self.slot) {
+        let slot = unsafe { self.slot.as_ref() };
+        // Given back as a lent slot is: reset (a filled value is let go).
+        // SAFETY: as above, nobody else reads or writes the value.
+        (slot.shared.reset)(unsafe { &mut *slot.value.get() });
+        if !slot.shared.keep(self.slot) {
             // SAFETY: made by Box::into_raw in `take`, owned by this lease alone
             // and not kept by the pool: freed once, here.
             drop(unsafe { Box::from_raw(self.slot.as_ptr()) });
@@ -287,5 +290,9 @@ mod tests {
         drop(b);
         let mut again = pool.take(|| unreachable!());
         assert_eq!(&again.value()[..4], [0xee; 4]);
+        // A lease dropped unlent is reset too.
+        again.value()[0] = 1;
+        drop(again);
+        assert_eq!(pool.take(|| unreachable!()).value()[0], 0xee);
     }
 }
