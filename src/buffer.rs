@@ -5,7 +5,8 @@
 //! push in flight holds a clone, so the application may free its own handle at
 //! any time and the memory stays valid until the completion is reaped. Device
 //! libOSes supply their own owners (registered memory, received buffers that
-//! are re-posted on drop); catnap uses the heap.
+//! are re-posted on drop); catnap reuses heap memory from a pool
+//! (`src/pool.rs`).
 //!
 //! The reference count lives in the owner ([`Lender`]), not in an `Arc`, so
 //! that an owner can outlive its buffers and be lent again: a received RDMA
@@ -24,7 +25,8 @@ use std::sync::Arc;
 pub enum Released {
     /// Nothing: the owner lives on (it took its memory back).
     Kept,
-    /// The owner was boxed for its buffers alone (`Buffer::from_owner`):
+    /// The owner is a box that nothing else refers to any more (one made
+    /// by `Buffer::from_owner`, or a pool's slot the pool did not keep):
     /// free the box.
     Free,
     /// Drop this after the call (it may be what keeps the owner itself

@@ -6,12 +6,14 @@
 //! completes when the port took it, or later when ARP answered (or did not:
 //! EHOSTUNREACH). Buffers from `alloc` live in mbufs, so such pushes are not
 //! copied; popped buffers are the received mbufs' payloads, freed when the
-//! last reference to the buffer goes. DPDK has no file descriptor, so
-//! waiters busy-poll (`arm` returns None).
+//! last reference to the buffer goes (their owners are reused slots of a
+//! [`LendPool`], so a pop allocates nothing once warm). DPDK has no file
+//! descriptor, so waiters busy-poll (`arm` returns None).
 
 use crate::backend::{Backend, Completions, OpId, Outcome, SockId, SockType};
 use crate::buffer::Buffer;
 use crate::error::{fail, Error, Result};
+use crate::pool::LendPool;
 use catnip::{Config, Event, Mbuf, Payload, RxPayload, SendStatus, Stack};
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddrV4;
@@ -26,10 +28,9 @@ const RX_QUEUE_MAX: usize = 1024;
 /// at its payload area sends it without a copy.
 struct TxMbuf(Mbuf);
 
-/// A received mbuf whose payload a pop handed out; dropping it frees the mbuf.
-struct RxMbuf(#[allow(dead_code)] Mbuf);
+/// Owners of received payloads kept for reuse, at most (more are freed).
+const RX_OWNERS_KEPT: usize = 1024;
 
-#[derive(Default)]
 struct Sock {
     /// Bound local port.
     port: Option<u16>,
@@ -37,6 +38,23 @@ struct Sock {
     peer: Option<SocketAddrV4>,
     pops: VecDeque<OpId>,
     received: VecDeque<(Buffer, SocketAddrV4)>,
+}
+
+/// Room made up front in a socket's queues of pops and received
+/// datagrams: a datagram that arrives before its pop (which happens now
+/// and then even in lock step) is queued without an allocation. Longer
+/// queues grow once and keep their room.
+const QUEUE_ROOM: usize = 16;
+
+impl Sock {
+    fn new() -> Sock {
+        Sock {
+            port: None,
+            peer: None,
+            pops: VecDeque::with_capacity(QUEUE_ROOM),
+            received: VecDeque::with_capacity(QUEUE_ROOM),
+        }
+    }
 }
 
 /// The catnip backend.
@@ -49,6 +67,9 @@ pub struct Catnip {
     events: Vec<Event>,
     /// Datagrams dropped because their socket's queue was full.
     drop_rx_queue_full: u64,
+    /// Owners for received payloads: the mbuf a pop handed out, freed (the
+    /// slot's value reset to None) when the last buffer over it goes.
+    rx: LendPool<Option<Mbuf>>,
 }
 
 fn to_error(e: catnip::Error) -> Error {
@@ -66,6 +87,7 @@ impl Catnip {
             queued: HashMap::new(),
             events: Vec::with_capacity(64),
             drop_rx_queue_full: 0,
+            rx: LendPool::new(RX_OWNERS_KEPT, |mbuf| *mbuf = None),
         })
     }
 
@@ -94,11 +116,13 @@ impl Catnip {
         }
         let len = payload.bytes().len();
         let ptr = NonNull::new(payload.bytes().as_ptr() as *mut u8).expect("mbuf data is never null");
-        let owner = RxMbuf(payload.into_frame());
+        let mut owner = self.rx.take(|| None);
+        *owner.value() = Some(payload.into_frame());
         // SAFETY: ptr..ptr+len lies in the mbuf's data, which stays valid and
-        // unused by anyone else while the RxMbuf owner holds the mbuf.
+        // unused by anyone else while the slot holds the mbuf: until the
+        // last buffer goes (the reset frees it then; nothing else changes it).
         #[allow(unsafe_code)]
-        let buf = unsafe { Buffer::from_owner(ptr, len, owner) };
+        let buf = unsafe { owner.lend(ptr, len) };
         if let Some(op) = sock.pops.pop_front() {
             out.complete(op, Outcome::Popped { buf, from: Some(from) });
         } else if sock.received.len() < RX_QUEUE_MAX {
@@ -130,7 +154,7 @@ impl Backend for Catnip {
             self.socks.push(None);
             self.socks.len() - 1
         });
-        self.socks[id] = Some(Sock::default());
+        self.socks[id] = Some(Sock::new());
         Ok(id)
     }
 

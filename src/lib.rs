@@ -67,6 +67,7 @@ mod error;
 pub mod ffi;
 mod libos;
 pub mod loopback;
+mod pool;
 mod sys;
 
 pub use backend::SockType;

@@ -5,19 +5,60 @@
 //! would block waits for the socket's next epoll edge. Stream pops return
 //! whatever bytes have arrived (up to 64 KiB) as one buffer; datagram pops
 //! return one datagram with its sender.
+//!
+//! A read goes to one scratch area and is copied into a buffer from
+//! [`RxPools`]: memory reused once its last buffer is freed, so a pop
+//! allocates nothing once warm.
 
 mod sys;
 
 use crate::backend::{Backend, Completions, OpId, Outcome, SockId, SockType};
 use crate::buffer::Buffer;
 use crate::error::{fail, Result};
+use crate::pool::LendPool;
 use std::collections::VecDeque;
 use std::net::SocketAddrV4;
 use std::os::fd::{OwnedFd, RawFd};
+use std::ptr::NonNull;
 use sys::{is_would_block, Epoll};
 
 /// Largest single read: the largest UDP datagram fits.
-const SCRATCH_LEN: usize = 65536;
+const SCRATCH_LEN: usize = 1 << CLASS_MAX_SHIFT;
+
+/// Popped buffers come in sizes 2^8 (256 B) to 2^16 (64 KiB, the scratch
+/// area), doubling: a pop takes the smallest that holds what it read.
+const CLASS_MIN_SHIFT: u32 = 8;
+const CLASS_MAX_SHIFT: u32 = 16;
+const CLASSES: usize = (CLASS_MAX_SHIFT - CLASS_MIN_SHIFT + 1) as usize;
+/// Freed memory each size keeps for reuse, at most (the rest goes back to
+/// the allocator): 1024 buffers of 256 B, ..., 4 of 64 KiB.
+const CLASS_KEEP_BYTES: usize = 256 << 10;
+
+/// The memory popped buffers are copied into, by size, reused.
+struct RxPools([LendPool<Box<[u8]>>; CLASSES]);
+
+impl RxPools {
+    fn new() -> RxPools {
+        RxPools(std::array::from_fn(|c| LendPool::new(CLASS_KEEP_BYTES >> (CLASS_MIN_SHIFT + c as u32), |_| {})))
+    }
+
+    /// A buffer holding a copy of `data` (at most 64 KiB).
+    fn copy(&self, data: &[u8]) -> Buffer {
+        let shift = data.len().next_power_of_two().trailing_zeros().max(CLASS_MIN_SHIFT);
+        assert!(shift <= CLASS_MAX_SHIFT, "catnap reads at most {SCRATCH_LEN} bytes at once");
+        let mut lease = self.0[(shift - CLASS_MIN_SHIFT) as usize].take(|| vec![0u8; 1 << shift].into_boxed_slice());
+        let mem = lease.value();
+        mem[..data.len()].copy_from_slice(data);
+        let ptr = NonNull::new(mem.as_mut_ptr()).expect("a boxed slice of 256 bytes or more is never null");
+        // SAFETY: the boxed slice is the slot's own memory: it does not move
+        // when the slot is lent, and is neither changed by catnap nor reset
+        // (the reset does nothing) while buffers over it live.
+        #[allow(unsafe_code)]
+        unsafe {
+            lease.lend(ptr, data.len())
+        }
+    }
+}
 
 struct PendingPush {
     op: OpId,
@@ -87,6 +128,7 @@ pub struct Catnap {
     free: Vec<usize>,
     events: Vec<libc::epoll_event>,
     scratch: Box<[u8]>,
+    rx: RxPools,
 }
 
 impl Catnap {
@@ -97,6 +139,7 @@ impl Catnap {
             free: Vec::new(),
             events: vec![libc::epoll_event { events: 0, u64: 0 }; 64],
             scratch: vec![0u8; SCRATCH_LEN].into_boxed_slice(),
+            rx: RxPools::new(),
         })
     }
 
@@ -224,7 +267,7 @@ impl Catnap {
             }
             if sock.eof {
                 sock.pops.pop_front();
-                out.complete(op, Outcome::Popped { buf: Buffer::heap(0), from: None });
+                out.complete(op, Outcome::Popped { buf: self.rx.copy(&[]), from: None });
                 continue;
             }
             match sys::recv(&sock.fd, &mut self.scratch) {
@@ -234,7 +277,7 @@ impl Catnap {
                         sock.eof = true;
                     }
                     let from = if sock.ty == SockType::Datagram { from } else { None };
-                    let buf = Buffer::copy_from(&self.scratch[..n]);
+                    let buf = self.rx.copy(&self.scratch[..n]);
                     out.complete(op, Outcome::Popped { buf, from });
                 }
                 Err(e) if is_would_block(&e) => {

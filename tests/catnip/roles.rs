@@ -3,8 +3,9 @@
 //! endpoints inside a test's network namespace.
 
 use super::common::{pattern, wait, wait_ok};
+use super::counting::allocations_in;
 use super::{BYE, ECHO_PORT, KERNEL_ECHO_PORT};
-use demi::{LibOs, QValue, SockType};
+use demi::{Buffer, LibOs, QDesc, QValue, SockType};
 use std::ffi::c_int;
 use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
 use std::time::{Duration, Instant};
@@ -14,6 +15,8 @@ pub fn play(role: &str) {
     match role {
         "echo-server" => echo_server(ECHO_PORT),
         "memif-client" => memif_client(),
+        "zero-alloc-server" => zero_alloc_server(),
+        "zero-alloc-client" => zero_alloc_client(),
         "veth-dpdk" => veth_dpdk(),
         "lossy-client" => lossy_client(),
         "kernel-echo" => kernel_echo(),
@@ -66,6 +69,71 @@ fn serve_echo(os: &LibOs, port: u16) {
     }
     // The last echo's push has completed: it is on the device.
     os.close(qd).unwrap();
+}
+
+/// Round trips before the zero-allocation roles count, and counted.
+const WARM_UP: usize = 1_000;
+const MEASURED: usize = 10_000;
+
+/// Echoes `n` datagrams on `qd`: pop, wait, push the received buffer itself
+/// back to its sender, wait.
+fn echo_n(os: &LibOs, qd: QDesc, n: usize) {
+    for _ in 0..n {
+        let r = os.wait(os.pop(qd).unwrap(), Some(Duration::from_secs(40))).expect("a datagram within 40 s");
+        let QValue::Pop { buf, from } = r.value else { panic!("pop failed: {:?}", r.value) };
+        let echo = os.pushto(qd, &buf, from.expect("datagrams carry their sender")).unwrap();
+        drop(buf);
+        assert!(matches!(wait_ok(os, echo).value, QValue::Push));
+    }
+}
+
+/// The echo server of `memif_round_trips_allocate_nothing`: counts its
+/// allocations over the client's measured round trips, then echoes the
+/// goodbye and waits to be released (see `echo_server`).
+fn zero_alloc_server() {
+    let os = catnip();
+    let qd = os.socket(SockType::Datagram).unwrap();
+    os.bind(qd, SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, ECHO_PORT)).unwrap();
+    echo_n(&os, qd, WARM_UP);
+    let allocs = allocations_in(|| echo_n(&os, qd, MEASURED));
+    let (bye, from) = pop_one(&os, qd);
+    assert_eq!(bye, BYE);
+    wait_ok(&os, os.pushto(qd, &os.buffer_from(BYE).unwrap(), from).unwrap());
+    os.close(qd).unwrap();
+    let _ = std::io::Read::read_to_end(&mut std::io::stdin(), &mut Vec::new());
+    eprintln!("catnip server: allocations in {MEASURED} echoes of 64 B: {allocs}");
+    assert_eq!(allocs, 0, "heap allocations on catnip's server path (pop, pushto of the received buffer)");
+}
+
+/// `rounds` round trips of `msg` to `server`: pop posted first, pushto,
+/// wait for both, compare.
+fn ping(os: &LibOs, qd: QDesc, msg: &Buffer, server: SocketAddrV4, rounds: usize) {
+    for _ in 0..rounds {
+        let pop = os.pop(qd).unwrap();
+        assert!(matches!(wait_ok(os, os.pushto(qd, msg, server).unwrap()).value, QValue::Push));
+        let QValue::Pop { buf, from } = wait_ok(os, pop).value else { panic!("expected a pop") };
+        assert_eq!((buf.as_slice(), from), (msg.as_slice(), Some(server)), "the echo differs");
+    }
+}
+
+/// The client of `memif_round_trips_allocate_nothing`: pushes an mbuf
+/// buffer from sgaalloc (zero copy), counts over the measured round trips.
+fn zero_alloc_client() {
+    let os = catnip();
+    let server = addr(&env_of("CATNIP_PEER"), ECHO_PORT);
+    let qd = os.socket(SockType::Datagram).unwrap();
+    os.bind(qd, "0.0.0.0:0".parse().unwrap()).unwrap();
+    let mut msg = os.sgaalloc(64).unwrap();
+    msg.as_mut_slice().expect("fresh buffer").copy_from_slice(&pattern(64, 0x5a));
+    ping(&os, qd, &msg, server, WARM_UP);
+    let allocs = allocations_in(|| ping(&os, qd, &msg, server, MEASURED));
+    // The counter itself works: a heap buffer is one allocation or more.
+    let control = allocations_in(|| drop(os.buffer_from(&[1; 64]).unwrap()));
+    assert!(control >= 1, "the counting allocator counted nothing for an allocation");
+    wait_ok(&os, os.pushto(qd, &os.buffer_from(BYE).unwrap(), server).unwrap());
+    assert_eq!(pop_one(&os, qd).0, BYE);
+    eprintln!("catnip client: allocations in {MEASURED} round trips of 64 B: {allocs}");
+    assert_eq!(allocs, 0, "heap allocations on catnip's client path (pushto of an mbuf buffer, pop)");
 }
 
 fn pop_one(os: &LibOs, qd: i32) -> (Vec<u8>, SocketAddrV4) {
