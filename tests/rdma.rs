@@ -18,7 +18,10 @@
 //! every child is killed by its pid when its handle drops.
 
 mod common;
+#[path = "common/counting.rs"]
+mod counting;
 use common::lib_dir;
+use counting::allocations_in;
 use demi::{Buffer, LibOs, QDesc, QResult, QToken, QValue, SockType};
 use std::collections::{HashSet, VecDeque};
 use std::io::{BufRead, BufReader};
@@ -1564,60 +1567,6 @@ fn ud_first_contact_under_netem_loss_fails_in_time_and_retries_later() {
 }
 
 // ---------------------------------------------------------------- allocations
-
-/// Counts the heap allocations (and reallocations) made by one thread while
-/// it has counting switched on; other threads and other times pass through.
-struct CountingAlloc;
-
-thread_local! {
-    static COUNTING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
-    static ALLOCATIONS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
-}
-
-fn note_allocation() {
-    // try_with: the allocator also runs while thread-locals are torn down.
-    let _ = COUNTING.try_with(|on| {
-        if on.get() {
-            ALLOCATIONS.with(|n| n.set(n.get() + 1));
-        }
-    });
-}
-
-// SAFETY: every call is forwarded unchanged to the system allocator; the
-// counting touches only const-initialised thread-locals, which never allocate.
-unsafe impl std::alloc::GlobalAlloc for CountingAlloc {
-    unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
-        note_allocation();
-        // SAFETY: forwarded from GlobalAlloc's contract.
-        unsafe { std::alloc::System.alloc(layout) }
-    }
-    unsafe fn alloc_zeroed(&self, layout: std::alloc::Layout) -> *mut u8 {
-        note_allocation();
-        // SAFETY: as above.
-        unsafe { std::alloc::System.alloc_zeroed(layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: std::alloc::Layout, new_size: usize) -> *mut u8 {
-        note_allocation();
-        // SAFETY: as above.
-        unsafe { std::alloc::System.realloc(ptr, layout, new_size) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
-        // SAFETY: as above.
-        unsafe { std::alloc::System.dealloc(ptr, layout) }
-    }
-}
-
-#[global_allocator]
-static ALLOCATOR: CountingAlloc = CountingAlloc;
-
-/// Heap allocations made by this thread while `f` runs.
-fn allocations_in(f: impl FnOnce()) -> u64 {
-    ALLOCATIONS.with(|n| n.set(0));
-    COUNTING.with(|on| on.set(true));
-    f();
-    COUNTING.with(|on| on.set(false));
-    ALLOCATIONS.with(|n| n.get())
-}
 
 /// `n` round trips of `msg` from `c` to `s` and back: the server pushes the
 /// very buffer it popped (as an echo server does), the client frees what
