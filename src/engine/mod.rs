@@ -247,6 +247,7 @@ impl Engine {
     }
 
     /// Moves the backend forward and applies what finished.
+    #[inline]
     pub fn poll(&mut self) {
         self.backend.poll(&mut self.out);
         self.apply();
@@ -269,14 +270,24 @@ impl Engine {
 
     /// Takes a finished operation; `Err(EINVAL)` if `qt` is not a live token,
     /// `Ok(None)` if it is still pending.
+    #[inline]
     pub fn take(&mut self, qt: QToken) -> Result<Option<QResult>> {
-        if let Some(f) = self.tokens.take(qt) {
-            return Ok(Some(QResult { qd: f.qd, qt, value: f.outcome }));
+        match self.take_ready(qt) {
+            Some(Ok(r)) => Ok(Some(r)),
+            Some(Err(e)) => Err(e),
+            None => Ok(None),
         }
-        if self.tokens.is_live(qt) {
-            Ok(None)
-        } else {
-            fail(libc::EINVAL, "not a live queue token (stale, consumed or forged)")
+    }
+
+    /// [`Engine::take`] in the shape a wait wants: `Some` once the wait for
+    /// `qt` is over (its result, or EINVAL if `qt` is not a live token),
+    /// `None` while it is pending.
+    #[inline]
+    pub(crate) fn take_ready(&mut self, qt: QToken) -> Option<Result<QResult>> {
+        match self.tokens.take(qt) {
+            Some(f) => Some(Ok(QResult { qd: f.qd, qt, value: f.outcome })),
+            None if self.tokens.is_live(qt) => None,
+            None => Some(fail(libc::EINVAL, "not a live queue token (stale, consumed or forged)")),
         }
     }
 
@@ -316,46 +327,71 @@ impl Engine {
     }
 
     /// Finishes issuing `op`: a refused request frees its token.
+    #[inline]
     fn started(&mut self, op: OpId, r: Result<()>) -> Result<QToken> {
         match r {
             Ok(()) => {
                 self.apply();
                 Ok(op)
             }
-            Err(e) => {
-                // A backend that refuses must not also have completed the op.
-                self.out.0.retain(|(o, _)| *o != op);
-                self.tokens.complete(op, QValue::Failed(e.errno()));
-                let _ = self.tokens.take(op);
-                self.apply();
-                Err(e)
-            }
+            Err(e) => Err(self.refused(op, e)),
         }
     }
 
+    /// The backend refused to start `op`: frees its token and returns `e`.
+    #[cold]
+    fn refused(&mut self, op: OpId, e: Error) -> Error {
+        // A backend that refuses must not also have completed the op.
+        self.out.0.retain(|(o, _)| *o != op);
+        self.tokens.complete(op, QValue::Failed(e.errno()));
+        let _ = self.tokens.take(op);
+        self.apply();
+        e
+    }
+
     /// Turns backend outcomes into results, updating socket state.
+    #[inline]
     fn apply(&mut self) {
-        if self.out.0.is_empty() {
-            return;
-        }
-        let mut out = std::mem::take(&mut self.out.0);
-        let Engine { backend, queues, tokens, fresh, .. } = self;
-        for (op, outcome) in out.drain(..) {
-            if tokens.complete_with(op, |qd, kind| result_of(backend.as_mut(), queues, qd, kind, outcome)) {
-                *fresh += 1;
-            } else {
-                log::error!("{}: completion for unknown operation {op:#x} dropped", backend.name());
+        let Engine { backend, queues, tokens, out, fresh, .. } = self;
+        match out.0.len() {
+            0 => {}
+            // The common case, one completion per call or poll: no drain.
+            1 => {
+                if let Some((op, outcome)) = out.0.pop() {
+                    finish(backend.as_mut(), queues, tokens, fresh, op, outcome);
+                }
+            }
+            // In the order reported; the vector keeps its capacity.
+            _ => {
+                for (op, outcome) in out.0.drain(..) {
+                    finish(backend.as_mut(), queues, tokens, fresh, op, outcome);
+                }
             }
         }
-        // Keep the vector's capacity for the next round.
-        if self.out.0.is_empty() {
-            self.out.0 = out;
-        }
+    }
+}
+
+/// Records one backend outcome as its operation's result and counts it in
+/// `fresh`.
+#[inline]
+fn finish(
+    backend: &mut dyn Backend,
+    queues: &mut QueueTable,
+    tokens: &mut TokenTable<QValue>,
+    fresh: &mut usize,
+    op: OpId,
+    outcome: Outcome,
+) {
+    if tokens.complete_with(op, |qd, kind| result_of(backend, queues, qd, kind, outcome)) {
+        *fresh += 1;
+    } else {
+        log::error!("{}: completion for unknown operation {op:#x} dropped", backend.name());
     }
 }
 
 /// The result an outcome gives the operation (`qd`, `kind`), and what it
 /// does to the socket's state.
+#[inline]
 fn result_of(backend: &mut dyn Backend, queues: &mut QueueTable, qd: QDesc, kind: OpKind, outcome: Outcome) -> QValue {
     match outcome {
         Outcome::Pushed => QValue::Push,
