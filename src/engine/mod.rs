@@ -385,14 +385,38 @@ fn finish(
     if tokens.complete_with(op, |qd, kind| result_of(backend, queues, qd, kind, outcome)) {
         *fresh += 1;
     } else {
-        log::error!("{}: completion for unknown operation {op:#x} dropped", backend.name());
+        unknown_completion(backend, op);
     }
+}
+
+/// A backend bug: a completion for an operation that is not pending.
+#[cold]
+fn unknown_completion(backend: &dyn Backend, op: OpId) {
+    log::error!("{}: completion for unknown operation {op:#x} dropped", backend.name());
 }
 
 /// The result an outcome gives the operation (`qd`, `kind`), and what it
 /// does to the socket's state.
 #[inline]
 fn result_of(backend: &mut dyn Backend, queues: &mut QueueTable, qd: QDesc, kind: OpKind, outcome: Outcome) -> QValue {
+    match outcome {
+        // The per-message outcomes change no socket state: kept inline.
+        Outcome::Pushed => QValue::Push,
+        Outcome::Popped { buf, from } => QValue::Pop { buf, from },
+        other => result_of_other(backend, queues, qd, kind, other),
+    }
+}
+
+/// [`result_of`] for the outcomes that change socket state (once per
+/// connection, not per message): out of line, so the message path stays small.
+#[inline(never)]
+fn result_of_other(
+    backend: &mut dyn Backend,
+    queues: &mut QueueTable,
+    qd: QDesc,
+    kind: OpKind,
+    outcome: Outcome,
+) -> QValue {
     match outcome {
         Outcome::Pushed => QValue::Push,
         Outcome::Popped { buf, from } => QValue::Pop { buf, from },

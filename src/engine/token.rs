@@ -166,14 +166,20 @@ impl<T> TokenTable<T> {
         if self.finished.front() == Some(&token) {
             self.finished.pop_front();
         } else if self.finished.len() > 64 && self.finished.len() > 2 * self.done {
-            let slots = &self.slots;
-            self.finished.retain(|&t| {
-                let (i, g) = split(t);
-                slots[i].generation == g && matches!(slots[i].state, State::Done(_))
-            });
+            self.compact_finished();
         }
         let State::Done(outcome) = state else { unreachable!("checked above") };
         Some(Finished { token, qd, kind, outcome })
+    }
+
+    /// Drops the tokens that targeted waits took from `finished`.
+    #[cold]
+    fn compact_finished(&mut self) {
+        let slots = &self.slots;
+        self.finished.retain(|&t| {
+            let (i, g) = split(t);
+            slots[i].generation == g && matches!(slots[i].state, State::Done(_))
+        });
     }
 
     /// Takes the oldest finished operation that has not been taken yet.
