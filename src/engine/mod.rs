@@ -173,6 +173,7 @@ impl Engine {
 
     /// Pushes `buf` (the whole view) on a connected socket, or to `to` on a
     /// datagram socket.
+    #[inline]
     pub fn push(&mut self, qd: QDesc, buf: Buffer, to: Option<SocketAddrV4>) -> Result<QToken> {
         let q = self.queues.get(qd)?;
         if to.is_some_and(|a| a.ip().is_unspecified() || a.port() == 0) {
@@ -191,6 +192,7 @@ impl Engine {
         self.started(op, r)
     }
 
+    #[inline]
     pub fn pop(&mut self, qd: QDesc) -> Result<QToken> {
         let q = self.queues.get(qd)?;
         q.check_pop()?;
