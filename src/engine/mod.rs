@@ -354,6 +354,16 @@ impl Engine {
     /// Turns backend outcomes into results, updating socket state.
     #[inline]
     fn apply(&mut self) {
+        // Half the calls (an issue that completes later, a poll that finds
+        // nothing) have nothing to apply: decided here, without a call.
+        if !self.out.0.is_empty() {
+            self.apply_some();
+        }
+    }
+
+    /// [`Engine::apply`] once there is something to apply.
+    #[inline(never)]
+    fn apply_some(&mut self) {
         let Engine { backend, queues, tokens, out, fresh, .. } = self;
         match out.0.len() {
             0 => {}
@@ -384,7 +394,16 @@ fn finish(
     op: OpId,
     outcome: Outcome,
 ) {
-    if tokens.complete_with(op, |qd, kind| result_of(backend, queues, qd, kind, outcome)) {
+    // The per-message outcomes change no socket state and need no lookup
+    // of the operation first. Each arm completes on its own, so the slot is
+    // written as one whole value (a write in pieces, merged from several
+    // arms, stalls the read that takes it moments later).
+    let done = match outcome {
+        Outcome::Pushed => tokens.complete(op, QValue::Push),
+        Outcome::Popped { buf, from } => tokens.complete(op, QValue::Pop { buf, from }),
+        other => tokens.complete_with(op, |qd, kind| result_of(backend, queues, qd, kind, other)),
+    };
+    if done {
         *fresh += 1;
     } else {
         unknown_completion(backend, op);
@@ -398,27 +417,10 @@ fn unknown_completion(backend: &dyn Backend, op: OpId) {
 }
 
 /// The result an outcome gives the operation (`qd`, `kind`), and what it
-/// does to the socket's state.
-#[inline]
-fn result_of(backend: &mut dyn Backend, queues: &mut QueueTable, qd: QDesc, kind: OpKind, outcome: Outcome) -> QValue {
-    match outcome {
-        // The per-message outcomes change no socket state: kept inline.
-        Outcome::Pushed => QValue::Push,
-        Outcome::Popped { buf, from } => QValue::Pop { buf, from },
-        other => result_of_other(backend, queues, qd, kind, other),
-    }
-}
-
-/// [`result_of`] for the outcomes that change socket state (once per
-/// connection, not per message): out of line, so the message path stays small.
+/// does to the socket's state. Out of line: the outcomes that change socket
+/// state come once per connection, not per message.
 #[inline(never)]
-fn result_of_other(
-    backend: &mut dyn Backend,
-    queues: &mut QueueTable,
-    qd: QDesc,
-    kind: OpKind,
-    outcome: Outcome,
-) -> QValue {
+fn result_of(backend: &mut dyn Backend, queues: &mut QueueTable, qd: QDesc, kind: OpKind, outcome: Outcome) -> QValue {
     match outcome {
         Outcome::Pushed => QValue::Push,
         Outcome::Popped { buf, from } => QValue::Pop { buf, from },
