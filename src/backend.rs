@@ -49,6 +49,7 @@ pub struct Completions(pub(crate) Vec<(OpId, Outcome)>);
 
 impl Completions {
     /// Reports that `op` ended with `outcome`. Each OpId is reported once.
+    #[inline]
     pub fn complete(&mut self, op: OpId, outcome: Outcome) {
         self.0.push((op, outcome));
     }

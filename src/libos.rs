@@ -221,7 +221,7 @@ impl LibOs {
     /// Waits for `qt`. `None` waits forever; a zero timeout polls once.
     /// ETIMEDOUT leaves the operation pending; EINVAL means `qt` is not live.
     pub fn wait(&self, qt: QToken, timeout: Option<Duration>) -> Result<QResult> {
-        self.wait_until(timeout, |e| e.take(qt).transpose())
+        self.wait_until(timeout, |e| e.take_ready(qt))
     }
 
     /// Waits for the first of `qts` to finish; returns its index and result.

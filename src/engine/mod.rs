@@ -173,6 +173,7 @@ impl Engine {
 
     /// Pushes `buf` (the whole view) on a connected socket, or to `to` on a
     /// datagram socket.
+    #[inline]
     pub fn push(&mut self, qd: QDesc, buf: Buffer, to: Option<SocketAddrV4>) -> Result<QToken> {
         let q = self.queues.get(qd)?;
         if to.is_some_and(|a| a.ip().is_unspecified() || a.port() == 0) {
@@ -191,6 +192,7 @@ impl Engine {
         self.started(op, r)
     }
 
+    #[inline]
     pub fn pop(&mut self, qd: QDesc) -> Result<QToken> {
         let q = self.queues.get(qd)?;
         q.check_pop()?;
@@ -247,6 +249,7 @@ impl Engine {
     }
 
     /// Moves the backend forward and applies what finished.
+    #[inline]
     pub fn poll(&mut self) {
         self.backend.poll(&mut self.out);
         self.apply();
@@ -269,14 +272,24 @@ impl Engine {
 
     /// Takes a finished operation; `Err(EINVAL)` if `qt` is not a live token,
     /// `Ok(None)` if it is still pending.
+    #[inline]
     pub fn take(&mut self, qt: QToken) -> Result<Option<QResult>> {
-        if let Some(f) = self.tokens.take(qt) {
-            return Ok(Some(QResult { qd: f.qd, qt, value: f.outcome }));
+        match self.take_ready(qt) {
+            Some(Ok(r)) => Ok(Some(r)),
+            Some(Err(e)) => Err(e),
+            None => Ok(None),
         }
-        if self.tokens.is_live(qt) {
-            Ok(None)
-        } else {
-            fail(libc::EINVAL, "not a live queue token (stale, consumed or forged)")
+    }
+
+    /// [`Engine::take`] in the shape a wait wants: `Some` once the wait for
+    /// `qt` is over (its result, or EINVAL if `qt` is not a live token),
+    /// `None` while it is pending.
+    #[inline]
+    pub(crate) fn take_ready(&mut self, qt: QToken) -> Option<Result<QResult>> {
+        match self.tokens.take(qt) {
+            Some(f) => Some(Ok(QResult { qd: f.qd, qt, value: f.outcome })),
+            None if self.tokens.is_live(qt) => None,
+            None => Some(fail(libc::EINVAL, "not a live queue token (stale, consumed or forged)")),
         }
     }
 
@@ -316,46 +329,97 @@ impl Engine {
     }
 
     /// Finishes issuing `op`: a refused request frees its token.
+    #[inline]
     fn started(&mut self, op: OpId, r: Result<()>) -> Result<QToken> {
         match r {
             Ok(()) => {
                 self.apply();
                 Ok(op)
             }
-            Err(e) => {
-                // A backend that refuses must not also have completed the op.
-                self.out.0.retain(|(o, _)| *o != op);
-                self.tokens.complete(op, QValue::Failed(e.errno()));
-                let _ = self.tokens.take(op);
-                self.apply();
-                Err(e)
-            }
+            Err(e) => Err(self.refused(op, e)),
         }
     }
 
+    /// The backend refused to start `op`: frees its token and returns `e`.
+    #[cold]
+    fn refused(&mut self, op: OpId, e: Error) -> Error {
+        // A backend that refuses must not also have completed the op.
+        self.out.0.retain(|(o, _)| *o != op);
+        self.tokens.complete(op, QValue::Failed(e.errno()));
+        let _ = self.tokens.take(op);
+        self.apply();
+        e
+    }
+
     /// Turns backend outcomes into results, updating socket state.
+    #[inline]
     fn apply(&mut self) {
-        if self.out.0.is_empty() {
-            return;
+        // Half the calls (an issue that completes later, a poll that finds
+        // nothing) have nothing to apply: decided here, without a call.
+        if !self.out.0.is_empty() {
+            self.apply_some();
         }
-        let mut out = std::mem::take(&mut self.out.0);
-        let Engine { backend, queues, tokens, fresh, .. } = self;
-        for (op, outcome) in out.drain(..) {
-            if tokens.complete_with(op, |qd, kind| result_of(backend.as_mut(), queues, qd, kind, outcome)) {
-                *fresh += 1;
-            } else {
-                log::error!("{}: completion for unknown operation {op:#x} dropped", backend.name());
+    }
+
+    /// [`Engine::apply`] once there is something to apply.
+    #[inline(never)]
+    fn apply_some(&mut self) {
+        let Engine { backend, queues, tokens, out, fresh, .. } = self;
+        match out.0.len() {
+            0 => {}
+            // The common case, one completion per call or poll: no drain.
+            1 => {
+                if let Some((op, outcome)) = out.0.pop() {
+                    finish(backend.as_mut(), queues, tokens, fresh, op, outcome);
+                }
             }
-        }
-        // Keep the vector's capacity for the next round.
-        if self.out.0.is_empty() {
-            self.out.0 = out;
+            // In the order reported; the vector keeps its capacity.
+            _ => {
+                for (op, outcome) in out.0.drain(..) {
+                    finish(backend.as_mut(), queues, tokens, fresh, op, outcome);
+                }
+            }
         }
     }
 }
 
+/// Records one backend outcome as its operation's result and counts it in
+/// `fresh`.
+#[inline]
+fn finish(
+    backend: &mut dyn Backend,
+    queues: &mut QueueTable,
+    tokens: &mut TokenTable<QValue>,
+    fresh: &mut usize,
+    op: OpId,
+    outcome: Outcome,
+) {
+    // The per-message outcomes change no socket state and need no lookup
+    // of the operation first. Each arm completes on its own, so the slot is
+    // written as one whole value (a write in pieces, merged from several
+    // arms, stalls the read that takes it moments later).
+    let done = match outcome {
+        Outcome::Pushed => tokens.complete(op, QValue::Push),
+        Outcome::Popped { buf, from } => tokens.complete(op, QValue::Pop { buf, from }),
+        other => tokens.complete_with(op, |qd, kind| result_of(backend, queues, qd, kind, other)),
+    };
+    if done {
+        *fresh += 1;
+    } else {
+        unknown_completion(backend, op);
+    }
+}
+
+/// A backend bug: a completion for an operation that is not pending.
+#[cold]
+fn unknown_completion(backend: &dyn Backend, op: OpId) {
+    log::error!("{}: completion for unknown operation {op:#x} dropped", backend.name());
+}
+
 /// The result an outcome gives the operation (`qd`, `kind`), and what it
-/// does to the socket's state.
+/// does to the socket's state. Out of line: the outcomes that change socket
+/// state come once per connection, not per message.
+#[inline(never)]
 fn result_of(backend: &mut dyn Backend, queues: &mut QueueTable, qd: QDesc, kind: OpKind, outcome: Outcome) -> QValue {
     match outcome {
         Outcome::Pushed => QValue::Push,

@@ -53,6 +53,7 @@ pub struct TokenTable<T> {
     done: usize,
 }
 
+#[inline]
 fn split(token: OpId) -> (usize, u32) {
     ((token & 0xffff_ffff) as usize, (token >> 32) as u32)
 }
@@ -69,6 +70,7 @@ impl<T> TokenTable<T> {
     }
 
     /// Allocates a token for a new pending operation.
+    #[inline]
     pub fn issue(&mut self, qd: i32, kind: OpKind) -> OpId {
         self.pending += 1;
         let idx = if self.free_head != NONE {
@@ -89,12 +91,14 @@ impl<T> TokenTable<T> {
         ((self.slots[idx].generation as u64) << 32) | idx as u64
     }
 
+    #[inline]
     fn slot(&self, token: OpId) -> Option<&Slot<T>> {
         let (idx, generation) = split(token);
         self.slots.get(idx).filter(|s| s.generation == generation && !matches!(s.state, State::Free { .. }))
     }
 
     /// True if `token` names a pending or finished operation.
+    #[inline]
     pub fn is_live(&self, token: OpId) -> bool {
         self.slot(token).is_some()
     }
@@ -128,6 +132,7 @@ impl<T> TokenTable<T> {
     /// Completes a pending operation with the outcome `f` makes from its
     /// descriptor and kind, in one lookup. Returns false (and does not
     /// call `f`) if the token is not pending, which would be a backend bug.
+    #[inline]
     pub fn complete_with(&mut self, token: OpId, f: impl FnOnce(i32, OpKind) -> T) -> bool {
         let (idx, generation) = split(token);
         match self.slots.get_mut(idx) {
@@ -143,6 +148,7 @@ impl<T> TokenTable<T> {
     }
 
     /// Takes a finished operation out of the table, freeing its token.
+    #[inline]
     pub fn take(&mut self, token: OpId) -> Option<Finished<T>> {
         let (idx, generation) = split(token);
         let slot = self.slots.get_mut(idx)?;
@@ -160,14 +166,20 @@ impl<T> TokenTable<T> {
         if self.finished.front() == Some(&token) {
             self.finished.pop_front();
         } else if self.finished.len() > 64 && self.finished.len() > 2 * self.done {
-            let slots = &self.slots;
-            self.finished.retain(|&t| {
-                let (i, g) = split(t);
-                slots[i].generation == g && matches!(slots[i].state, State::Done(_))
-            });
+            self.compact_finished();
         }
         let State::Done(outcome) = state else { unreachable!("checked above") };
         Some(Finished { token, qd, kind, outcome })
+    }
+
+    /// Drops the tokens that targeted waits took from `finished`.
+    #[cold]
+    fn compact_finished(&mut self) {
+        let slots = &self.slots;
+        self.finished.retain(|&t| {
+            let (i, g) = split(t);
+            slots[i].generation == g && matches!(slots[i].state, State::Done(_))
+        });
     }
 
     /// Takes the oldest finished operation that has not been taken yet.
