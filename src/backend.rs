@@ -34,9 +34,19 @@ pub enum Outcome {
     Pushed,
     /// Data arrived; `from` is the sender for datagram sockets. A zero-length
     /// buffer on a stream socket means the peer closed (end of file).
-    Popped { buf: Buffer, from: Option<SocketAddrV4> },
+    Popped {
+        /// The message (empty: end of file on a stream socket).
+        buf: Buffer,
+        /// The sender, on datagram sockets.
+        from: Option<SocketAddrV4>,
+    },
     /// A connection was accepted: the backend's id for the new socket.
-    Accepted { sock: SockId, peer: SocketAddrV4 },
+    Accepted {
+        /// The backend's id for the new socket.
+        sock: SockId,
+        /// Who connected.
+        peer: SocketAddrV4,
+    },
     /// The connection is established (or the default peer is set).
     Connected,
     /// The operation failed with this positive errno.

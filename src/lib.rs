@@ -53,6 +53,7 @@
 //! # Ok::<(), demi::Error>(())
 //! ```
 #![deny(unsafe_code)]
+#![deny(missing_docs)]
 
 pub mod backend;
 pub mod buffer;

@@ -145,6 +145,7 @@ impl LibOs {
         self.run(|e| e.socket(domain, ty, protocol))
     }
 
+    /// Binds a descriptor to a local address (port 0: the libOS picks one).
     pub fn bind(&self, qd: QDesc, addr: SocketAddrV4) -> Result<()> {
         self.run(|e| e.bind(qd, addr))
     }
@@ -154,14 +155,17 @@ impl LibOs {
         self.run(|e| e.local_addr(qd))
     }
 
+    /// Makes a bound stream socket listen for connections.
     pub fn listen(&self, qd: QDesc, backlog: i32) -> Result<()> {
         self.run(|e| e.listen(qd, backlog))
     }
 
+    /// Starts accepting one connection; the token's result carries the new descriptor.
     pub fn accept(&self, qd: QDesc) -> Result<QToken> {
         self.run(|e| e.accept(qd))
     }
 
+    /// Starts connecting a stream socket (or sets a datagram socket's default peer).
     pub fn connect(&self, qd: QDesc, to: SocketAddrV4) -> Result<QToken> {
         self.run(|e| e.connect(qd, to))
     }
@@ -177,22 +181,27 @@ impl LibOs {
         self.run(|e| e.push(qd, buf.clone(), Some(to)))
     }
 
+    /// Starts receiving one message; the token's result carries the bytes.
     pub fn pop(&self, qd: QDesc) -> Result<QToken> {
         self.run(|e| e.pop(qd))
     }
 
+    /// Closes a descriptor; its pending tokens finish with ECANCELED.
     pub fn close(&self, qd: QDesc) -> Result<()> {
         self.run(|e| e.close(qd))
     }
 
+    /// Sets a socket option (the value's raw bytes, as setsockopt(2) takes them).
     pub fn setsockopt(&self, qd: QDesc, level: i32, name: i32, val: &[u8]) -> Result<()> {
         self.run(|e| e.setsockopt(qd, level, name, val))
     }
 
+    /// Reads a socket option into `val`; returns the bytes written.
     pub fn getsockopt(&self, qd: QDesc, level: i32, name: i32, val: &mut [u8]) -> Result<usize> {
         self.run(|e| e.getsockopt(qd, level, name, val))
     }
 
+    /// The peer of a connected socket (ENOTCONN otherwise).
     pub fn peer_addr(&self, qd: QDesc) -> Result<SocketAddrV4> {
         self.run(|e| e.peer_addr(qd))
     }

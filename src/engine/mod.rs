@@ -31,9 +31,19 @@ pub enum QValue {
     Push,
     /// Received data; `from` is the sender on datagram sockets. A zero-length
     /// buffer on a stream socket is end of file (the peer closed).
-    Pop { buf: Buffer, from: Option<SocketAddrV4> },
+    Pop {
+        /// The message (empty: end of file on a stream socket).
+        buf: Buffer,
+        /// The sender, on datagram sockets.
+        from: Option<SocketAddrV4>,
+    },
     /// A new connection, with its own descriptor.
-    Accept { qd: QDesc, peer: SocketAddrV4 },
+    Accept {
+        /// The new connection's descriptor.
+        qd: QDesc,
+        /// Who connected.
+        peer: SocketAddrV4,
+    },
     /// The connection is established (or the default peer is set).
     Connect,
     /// The operation failed with this positive errno.
@@ -74,6 +84,7 @@ pub struct Engine {
 }
 
 impl Engine {
+    /// An engine over `backend`, with no descriptors yet.
     pub fn new(backend: Box<dyn Backend>) -> Self {
         Engine {
             backend,
@@ -119,6 +130,7 @@ impl Engine {
         }
     }
 
+    /// Binds a descriptor to a local address (port 0: the backend picks one).
     pub fn bind(&mut self, qd: QDesc, addr: SocketAddrV4) -> Result<()> {
         let q = self.queues.get(qd)?;
         q.check_bind()?;
@@ -132,6 +144,7 @@ impl Engine {
         Ok(self.queues.get(qd)?.local)
     }
 
+    /// Makes a bound stream descriptor listen; `backlog` is clamped to 1..=SOMAXCONN.
     pub fn listen(&mut self, qd: QDesc, backlog: i32) -> Result<()> {
         let q = self.queues.get(qd)?;
         q.check_listen()?;
@@ -140,6 +153,7 @@ impl Engine {
         Ok(())
     }
 
+    /// Starts accepting one connection on a listening descriptor.
     pub fn accept(&mut self, qd: QDesc) -> Result<QToken> {
         let q = self.queues.get(qd)?;
         q.check_accept()?;
@@ -149,6 +163,7 @@ impl Engine {
         self.started(op, r)
     }
 
+    /// Starts connecting a stream descriptor, or sets a datagram descriptor's default peer.
     pub fn connect(&mut self, qd: QDesc, to: SocketAddrV4) -> Result<QToken> {
         let q = self.queues.get(qd)?;
         q.check_connect()?;
@@ -192,6 +207,7 @@ impl Engine {
         self.started(op, r)
     }
 
+    /// Starts receiving one message on a descriptor.
     #[inline]
     pub fn pop(&mut self, qd: QDesc) -> Result<QToken> {
         let q = self.queues.get(qd)?;
@@ -210,16 +226,19 @@ impl Engine {
         r
     }
 
+    /// Sets a socket option, passed to the backend as the raw bytes of its value.
     pub fn setsockopt(&mut self, qd: QDesc, level: i32, name: i32, val: &[u8]) -> Result<()> {
         let sock = self.queues.get(qd)?.sock;
         self.backend.setsockopt(sock, level, name, val)
     }
 
+    /// Reads a socket option into `val`; returns the bytes written.
     pub fn getsockopt(&mut self, qd: QDesc, level: i32, name: i32, val: &mut [u8]) -> Result<usize> {
         let sock = self.queues.get(qd)?.sock;
         self.backend.getsockopt(sock, level, name, val)
     }
 
+    /// The peer of a connected descriptor (ENOTCONN otherwise).
     pub fn peer_addr(&mut self, qd: QDesc) -> Result<SocketAddrV4> {
         let q = self.queues.get(qd)?;
         if q.phase != Phase::Connected {

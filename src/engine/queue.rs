@@ -25,18 +25,25 @@ pub enum Phase {
 /// One open descriptor.
 #[derive(Debug)]
 pub struct Queue {
+    /// The backend's id for the socket.
     pub sock: SockId,
+    /// Stream or datagram.
     pub ty: SockType,
+    /// The bound local address, once bound.
     pub local: Option<SocketAddrV4>,
+    /// The connected peer (stream) or default peer (datagram).
     pub peer: Option<SocketAddrV4>,
+    /// Where the descriptor is in its life.
     pub phase: Phase,
 }
 
 impl Queue {
+    /// A fresh, unbound descriptor's state.
     pub fn new(sock: SockId, ty: SockType) -> Self {
         Queue { sock, ty, local: None, peer: None, phase: Phase::Idle }
     }
 
+    /// Bind is allowed once, before connect or listen (EINVAL otherwise).
     pub fn check_bind(&self) -> Result<()> {
         if self.local.is_some() {
             return fail(EINVAL, "socket is already bound");
@@ -47,6 +54,7 @@ impl Queue {
         Ok(())
     }
 
+    /// Listen needs a bound, idle stream socket (EOPNOTSUPP, EDESTADDRREQ, EINVAL).
     pub fn check_listen(&self) -> Result<()> {
         match (self.ty, self.phase) {
             (SockType::Datagram, _) => fail(EOPNOTSUPP, "listen needs a stream socket"),
@@ -56,6 +64,7 @@ impl Queue {
         }
     }
 
+    /// Accept needs a listening stream socket (EOPNOTSUPP, EINVAL).
     pub fn check_accept(&self) -> Result<()> {
         match (self.ty, self.phase) {
             (SockType::Datagram, _) => fail(EOPNOTSUPP, "accept needs a stream socket"),
@@ -64,6 +73,7 @@ impl Queue {
         }
     }
 
+    /// Connect is refused on a listening or connected socket.
     pub fn check_connect(&self) -> Result<()> {
         match (self.ty, self.phase) {
             (_, Phase::Listening) => fail(EINVAL, "socket is listening"),
@@ -88,6 +98,7 @@ impl Queue {
         }
     }
 
+    /// Pop needs a connected stream socket, or any datagram socket.
     pub fn check_pop(&self) -> Result<()> {
         match (self.ty, self.phase) {
             (SockType::Stream, Phase::Connected) => Ok(()),
@@ -113,10 +124,12 @@ impl Default for QueueTable {
 }
 
 impl QueueTable {
+    /// An empty table; descriptor 0 is never handed out.
     pub fn new() -> Self {
         QueueTable { slots: vec![None], free: VecDeque::new() }
     }
 
+    /// Stores a queue and returns its descriptor (reusing freed ones).
     pub fn insert(&mut self, q: Queue) -> Result<i32> {
         let idx = match self.free.pop_front() {
             Some(i) => i,
@@ -130,6 +143,7 @@ impl QueueTable {
         Ok(idx as i32)
     }
 
+    /// The queue behind a descriptor (EBADF if there is none).
     pub fn get(&self, qd: i32) -> Result<&Queue> {
         match usize::try_from(qd).ok().and_then(|i| self.slots.get(i)) {
             Some(Some(q)) => Ok(q),
@@ -137,6 +151,7 @@ impl QueueTable {
         }
     }
 
+    /// The queue behind a descriptor, writable (EBADF if there is none).
     pub fn get_mut(&mut self, qd: i32) -> Result<&mut Queue> {
         match usize::try_from(qd).ok().and_then(|i| self.slots.get_mut(i)) {
             Some(Some(q)) => Ok(q),
@@ -144,6 +159,7 @@ impl QueueTable {
         }
     }
 
+    /// Takes a descriptor's queue out of the table; the number may be reused.
     pub fn remove(&mut self, qd: i32) -> Result<Queue> {
         let q = usize::try_from(qd).ok().and_then(|i| self.slots.get_mut(i)).and_then(Option::take);
         match q {

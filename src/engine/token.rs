@@ -11,9 +11,13 @@ use std::collections::VecDeque;
 /// What kind of operation a token stands for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum OpKind {
+    /// A push or pushto.
     Push,
+    /// A pop.
     Pop,
+    /// An accept.
     Accept,
+    /// A connect.
     Connect,
 }
 
@@ -33,9 +37,13 @@ struct Slot<T> {
 /// A finished operation, taken out of the table.
 #[derive(Debug)]
 pub struct Finished<T> {
+    /// The token it was issued under.
     pub token: OpId,
+    /// The descriptor it was issued on.
     pub qd: i32,
+    /// What it was.
     pub kind: OpKind,
+    /// How it ended.
     pub outcome: T,
 }
 
@@ -65,6 +73,7 @@ impl<T> Default for TokenTable<T> {
 }
 
 impl<T> TokenTable<T> {
+    /// An empty table.
     pub fn new() -> Self {
         TokenTable { slots: Vec::new(), free_head: NONE, finished: VecDeque::new(), pending: 0, done: 0 }
     }
