@@ -43,6 +43,10 @@ pub const DEFAULT_LIBOS: &str = "catnap";
 /// How long a waiter busy-polls before it sleeps, when `DEMI_SPIN_US` is unset.
 pub const DEFAULT_SPIN: Duration = Duration::from_micros(50);
 
+/// The longest pause between polls of a device with no descriptor to sleep
+/// on, by default (`DEMI_POLL_SLEEP_US`).
+pub const DEFAULT_POLL_SLEEP: Duration = Duration::from_micros(1000);
+
 /// Everything a [`LibOs`](crate::LibOs) needs to start.
 ///
 /// The backend sections exist when their cargo feature is built. Only the
@@ -53,6 +57,12 @@ pub struct Config {
     pub libos: String,
     /// How long a waiter busy-polls before it sleeps (`DEMI_SPIN_US`).
     pub spin: Duration,
+    /// After the spin time, a waiter on a device that has no descriptor to
+    /// sleep on (catnip: DPDK 22.11's memif and af_packet ports have no
+    /// receive interrupts) pauses between polls, from 10 µs doubling up to
+    /// this (`DEMI_POLL_SLEEP_US`). Zero polls without pausing: lowest
+    /// latency after a quiet spell, one core busy while idle.
+    pub poll_sleep: Duration,
     /// catmint's tunables (`DEMI_RDMA_*`). `Catmint::new` clamps them to
     /// what the device layer accepts (receive depth 1..=4096, buffers of
     /// 64 B..=16 MiB, send queue 4..=16384, inline up to 1024 B, timeout at
@@ -72,6 +82,7 @@ impl Default for Config {
         Config {
             libos: DEFAULT_LIBOS.to_string(),
             spin: DEFAULT_SPIN,
+            poll_sleep: DEFAULT_POLL_SLEEP,
             #[cfg(feature = "catmint")]
             catmint: CatmintConfig::default(),
             #[cfg(feature = "catnip")]
@@ -123,6 +134,11 @@ impl Config {
         #[allow(unused_mut)]
         let mut cfg = Config {
             spin: Duration::from_micros(number(&get, "DEMI_SPIN_US", DEFAULT_SPIN.as_micros() as u64)?),
+            poll_sleep: Duration::from_micros(number(
+                &get,
+                "DEMI_POLL_SLEEP_US",
+                DEFAULT_POLL_SLEEP.as_micros() as u64,
+            )?),
             ..Config::new(&libos)
         };
         #[cfg(feature = "catmint")]
@@ -216,6 +232,14 @@ mod tests {
             assert_eq!(e.errno(), libc::EINVAL);
             assert_eq!(e.why(), format!("DEMI_SPIN_US={bad:?} is not a non-negative integer"));
         }
+    }
+
+    #[test]
+    fn the_poll_sleep_is_read_and_checked() {
+        assert_eq!(parse(&[]).unwrap().poll_sleep, DEFAULT_POLL_SLEEP);
+        assert_eq!(parse(&[("DEMI_POLL_SLEEP_US", "0")]).unwrap().poll_sleep, Duration::ZERO);
+        assert_eq!(parse(&[("DEMI_POLL_SLEEP_US", "250")]).unwrap().poll_sleep, Duration::from_micros(250));
+        assert_eq!(parse(&[("DEMI_POLL_SLEEP_US", "soon")]).unwrap_err().errno(), libc::EINVAL);
     }
 
     #[cfg(feature = "catmint")]

@@ -21,6 +21,8 @@ use std::time::{Duration, Instant};
 struct Shared {
     engine: Mutex<State>,
     spin: Duration,
+    /// The longest pause between polls of a device that cannot be slept on.
+    poll_sleep: Duration,
 }
 
 struct State {
@@ -104,13 +106,26 @@ impl LibOs {
     /// Starts the libOS `cfg.libos` names; its backend gets its section of
     /// `cfg`. EINVAL for a name this build does not have.
     pub fn with_config(cfg: &Config) -> Result<LibOs> {
-        Ok(Self::with_engine(Engine::new(backend_for(cfg)?), cfg.spin))
+        Ok(Self::with_engine(Engine::new(backend_for(cfg)?), cfg.spin).with_poll_sleep(cfg.poll_sleep))
     }
 
     /// Wraps an engine (custom backends, tests).
     pub fn with_engine(engine: Engine, spin: Duration) -> LibOs {
+        let state = State { engine, sleepers: Vec::new(), armed: 0 };
         LibOs {
-            shared: Arc::new(Shared { engine: Mutex::new(State { engine, sleepers: Vec::new(), armed: 0 }), spin }),
+            shared: Arc::new(Shared { engine: Mutex::new(state), spin, poll_sleep: crate::config::DEFAULT_POLL_SLEEP }),
+        }
+    }
+
+    /// Sets [`Config::poll_sleep`] on a libOS no thread uses yet (a clone
+    /// shares its settings, so this makes a new handle).
+    pub fn with_poll_sleep(self, poll_sleep: Duration) -> LibOs {
+        match Arc::try_unwrap(self.shared) {
+            Ok(mut shared) => {
+                shared.poll_sleep = poll_sleep;
+                LibOs { shared: Arc::new(shared) }
+            }
+            Err(shared) => LibOs { shared },
         }
     }
 
@@ -309,6 +324,8 @@ impl LibOs {
             return fail(libc::ETIMEDOUT, "operation still pending");
         }
         let mut rounds: u32 = 0;
+        // The pause between polls of a device that cannot be slept on.
+        let mut pause = Duration::ZERO;
         // Set at the first clock read (see below), a few rounds in.
         let mut times: Option<(Option<Instant>, Instant)> = None;
         loop {
@@ -317,8 +334,9 @@ impl LibOs {
                 return r;
             }
             rounds = rounds.wrapping_add(1);
-            // No spin time: straight to the clock check, which goes to sleep.
-            if rounds % CLOCK_EVERY != 0 && !self.shared.spin.is_zero() {
+            // No spin time, or spun out: straight to the clock check, which
+            // goes to sleep.
+            if rounds % CLOCK_EVERY != 0 && !self.shared.spin.is_zero() && pause.is_zero() {
                 drop(st);
                 if rounds % YIELD_EVERY == 0 {
                     std::thread::yield_now();
@@ -344,11 +362,18 @@ impl LibOs {
             // (see Backend::set_sleeping) must make the descriptor readable.
             st.engine.set_sleeping(true);
             let Some(dev_fd) = st.engine.arm() else {
-                // The device has no descriptor (DPDK): keep polling, but let
-                // other threads in.
+                // The device has no descriptor (DPDK): poll with pauses that
+                // grow to the configured most, so an idle waiter does not
+                // keep a core busy; never past the caller's deadline.
                 st.update_sleeping();
                 drop(st);
-                std::thread::yield_now();
+                pause = (pause * 2).max(POLL_SLEEP_FIRST).min(self.shared.poll_sleep);
+                if pause.is_zero() {
+                    std::thread::yield_now();
+                } else {
+                    let left = deadline.map_or(pause, |d| d.saturating_duration_since(now));
+                    std::thread::sleep(pause.min(left));
+                }
                 continue;
             };
             // Work that raced with arming is found by this last round.
@@ -387,6 +412,10 @@ impl LibOs {
         }
     }
 }
+
+/// The first pause between polls of a device that cannot be slept on; the
+/// pauses double from here to `Config::poll_sleep`.
+const POLL_SLEEP_FIRST: Duration = Duration::from_micros(10);
 
 /// While spinning, rounds between clock reads. Reading the clock can be a
 /// system call, and a slow one (an emulated HPET in VMs: a tenth of the time

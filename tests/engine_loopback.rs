@@ -319,3 +319,29 @@ fn a_refused_connect_leaves_the_socket_unconnected() {
     assert!(matches!(done(&os, os.accept(l).unwrap()).value, QValue::Accept { .. }));
     assert!(matches!(done(&os, os.connect(d, addr("10.0.0.9:80")).unwrap()).value, QValue::Connect));
 }
+
+/// After the spin time, a waiter on a device with no descriptor to sleep on
+/// (the loopback here, DPDK's ports in catnip) pauses between polls, the
+/// pauses growing to `Config::poll_sleep`, instead of polling flat out; it
+/// still honours its timeout. `poll_sleep` zero polls flat out.
+#[test]
+fn an_idle_waiter_on_a_device_without_a_descriptor_pauses_between_polls() {
+    let polls_in = |os: &LibOs, control: &LoopbackControl, at: &str| {
+        let (qd, _) = bound(os, at);
+        let pop = os.pop(qd).unwrap();
+        let (before, t0) = (control.polls(), Instant::now());
+        assert_eq!(errno(os.wait(pop, Some(Duration::from_millis(300)))), libc::ETIMEDOUT);
+        let took = t0.elapsed();
+        assert!(took >= Duration::from_millis(300) && took < Duration::from_secs(2), "took {took:?}");
+        control.polls() - before
+    };
+    let (os, control) = loopback();
+    let paused = polls_in(&os, &control, "10.0.0.1:1");
+    // 10 µs doubling to 1 ms: about 300 polls in 300 ms.
+    assert!(paused < 2_000, "{paused} polls in 300 ms with pauses");
+    let device = Loopback::new();
+    let control = device.control();
+    let os = LibOs::with_engine(Engine::new(Box::new(device)), Duration::ZERO).with_poll_sleep(Duration::ZERO);
+    let flat = polls_in(&os, &control, "10.0.0.1:1");
+    assert!(flat > 5 * paused.max(1_000), "{flat} polls in 300 ms flat out, {paused} with pauses");
+}

@@ -144,6 +144,9 @@ pub struct Tunables {
     /// µs a waiter polls before it sleeps (DEMI_SPIN_US; 0 sleeps at once)
     #[arg(long, value_name = "US", help_heading = "Tuning (every libOS)")]
     pub spin_us: Option<u64>,
+    /// Longest pause between polls of a device that cannot be slept on: catnip (DEMI_POLL_SLEEP_US; 0 polls flat out)
+    #[arg(long, value_name = "US", help_heading = "Tuning (every libOS)")]
+    pub poll_sleep_us: Option<u64>,
     /// Receives posted per connection = credits (DEMI_RDMA_RECV_DEPTH)
     #[arg(long, value_name = "N", help_heading = "Tuning (catmint, RDMA)")]
     pub recv_depth: Option<u64>,
@@ -172,10 +175,11 @@ pub struct Tunables {
 
 impl Tunables {
     /// The numeric tunables as (variable, value given) pairs.
-    pub fn numbers(&self) -> [(&'static str, Option<String>); 7] {
+    pub fn numbers(&self) -> [(&'static str, Option<String>); 8] {
         let text = |v: Option<u64>| v.map(|n| n.to_string());
         [
             ("DEMI_SPIN_US", text(self.spin_us)),
+            ("DEMI_POLL_SLEEP_US", text(self.poll_sleep_us)),
             ("DEMI_RDMA_RECV_DEPTH", text(self.recv_depth)),
             ("DEMI_RDMA_INLINE", text(self.inline)),
             ("DEMI_RDMA_BUF_SIZE", text(self.buf_size)),
