@@ -185,6 +185,14 @@ impl LibOs {
         self.run(|e| e.close(qd))
     }
 
+    /// Shuts down one or both directions of a connected socket, as
+    /// shutdown(2): after `Write` the peer's pops end with end of file once
+    /// what was pushed is out, pushes here fail with EPIPE, and pops here
+    /// still receive. See [`Engine::shutdown`] for the rest.
+    pub fn shutdown(&self, qd: QDesc, how: std::net::Shutdown) -> Result<()> {
+        self.run(|e| e.shutdown(qd, how))
+    }
+
     pub fn setsockopt(&self, qd: QDesc, level: i32, name: i32, val: &[u8]) -> Result<()> {
         self.run(|e| e.setsockopt(qd, level, name, val))
     }
