@@ -149,7 +149,9 @@ impl LibOs {
         self.run(|e| e.bind(qd, addr))
     }
 
-    /// The local address of a bound socket.
+    /// The socket's local address: where bind put it, or, for a stream
+    /// that connected without bind and for an accepted connection, the
+    /// address and port the libOS picked (`None` if it has none yet).
     pub fn local_addr(&self, qd: QDesc) -> Result<Option<SocketAddrV4>> {
         self.run(|e| e.local_addr(qd))
     }
