@@ -9,7 +9,7 @@
 
 use crate::buffer::Buffer;
 use crate::error::Result;
-use std::net::SocketAddrV4;
+use std::net::{Shutdown, SocketAddrV4};
 use std::os::fd::RawFd;
 
 /// A backend's name for one of its sockets.
@@ -112,6 +112,29 @@ pub trait Backend: Send {
 
     /// The connected peer's address.
     fn peer_addr(&mut self, s: SockId) -> Result<SocketAddrV4>;
+
+    /// The socket's own address as the device knows it, port included, or
+    /// `None` if it has none (yet). The engine asks once a stream connect
+    /// completes and for each accepted connection, so a socket that never
+    /// called bind still reports where it is. The default knows nothing.
+    fn local_addr(&mut self, _s: SockId) -> Option<SocketAddrV4> {
+        None
+    }
+
+    /// Shuts down one or both directions of a connected socket (the engine
+    /// has checked it is connected and keeps the marks itself: later pushes
+    /// after [`Shutdown::Write`] fail with EPIPE, later stream pops after
+    /// [`Shutdown::Read`] end at once with end of file, without reaching the
+    /// backend). A stream backend must, for `Write` or `Both`, send end of
+    /// file once the pushes already queued are out, without tearing the
+    /// connection down: the peer's pops then end with a zero-length buffer
+    /// while this end can still receive. Pending pops may finish with end of
+    /// file on `Read` (catnap's kernel does) or stay pending. The default
+    /// does nothing, which suits a datagram-only backend: the engine's marks
+    /// are all a datagram shutdown does.
+    fn shutdown(&mut self, _s: SockId, _how: Shutdown, _out: &mut Completions) -> Result<()> {
+        Ok(())
+    }
 
     /// The largest payload one datagram on `s` may carry; larger pushes fail
     /// with EMSGSIZE. The default is UDP over IPv4's limit.

@@ -224,6 +224,14 @@ impl Backend for Catmint {
         self.t.peer_addr(s).map_err(err)
     }
 
+    fn local_addr(&mut self, s: SockId) -> Option<SocketAddrV4> {
+        self.t.local_addr(s)
+    }
+
+    fn shutdown(&mut self, s: SockId, how: std::net::Shutdown, out: &mut Completions) -> Result<()> {
+        self.t.shutdown(s, how, &mut Report(out)).map_err(err)
+    }
+
     fn max_datagram(&mut self, s: SockId) -> usize {
         self.t.max_datagram(s)
     }

@@ -165,7 +165,9 @@ impl LibOs {
         self.run(|e| e.bind(qd, addr))
     }
 
-    /// The local address of a bound socket.
+    /// The socket's local address: where bind put it, or, for a stream
+    /// that connected without bind and for an accepted connection, the
+    /// address and port the libOS picked (`None` if it has none yet).
     pub fn local_addr(&self, qd: QDesc) -> Result<Option<SocketAddrV4>> {
         self.run(|e| e.local_addr(qd))
     }
@@ -204,6 +206,14 @@ impl LibOs {
     /// Closes a descriptor; its pending tokens finish with ECANCELED.
     pub fn close(&self, qd: QDesc) -> Result<()> {
         self.run(|e| e.close(qd))
+    }
+
+    /// Shuts down one or both directions of a connected socket, as
+    /// shutdown(2): after `Write` the peer's pops end with end of file once
+    /// what was pushed is out, pushes here fail with EPIPE, and pops here
+    /// still receive. See [`Engine::shutdown`] for the rest.
+    pub fn shutdown(&self, qd: QDesc, how: std::net::Shutdown) -> Result<()> {
+        self.run(|e| e.shutdown(qd, how))
     }
 
     /// Sets a socket option (the value's raw bytes, as setsockopt(2) takes them).

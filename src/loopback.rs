@@ -476,6 +476,27 @@ impl Backend for Loopback {
         }
     }
 
+    fn local_addr(&mut self, s: SockId) -> Option<SocketAddrV4> {
+        self.sock(s).ok()?.local
+    }
+
+    /// Write: the other end's pops get end of file after what is in its
+    /// inbox, and it can still push to this end. Read: nothing here (the
+    /// engine answers later pops).
+    fn shutdown(&mut self, s: SockId, how: std::net::Shutdown, _out: &mut Completions) -> Result<()> {
+        let sock = self.sock(s)?;
+        if how == std::net::Shutdown::Read || !sock.stream {
+            return Ok(());
+        }
+        if let Some(p) = sock.peer {
+            if let Some(Some(peer)) = self.socks.get_mut(p) {
+                peer.eof = true;
+            }
+            self.wake(p);
+        }
+        Ok(())
+    }
+
     fn max_datagram(&mut self, _s: SockId) -> usize {
         MAX_DATAGRAM
     }

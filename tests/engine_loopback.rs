@@ -345,3 +345,40 @@ fn an_idle_waiter_on_a_device_without_a_descriptor_pauses_between_polls() {
     let flat = polls_in(&os, &control, "10.0.0.1:1");
     assert!(flat > 5 * paused.max(1_000), "{flat} polls in 300 ms flat out, {paused} with pauses");
 }
+
+#[test]
+fn shutdown_marks_are_the_engines_and_the_peer_sees_end_of_file() {
+    let (os, _) = loopback();
+    let (c, s, l) = stream_pair(&os);
+    assert_eq!(errno(os.shutdown(l, std::net::Shutdown::Write)), libc::ENOTCONN, "a listener is not connected");
+    let pending = os.pop(s).unwrap();
+    os.shutdown(c, std::net::Shutdown::Write).unwrap();
+    // The peer's pending pop ends with end of file; the client cannot push.
+    assert_eq!(popped(done(&os, pending)).0, b"");
+    assert_eq!(errno(os.push(c, &os.buffer_from(b"x").unwrap())), libc::EPIPE);
+    // The server still pushes to the client.
+    done(&os, os.push(s, &os.buffer_from(b"back").unwrap()).unwrap());
+    assert_eq!(popped(done(&os, os.pop(c).unwrap())).0, b"back");
+    // SHUT_RD: the engine answers pops itself, at once, with end of file.
+    os.shutdown(c, std::net::Shutdown::Read).unwrap();
+    let qt = os.pop(c).unwrap();
+    assert!(os
+        .wait(qt, Some(Duration::ZERO))
+        .is_ok_and(|r| matches!(&r.value, QValue::Pop { buf, .. } if buf.is_empty())));
+    // A datagram socket needs a default peer.
+    let (u, _) = bound(&os, "10.0.0.1:5");
+    assert_eq!(errno(os.shutdown(u, std::net::Shutdown::Both)), libc::ENOTCONN);
+    done(&os, os.connect(u, addr("10.0.0.2:6")).unwrap());
+    os.shutdown(u, std::net::Shutdown::Both).unwrap();
+    assert_eq!(errno(os.pushto(u, &os.buffer_from(b"x").unwrap(), addr("10.0.0.2:6"))), libc::EPIPE);
+}
+
+#[test]
+fn a_connect_without_bind_learns_its_local_address() {
+    let (os, _) = loopback();
+    let (c, s, _) = stream_pair(&os);
+    let local = os.local_addr(c).unwrap().expect("the connect bound the client");
+    assert_ne!(local.port(), 0);
+    assert_eq!(os.peer_addr(s).unwrap(), local);
+    assert_eq!(os.local_addr(s).unwrap(), Some(addr("10.0.0.9:80")));
+}

@@ -1619,3 +1619,104 @@ fn steady_state_round_trips_allocate_nothing() {
     eprintln!("allocations in 10,000 round trips of 64 B: RC {rc}, UD {ud}");
     assert_eq!((rc, ud), (0, 0), "heap allocations on the per-message path (RC, UD)");
 }
+
+/// Pops one message, or `None` at end of file (a zero-length pop).
+fn pop_or_eof(os: &LibOs, qd: QDesc) -> Option<Buffer> {
+    let b = pop_msg(os, qd);
+    (!b.is_empty()).then_some(b)
+}
+
+#[test]
+#[ignore = "needs soft-RoCE: make test-rdma runs it inside rxe-setup/rxe-run"]
+fn shutdown_write_sends_fin_after_queued_messages_and_keeps_the_other_direction() {
+    let os = catmint();
+    let (c, s, _l) = pair(&os, Some(addr1()));
+    let mut rng = Rng::new(13);
+    // More messages than the 32 credits (so some are still queued when the
+    // shutdown comes: the FIN must wait for them), and a segmented one.
+    let lens: Vec<usize> = (0..100).map(|i| if i == 50 { 1 << 20 } else { rng.log_len(4000) }).collect();
+    let msgs: Vec<Buffer> = lens.iter().map(|&l| random_buffer(&os, &mut rng, l)).collect();
+    let pushes: Vec<QToken> = msgs.iter().map(|m| os.push(c, m).unwrap()).collect();
+    os.shutdown(c, std::net::Shutdown::Write).unwrap();
+    let late = os.buffer_from(b"late").unwrap();
+    assert_eq!(os.push(c, &late).unwrap_err().errno(), libc::EPIPE, "push after SHUT_WR");
+    for (i, m) in msgs.iter().enumerate() {
+        let got = pop_or_eof(&os, s).unwrap_or_else(|| panic!("end of file before message {i} of 100"));
+        assert!(got.as_slice() == m.as_slice(), "message {i} intact and in order");
+    }
+    assert!(pop_or_eof(&os, s).is_none(), "end of file after the last message");
+    assert!(pop_or_eof(&os, s).is_none(), "and it stays");
+    for qt in pushes {
+        wait_ok(&os, qt);
+    }
+    // The other direction still works, beyond the credits: the half-closed
+    // end keeps returning credits after its FIN.
+    for i in 0..200u32 {
+        push_wait(&os, s, &os.buffer_from(&i.to_le_bytes()).unwrap());
+        let got = pop_or_eof(&os, c).expect("the client still receives after SHUT_WR");
+        assert_eq!(got.as_slice(), &i.to_le_bytes(), "reply {i}");
+    }
+    // The server's close (its FIN) ends the client's pops.
+    os.close(s).unwrap();
+    assert!(pop_or_eof(&os, c).is_none(), "end of file after the server closed");
+    os.close(c).unwrap();
+}
+
+#[test]
+#[ignore = "needs soft-RoCE: make test-rdma runs it inside rxe-setup/rxe-run"]
+fn close_right_after_shutdown_is_still_orderly_and_shutdown_read_ends_pops() {
+    let os = catmint();
+    let (c, s, _l) = pair(&os, Some(addr1()));
+    for i in 0..10u32 {
+        push_wait(&os, c, &os.buffer_from(&i.to_le_bytes()).unwrap());
+    }
+    // Close at once after the shutdown: the FIN may still be on its way,
+    // and must arrive before the disconnect (end of file, not a reset).
+    os.shutdown(c, std::net::Shutdown::Write).unwrap();
+    os.close(c).unwrap();
+    for i in 0..10u32 {
+        assert_eq!(pop_msg(&os, s).as_slice(), &i.to_le_bytes(), "message {i}");
+    }
+    assert!(pop_or_eof(&os, s).is_none(), "end of file, not a reset");
+
+    // SHUT_RD: a pending pop ends with end of file, and so does a new one.
+    let (c, s, _l2) = pair(&os, Some(addr1()));
+    let pending = os.pop(s).unwrap();
+    os.shutdown(s, std::net::Shutdown::Read).unwrap();
+    match wait_ok(&os, pending).value {
+        QValue::Pop { buf, .. } => assert!(buf.is_empty(), "pending pop ends with end of file"),
+        v => panic!("{v:?}"),
+    }
+    assert!(pop_or_eof(&os, s).is_none());
+    // Writing still works after SHUT_RD.
+    push_wait(&os, s, &os.buffer_from(b"after").unwrap());
+    assert_eq!(pop_msg(&os, c).as_slice(), b"after");
+    // Not connected: ENOTCONN.
+    let idle = os.socket(SockType::Stream).unwrap();
+    assert_eq!(os.shutdown(idle, std::net::Shutdown::Write).unwrap_err().errno(), libc::ENOTCONN);
+}
+
+#[test]
+#[ignore = "needs soft-RoCE: make test-rdma runs it inside rxe-setup/rxe-run"]
+fn connected_and_accepted_sockets_report_their_local_address() {
+    let os = catmint();
+    for from in [None, Some(addr1())] {
+        let (l, addr) = listener(&os, addr0());
+        let c = client_socket(&os, from);
+        let aqt = os.accept(l).unwrap();
+        wait_ok(&os, os.connect(c, addr).unwrap());
+        let QValue::Accept { qd: s, peer } = wait_ok(&os, aqt).value else { panic!("expected an accept") };
+        // Without bind, connect picked an address and a port: the ones the
+        // server sees the connection come from.
+        let local = os.local_addr(c).unwrap().expect("a connected socket has a local address");
+        assert_ne!(local.port(), 0, "bound to {from:?}: a port");
+        assert_eq!(local, peer, "bound to {from:?}: what the server sees");
+        if let Some(ip) = from {
+            assert_eq!(*local.ip(), ip);
+        }
+        assert_eq!(os.local_addr(s).unwrap(), Some(addr), "the accepted end is at the listener's address");
+        for q in [c, s, l] {
+            os.close(q).unwrap();
+        }
+    }
+}

@@ -371,6 +371,41 @@ impl Catmint {
         }
     }
 
+    /// The socket's own address, port included: the bound address, or for
+    /// a connection the one its route picked (also on an accepted one).
+    /// None when it has none yet.
+    pub fn local_addr(&mut self, s: SockId) -> Option<SocketAddrV4> {
+        match self.sock_mut(s).ok()? {
+            Sock::Connected(ep) => ep.id().local_addr().filter(|a| a.port() != 0),
+            Sock::Idle { id, bound } => bound.or_else(|| id.local_addr().filter(|a| a.port() != 0)),
+            _ => None,
+        }
+    }
+
+    /// Shuts down one or both directions of a connected stream, as
+    /// shutdown(2). Write: a FIN (end of file for the peer's receives) goes
+    /// once the sends already queued are out; the connection stays up and
+    /// this end still receives; later sends fail with EPIPE. Read: receives,
+    /// pending or later, get what has arrived, then end of file. On a
+    /// datagram socket nothing happens here (the caller keeps the marks).
+    /// ENOTCONN on a stream that is not connected.
+    pub fn shutdown(&mut self, s: SockId, how: std::net::Shutdown, out: &mut dyn Sink) -> Result<()> {
+        use std::net::Shutdown;
+        match self.sock_mut(s)? {
+            Sock::Connected(ep) => {
+                if how != Shutdown::Write {
+                    ep.shutdown_read(out);
+                }
+                if how != Shutdown::Read {
+                    ep.shutdown_write(out);
+                }
+                Ok(())
+            }
+            Sock::Dgram(_) | Sock::DgramUnbound { .. } => Ok(()),
+            _ => Err(Error::new("shutdown", libc::ENOTCONN)),
+        }
+    }
+
     /// Closes a socket: its pending requests finish with ECANCELED. A healthy
     /// connection sends FIN (end of file for the peer) before disconnecting.
     pub fn close(&mut self, s: SockId, out: &mut dyn Sink) -> Result<()> {
@@ -397,7 +432,9 @@ impl Catmint {
             }
             Sock::Connected(mut ep) => {
                 ep.cancel(out);
-                if ep.send_fin() {
+                // A FIN sent by an earlier shutdown may still be on its way:
+                // wait for it as for our own.
+                if ep.send_fin() || (ep.fin_sent() && !ep.sends_drained()) {
                     self.timed += 1;
                     self.put_back(s, Sock::Closing { ep, deadline: Instant::now() + Duration::from_secs(1) });
                 } else {

@@ -72,11 +72,15 @@ pub struct Rc {
     ready: VecDeque<Msg>,
     pops: VecDeque<Tag>,
     eof: bool,
+    /// Shut for reading: pops end with end of file once `ready` is empty.
+    rd_shut: bool,
     error: Option<i32>,
     // Send side.
     credits: u32,
     credit_msg_out: bool,
     fin_sent: bool,
+    /// Shut for writing: a FIN goes once the queued sends are out; new sends fail.
+    wr_shut: bool,
     peer_seg: usize,
     max_inline: u32,
     sends: VecDeque<Pending>,
@@ -128,10 +132,12 @@ impl Rc {
             ready: VecDeque::new(),
             pops: VecDeque::new(),
             eof: false,
+            rd_shut: false,
             error: None,
             credits: 0,
             credit_msg_out: false,
             fin_sent: false,
+            wr_shut: false,
             peer_seg: 0,
             max_inline: attr.cap.max_inline_data,
             sends: VecDeque::new(),
@@ -184,7 +190,7 @@ impl Rc {
             out.push((tag, Done::Failed(e)));
             return;
         }
-        if self.fin_sent {
+        if self.fin_sent || self.wr_shut {
             out.push((tag, Done::Failed(libc::EPIPE)));
             return;
         }
@@ -274,6 +280,9 @@ impl Rc {
             if inline {
                 out.push((tag, Done::Sent));
             }
+        }
+        if self.wr_shut && !self.fin_sent && self.sends.is_empty() {
+            self.send_fin();
         }
         self.maybe_credit_message();
     }
@@ -372,7 +381,9 @@ impl Rc {
     fn maybe_credit_message(&mut self) {
         let threshold = (self.cfg.credits / 4).max(1);
         let idle_or_starved = self.sends.is_empty() || self.credits == 0;
-        if self.error.is_some() || self.fin_sent || self.credit_msg_out || self.peer_seg == 0 {
+        // After our FIN only a half-closed endpoint still receives (the
+        // peer keeps sending), so credits still go back.
+        if self.error.is_some() || (self.fin_sent && !self.wr_shut) || self.credit_msg_out || self.peer_seg == 0 {
             return;
         }
         if self.to_return >= threshold && idle_or_starved && self.sq_room() {
@@ -381,7 +392,9 @@ impl Rc {
                 flags |= flag::ACK;
             }
             let credits = self.to_return.min(u16::MAX as u32) as u16;
-            match self.post_send(Imm::Ctl { credits, flags }, None, false, None, None) {
+            // Signaled after our FIN: nothing else would retire it, and a
+            // close waits for every send to complete (`sends_drained`).
+            match self.post_send(Imm::Ctl { credits, flags }, None, self.fin_sent, None, None) {
                 Ok(()) => {
                     log::trace!("catmint: ep {:#x} returns {credits} credits in a CREDIT message", self.key);
                     self.to_return -= credits as u32;
@@ -529,7 +542,7 @@ impl Rc {
         while let Some(&tag) = self.pops.front() {
             if let Some(msg) = self.ready.pop_front() {
                 out.push((tag, Done::Received { msg: Some(msg), from: None }));
-            } else if self.eof {
+            } else if self.eof || self.rd_shut {
                 out.push((tag, Done::Received { msg: None, from: None }));
             } else if let Some(e) = self.error {
                 out.push((tag, Done::Failed(e)));
@@ -588,6 +601,26 @@ impl Rc {
         let credits = self.take_returns();
         let flags = flag::FIN | if self.owe_ack { flag::ACK } else { 0 };
         self.fin_sent = self.post_send(Imm::Ctl { credits, flags }, None, true, None, None).is_ok();
+        self.fin_sent
+    }
+
+    /// Shuts the write side (shutdown SHUT_WR): the FIN goes once the
+    /// queued sends are out, the connection stays up, and this end still
+    /// receives. Sends from now on fail with EPIPE.
+    pub fn shutdown_write(&mut self, out: &mut dyn Sink) {
+        self.wr_shut = true;
+        self.progress_sends(out);
+    }
+
+    /// Shuts the read side (shutdown SHUT_RD): pops, pending or new, get
+    /// what has arrived, then end of file.
+    pub fn shutdown_read(&mut self, out: &mut dyn Sink) {
+        self.rd_shut = true;
+        self.deliver(out);
+    }
+
+    /// True if our FIN went out (a close or a shutdown of the write side).
+    pub fn fin_sent(&self) -> bool {
         self.fin_sent
     }
 

@@ -263,17 +263,24 @@ pub unsafe extern "C" fn shutdown(fd: c_int, how: c_int) -> c_int {
         return unsafe { real::shutdown(fd, how) };
     }
     boundary("shutdown", || {
+        let (rd, wr, how) = match how {
+            libc::SHUT_RD => (true, false, std::net::Shutdown::Read),
+            libc::SHUT_WR => (false, true, std::net::Shutdown::Write),
+            libc::SHUT_RDWR => (true, true, std::net::Shutdown::Both),
+            _ => return Err(libc::EINVAL),
+        };
         let mut st = lock();
+        let (qd, os) = (st.qd(fd)?, st.libos()?);
         let s = st.sock(fd)?;
         if s.is_stream() && s.phase != Phase::Connected {
             return Err(libc::ENOTCONN);
         }
-        match how {
-            libc::SHUT_RD => s.shut_rd = true,
-            libc::SHUT_WR => s.shut_wr = true,
-            libc::SHUT_RDWR => (s.shut_rd, s.shut_wr) = (true, true),
-            _ => return Err(libc::EINVAL),
-        }
+        // The libOS sends the FIN (after what was sent before) and keeps
+        // the connection up for the other direction.
+        os.shutdown(qd, how).map_err(|e| e.errno())?;
+        let s = st.sock(fd)?;
+        s.shut_rd |= rd;
+        s.shut_wr |= wr;
         s.seq += 1;
         st.wake_all();
         Ok(0)

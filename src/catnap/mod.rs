@@ -17,7 +17,7 @@ use crate::buffer::Buffer;
 use crate::error::{fail, Result};
 use crate::pool::LendPool;
 use std::collections::VecDeque;
-use std::net::SocketAddrV4;
+use std::net::{Shutdown, SocketAddrV4};
 use std::os::fd::{OwnedFd, RawFd};
 use std::ptr::NonNull;
 use sys::{is_would_block, Epoll};
@@ -80,6 +80,9 @@ struct Sock {
     /// and pop fails with this errno. The kernel reports such an error once,
     /// to whichever call comes first, so catnap remembers it for the rest.
     dead: Option<i32>,
+    /// Shut for writing while pushes were queued: shut the kernel's write
+    /// side once they are out.
+    fin_after_pushes: bool,
     /// False after a read found nothing, until epoll reports input again:
     /// a pop then waits for the edge instead of spending a system call.
     readable: bool,
@@ -96,6 +99,7 @@ impl Sock {
             pops: VecDeque::new(),
             eof: false,
             dead: None,
+            fin_after_pushes: false,
             readable: true,
         }
     }
@@ -251,6 +255,11 @@ impl Catnap {
                 }
             }
         }
+        if std::mem::take(&mut sock.fin_after_pushes) {
+            if let Err(e) = sys::shutdown(&sock.fd, Shutdown::Write) {
+                log::warn!("catnap: shutdown after the queued pushes: {e}");
+            }
+        }
     }
 
     fn progress_pops(&mut self, s: SockId, out: &mut Completions) {
@@ -390,6 +399,32 @@ impl Backend for Catnap {
 
     fn peer_addr(&mut self, s: SockId) -> Result<SocketAddrV4> {
         sys::peer_addr(&self.sock(s)?.fd)
+    }
+
+    fn local_addr(&mut self, s: SockId) -> Option<SocketAddrV4> {
+        sys::local_addr(&self.sock(s).ok()?.fd).ok()
+    }
+
+    /// The kernel's shutdown(2). For the write side, pushes still queued
+    /// here (the kernel's buffer was full) go first: the kernel would refuse
+    /// them after its FIN, so the FIN waits until they are out (see
+    /// `progress_pushes`). `Read` makes pending pops read end of file.
+    fn shutdown(&mut self, s: SockId, how: Shutdown, out: &mut Completions) -> Result<()> {
+        let sock = self.sock(s)?;
+        let (rd, wr) = (how != Shutdown::Write, how != Shutdown::Read);
+        if rd {
+            sys::shutdown(&sock.fd, Shutdown::Read)?;
+            sock.readable = true;
+        }
+        if wr {
+            if sock.pushes.is_empty() {
+                sys::shutdown(&sock.fd, Shutdown::Write)?;
+            } else {
+                sock.fin_after_pushes = true;
+            }
+        }
+        self.progress(s, out);
+        Ok(())
     }
 
     fn poll(&mut self, out: &mut Completions) {

@@ -42,6 +42,15 @@ pub fn listen(fd: &OwnedFd, backlog: i32) -> Result<()> {
     syscall!(listen(fd.as_raw_fd(), backlog)).map(drop)
 }
 
+pub fn shutdown(fd: &OwnedFd, how: std::net::Shutdown) -> Result<()> {
+    let how = match how {
+        std::net::Shutdown::Read => libc::SHUT_RD,
+        std::net::Shutdown::Write => libc::SHUT_WR,
+        std::net::Shutdown::Both => libc::SHUT_RDWR,
+    };
+    syscall!(shutdown(fd.as_raw_fd(), how)).map(drop)
+}
+
 pub fn local_addr(fd: &OwnedFd) -> Result<SocketAddrV4> {
     let mut sa = MaybeUninit::<libc::sockaddr_in>::zeroed();
     let mut len = SIN_LEN;

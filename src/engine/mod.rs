@@ -14,7 +14,7 @@ use crate::buffer::Buffer;
 use crate::error::{fail, Error, Result};
 use handles::HandleTable;
 use queue::{Phase, Queue, QueueTable};
-use std::net::SocketAddrV4;
+use std::net::{Shutdown, SocketAddrV4};
 use std::os::fd::RawFd;
 use token::{OpKind, TokenTable};
 
@@ -195,6 +195,9 @@ impl Engine {
             return fail(libc::EINVAL, "cannot push to a zero address or port");
         }
         let to = q.push_target(to)?;
+        if q.shut_wr {
+            return fail(libc::EPIPE, "socket is shut down for writing");
+        }
         if buf.is_empty() {
             return fail(libc::EINVAL, "cannot push zero bytes");
         }
@@ -212,10 +215,56 @@ impl Engine {
     pub fn pop(&mut self, qd: QDesc) -> Result<QToken> {
         let q = self.queues.get(qd)?;
         q.check_pop()?;
+        if q.shut_rd && q.ty == SockType::Stream {
+            return Ok(self.pop_shut(qd));
+        }
         let sock = q.sock;
         let op = self.tokens.issue(qd, OpKind::Pop);
         let r = self.backend.pop(sock, op, &mut self.out);
         self.started(op, r)
+    }
+
+    /// A pop on a stream shut for reading: end of file at once.
+    #[cold]
+    fn pop_shut(&mut self, qd: QDesc) -> QToken {
+        let op = self.tokens.issue(qd, OpKind::Pop);
+        if self.tokens.complete(op, QValue::Pop { buf: Buffer::heap(0), from: None }) {
+            self.fresh += 1;
+        }
+        op
+    }
+
+    /// Shuts down one or both directions of a connected socket, as
+    /// shutdown(2). ENOTCONN unless the socket is connected (stream) or has
+    /// a default peer (datagram). After `Write`, pushes fail with EPIPE and a
+    /// stream's peer gets end of file once what was pushed before is out;
+    /// this end can still pop. After `Read`, a stream's new pops end at once
+    /// with end of file (pops already pending finish as the libOS decides:
+    /// see [`Backend::shutdown`]); a datagram socket's pops are unaffected,
+    /// as in Linux. Shutting down a direction again does nothing.
+    pub fn shutdown(&mut self, qd: QDesc, how: Shutdown) -> Result<()> {
+        let q = self.queues.get(qd)?;
+        q.check_shutdown()?;
+        let (rd, wr) = match how {
+            Shutdown::Read => (true, false),
+            Shutdown::Write => (false, true),
+            Shutdown::Both => (true, true),
+        };
+        // Only what changes goes to the backend: a second FIN is never sent.
+        let how = match (rd && !q.shut_rd, wr && !q.shut_wr) {
+            (false, false) => return Ok(()),
+            (true, false) => Shutdown::Read,
+            (false, true) => Shutdown::Write,
+            (true, true) => Shutdown::Both,
+        };
+        let sock = q.sock;
+        let r = self.backend.shutdown(sock, how, &mut self.out);
+        self.apply();
+        r?;
+        let q = self.queues.get_mut(qd)?;
+        q.shut_rd |= rd;
+        q.shut_wr |= wr;
+        Ok(())
     }
 
     /// Closes a descriptor; its pending operations finish with ECANCELED.
@@ -446,6 +495,11 @@ fn result_of(backend: &mut dyn Backend, queues: &mut QueueTable, qd: QDesc, kind
         Outcome::Connected => {
             if let Ok(q) = queues.get_mut(qd) {
                 q.phase = Phase::Connected;
+                // A stream connect picked the local address (and port) if
+                // bind did not: getsockname must tell it.
+                if q.ty == SockType::Stream {
+                    q.local = backend.local_addr(q.sock).or(q.local);
+                }
             }
             QValue::Connect
         }
@@ -453,6 +507,7 @@ fn result_of(backend: &mut dyn Backend, queues: &mut QueueTable, qd: QDesc, kind
             let mut q = Queue::new(sock, SockType::Stream);
             q.phase = Phase::Connected;
             q.peer = Some(peer);
+            q.local = backend.local_addr(sock);
             match queues.insert(q) {
                 Ok(new_qd) => QValue::Accept { qd: new_qd, peer },
                 Err(e) => {

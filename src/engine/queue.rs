@@ -35,12 +35,17 @@ pub struct Queue {
     pub peer: Option<SocketAddrV4>,
     /// Where the descriptor is in its life.
     pub phase: Phase,
+    /// Shut for reading (shutdown `Read` or `Both`): stream pops end at once
+    /// with end of file.
+    pub shut_rd: bool,
+    /// Shut for writing (shutdown `Write` or `Both`): pushes fail with EPIPE.
+    pub shut_wr: bool,
 }
 
 impl Queue {
     /// A fresh, unbound descriptor's state.
     pub fn new(sock: SockId, ty: SockType) -> Self {
-        Queue { sock, ty, local: None, peer: None, phase: Phase::Idle }
+        Queue { sock, ty, local: None, peer: None, phase: Phase::Idle, shut_rd: false, shut_wr: false }
     }
 
     /// Bind is allowed once, before connect or listen (EINVAL otherwise).
@@ -95,6 +100,16 @@ impl Queue {
                 Some(a) => Ok(Some(a)),
                 None => fail(EDESTADDRREQ, "datagram socket has no default peer; use pushto"),
             },
+        }
+    }
+
+    /// Checks a shutdown: the socket must be connected (stream), or have a
+    /// default peer (datagram), as in Linux.
+    pub fn check_shutdown(&self) -> Result<()> {
+        match (self.ty, self.phase) {
+            (_, Phase::Connected) => Ok(()),
+            (SockType::Stream, _) => fail(ENOTCONN, "stream socket is not connected"),
+            (SockType::Datagram, _) => fail(ENOTCONN, "datagram socket has no default peer"),
         }
     }
 

@@ -498,6 +498,56 @@ static void test_udp(void)
     close(b);
 }
 
+/* Half-close: the client writes, shuts its write side (the server reads to
+ * end of file), and still reads the server's reply. Also getsockname after
+ * a connect without bind: the real port, the one the server sees. */
+static void test_half_close(int lfd)
+{
+    int c, s = pair(lfd, &c);
+    struct sockaddr_in mine, seen;
+    socklen_t len = sizeof mine;
+    CHECK(getsockname(c, (struct sockaddr *)&mine, &len) == 0, "getsockname after connect");
+    len = sizeof seen;
+    CHECK(getpeername(s, (struct sockaddr *)&seen, &len) == 0, "getpeername of the accepted end");
+    CHECK(ntohs(mine.sin_port) != 0, "getsockname after connect gives a port");
+    CHECK(mine.sin_port == seen.sin_port && mine.sin_addr.s_addr == seen.sin_addr.s_addr,
+          "getsockname (port %u) is what the server sees (port %u)", ntohs(mine.sin_port), ntohs(seen.sin_port));
+    len = sizeof mine;
+    CHECK(getsockname(s, (struct sockaddr *)&mine, &len) == 0 && mine.sin_port == htons(port_of(lfd)),
+          "the accepted end is at the listener's port");
+
+    char req[3000], got[3000];
+    for (size_t i = 0; i < sizeof req; i++) req[i] = (char)('a' + i % 23);
+    write_all(c, req, sizeof req);
+    CHECK(shutdown(c, 42) == -1 && errno == EINVAL, "shutdown with a bad how: EINVAL");
+    CHECK(shutdown(c, SHUT_WR) == 0, "shutdown(SHUT_WR)");
+    CHECK(send(c, "late", 4, MSG_NOSIGNAL) == -1 && errno == EPIPE, "send after SHUT_WR: EPIPE");
+    size_t have = 0;
+    for (;;) {
+        CHECK(wait_for(s, POLLIN, 5000) & POLLIN, "server readable (%zu bytes so far)", have);
+        ssize_t n = read(s, got + have, sizeof got - have);
+        CHECK(n >= 0, "server read");
+        if (n == 0) break;
+        have += (size_t)n;
+        CHECK(have <= sizeof got, "no more than was sent");
+    }
+    CHECK(have == sizeof req && memcmp(req, got, sizeof req) == 0, "the server read it all (%zu), then EOF", have);
+    CHECK(read(s, got, 1) == 0, "EOF stays EOF");
+    write_all(s, "reply", 5);
+    char r[5];
+    read_exact(c, r, 5);
+    CHECK(memcmp(r, "reply", 5) == 0, "the client still reads after SHUT_WR");
+    close(s);
+    CHECK(wait_for(c, POLLIN, 5000) & POLLIN, "the server's close is readable");
+    CHECK(read(c, r, 1) == 0, "then the client reads EOF");
+    close(c);
+
+    int idle = socket(AF_INET, SOCK_STREAM, 0);
+    CHECK(idle >= 0, "socket");
+    CHECK(shutdown(idle, SHUT_WR) == -1 && errno == ENOTCONN, "shutdown unconnected: ENOTCONN");
+    close(idle);
+}
+
 int main(void)
 {
     alarm(120); /* a hang is a failure, not a stuck test */
@@ -513,6 +563,7 @@ int main(void)
     test_select(s, c);
     close(s);
     close(c);
+    test_half_close(lfd);
     test_dup2_and_close(lfd);
     test_fork(lfd);
     test_reset(lfd);
