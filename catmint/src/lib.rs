@@ -198,7 +198,7 @@ impl Catmint {
             let pd = Pd::new(ctx, list.clone())?;
             let comp = CompChannel::new(ctx, list.clone())?;
             epoll_add(&epoll, comp.fd())?;
-            let cq = Cq::new(ctx, comp, 4096)?;
+            let cq = Cq::new(ctx, comp, cq_depth(ctx))?;
             log::info!("catmint: device {}", verbs::device_name(ctx));
             devices.push(Device { ctx, pd, cq: Arc::new(Mutex::new(cq)), idle: false });
         }
@@ -513,4 +513,19 @@ fn epoll_add(epoll: &OwnedFd, fd: RawFd) -> Result<()> {
         return Err(Error::last("epoll_ctl"));
     }
     Ok(())
+}
+
+/// Entries of a device's CQ, shared by all its QPs: room for the completions
+/// of many connections with full receive windows (each QP can have its
+/// receive depth + 2 receives and its send queue outstanding), within what
+/// the device allows.
+fn cq_depth(ctx: *mut ffi::ibv_context) -> i32 {
+    const WANT: i32 = 16384;
+    // SAFETY: ibv_device_attr is plain data; all-zero is a valid start.
+    let mut attr: ffi::ibv_device_attr = unsafe { std::mem::zeroed() };
+    // SAFETY: ctx is a live device context and attr a writable attribute struct.
+    if unsafe { ffi::ibv_query_device(ctx, &mut attr) } != 0 || attr.max_cqe <= 0 {
+        return 4096;
+    }
+    WANT.min(attr.max_cqe)
 }

@@ -100,6 +100,6 @@ pub struct Config {
 
 impl Default for Config {
     fn default() -> Self {
-        Config { credits: 32, buf_size: 32 << 10, sq_depth: 128, inline: 128, timeout: Duration::from_secs(3) }
+        Config { credits: 128, buf_size: 8 << 10, sq_depth: 128, inline: 128, timeout: Duration::from_secs(3) }
     }
 }

@@ -8,7 +8,6 @@ use crate::stats::{Plan, Progress};
 use crate::{Fail, Proto, Res, StreamArgs};
 use demi::{Buffer, LibOs, QDesc, QValue};
 use serde::Serialize;
-use std::collections::VecDeque;
 use std::net::SocketAddrV4;
 use std::time::{Duration, Instant};
 
@@ -64,25 +63,31 @@ pub fn run(a: &StreamArgs) -> Res<()> {
 
     let span = Duration::from_secs_f64(a.time);
     let mut progress = Progress::new(Plan::Time(span), "messages sent", a.json);
-    let mut inflight = VecDeque::with_capacity(a.window as usize);
+    // Pushes in flight: the window refills after each wait_next_n, which
+    // takes every push finished so far in one call (only pushes are
+    // outstanding here).
+    let window = a.window as usize;
+    let mut inflight = 0usize;
     let mut sent = 0u64;
     let start = Instant::now();
     let mut now = start;
     while now.duration_since(start) < span {
-        while inflight.len() < a.window as usize {
-            inflight.push_back(net::call(push(&data), "push")?);
+        while inflight < window {
+            net::call(push(&data), "push")?;
+            inflight += 1;
         }
-        let qt = inflight.pop_front().expect("window is at least 1");
-        net::wait(&os, qt, timeout, "push")?;
-        sent += 1;
+        let n = take_pushes(&os, window, timeout)?;
+        inflight -= n;
+        sent += n as u64;
         now = Instant::now();
         progress.tick(sent, now);
     }
     // The last pushes drain within one timeout, not one each.
     let drained = Instant::now() + timeout;
-    while let Some(qt) = inflight.pop_front() {
-        net::wait(&os, qt, drained.saturating_duration_since(Instant::now()), "push")?;
-        sent += 1;
+    while inflight > 0 {
+        let n = take_pushes(&os, inflight, drained.saturating_duration_since(Instant::now()))?;
+        inflight -= n;
+        sent += n as u64;
     }
     let seconds = start.elapsed().as_secs_f64();
     progress.finish();
@@ -135,6 +140,24 @@ pub fn run(a: &StreamArgs) -> Res<()> {
         }
     }
     Ok(())
+}
+
+/// Waits for finished pushes and takes up to `max` of them; a failed push or
+/// none within `timeout` is an error.
+fn take_pushes(os: &LibOs, max: usize, timeout: Duration) -> Res<usize> {
+    let rs = os.wait_next_n(max, Some(timeout)).map_err(|e| {
+        if e.errno() == libc::ETIMEDOUT {
+            Fail::new(format!("push: nothing happened within {:.1} s", timeout.as_secs_f64()))
+        } else {
+            Fail::new(format!("push: {}", net::error_text(&e)))
+        }
+    })?;
+    for r in &rs {
+        if let QValue::Failed(e) = r.value {
+            return Err(Fail::new(format!("push: {}", net::errno_text(e))));
+        }
+    }
+    Ok(rs.len())
 }
 
 /// A little per-run variety for the session number.

@@ -9,15 +9,15 @@
 //! `lat`: one message in flight; each round trip is push, pop of the echo,
 //! timed from before the push to the echo's arrival (the full round trip;
 //! perftest's ib_send_lat prints half of it). `bw`: `--window` pushes of
-//! `--size` bytes in flight, `--count` in all; timed from the first push to
-//! the server's acknowledgement that it popped the last byte, so only data
-//! that arrived counts. The server answers either, one connection at a time.
+//! `--size` bytes in flight, `--count` in all, refilled after each
+//! `wait_next_n` (which takes every push finished so far); timed from the
+//! first push to the server's acknowledgement that it popped the last byte,
+//! so only data that arrived counts. The server answers either, one connection at a time.
 //! Every client prints one `RESULT` line (key=value) for scripts. The libOS
 //! is `LIBOS` (catmint for RDMA); `DEMI_SPIN_US` sets how long a waiter
 //! busy-polls before it sleeps.
 
 use demi::{LibOs, QDesc, QToken, QValue, SockType};
-use std::collections::VecDeque;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -97,26 +97,33 @@ fn serve(os: &LibOs, qd: QDesc) -> Res<()> {
             wait(os, ok(os.push(qd, &m), "push")?, "push")?;
         },
         MODE_BW => {
-            // Keep a few pops posted so the next message finds one waiting.
+            // Keep POPS pops posted so the next messages find them waiting,
+            // and take whatever arrived in one wait_next_n.
+            const POPS: usize = 32;
             let want = size * count;
             let mut got = 0;
-            let mut pops: VecDeque<QToken> = VecDeque::new();
+            let mut posted = 0;
             while got < want {
-                while pops.len() < 4 {
-                    pops.push_back(ok(os.pop(qd), "pop")?);
+                while posted < POPS {
+                    ok(os.pop(qd), "pop")?;
+                    posted += 1;
                 }
-                let qt = pops.pop_front().expect("posted");
-                let QValue::Pop { buf, .. } = wait(os, qt, "pop")? else { return Err("bad pop".into()) };
-                if buf.is_empty() {
-                    return Err(format!("end of file after {got} of {want} bytes"));
+                for r in ok(os.wait_next_n(POPS, Some(BOUND)), "pop")? {
+                    posted -= 1;
+                    match r.value {
+                        QValue::Pop { buf, .. } if !buf.is_empty() => got += buf.len() as u64,
+                        QValue::Pop { .. } => return Err(format!("end of file after {got} of {want} bytes")),
+                        QValue::Failed(e) => return Err(format!("pop: {}", demi::errno_name(e))),
+                        v => return Err(format!("pop: unexpected {v:?}")),
+                    }
                 }
-                got += buf.len() as u64;
             }
             let ack = ok(os.buffer_from(&got.to_le_bytes()), "alloc")?;
-            wait(os, ok(os.push(qd, &ack), "push")?, "ack")?;
+            wait(os, ok(os.push(qd, &ack), "push")?, "push")?;
             // Drain to end of file (the pops still posted finish with it).
-            while let Some(qt) = pops.pop_front() {
-                let _ = os.wait(qt, Some(BOUND));
+            while posted > 0 {
+                let Ok(rs) = os.wait_next_n(posted, Some(BOUND)) else { break };
+                posted -= rs.len();
             }
             Ok(())
         }
@@ -210,17 +217,32 @@ fn bw(os: &LibOs, qd: QDesc, size: usize, count: u64, window: usize) -> Res<()> 
     let msg = ok(os.buffer_from(&vec![0xa5; size]), "alloc")?;
     let ack = ok(os.pop(qd), "pop")?;
     let t0 = Instant::now();
-    let mut inflight = VecDeque::with_capacity(window);
-    for _ in 0..count {
-        if inflight.len() == window {
-            wait(os, inflight.pop_front().expect("full"), "push")?;
+    // The window refills after each batch wait: wait_next_n takes every push
+    // that finished since the last one (in completion order), not one token
+    // at a time. The server's acknowledgement may finish in such a batch too.
+    let (mut posted, mut done) = (0u64, 0u64);
+    let mut acked = None;
+    while done < count {
+        while posted < count && posted - done < window as u64 {
+            ok(os.push(qd, &msg), "push")?;
+            posted += 1;
         }
-        inflight.push_back(ok(os.push(qd, &msg), "push")?);
+        for r in ok(os.wait_next_n(window + 1, Some(BOUND)), "push")? {
+            if let QValue::Failed(e) = r.value {
+                return Err(format!("push: {}", demi::errno_name(e)));
+            }
+            if r.qt == ack {
+                acked = Some(r.value);
+            } else {
+                done += 1;
+            }
+        }
     }
-    for qt in inflight {
-        wait(os, qt, "push")?;
-    }
-    let QValue::Pop { buf, .. } = wait(os, ack, "ack")? else { return Err("bad ack".into()) };
+    let ackv = match acked {
+        Some(v) => v,
+        None => wait(os, ack, "ack")?,
+    };
+    let QValue::Pop { buf, .. } = ackv else { return Err("bad ack".into()) };
     let secs = t0.elapsed().as_secs_f64();
     let bytes = size as u64 * count;
     if buf.as_slice() != bytes.to_le_bytes() {

@@ -19,6 +19,8 @@ A1=${DEMI_RXE_ADDR1:-10.77.0.2}
 D0=${DEMI_RXE_DEV0:-rxe0}
 D1=${DEMI_RXE_DEV1:-rxe1}
 SIZES=${RXE_BENCH_SIZES:-64 4096 65536}
+# RXE_BENCH_TESTS: "lat bw" (default), or one of them.
+TESTS=${RXE_BENCH_TESTS:-lat bw}
 LAT_ITERS=${RXE_BENCH_LAT_ITERS:-1000}
 BW_ITERS=${RXE_BENCH_BW_ITERS:-1000}
 # "loopback" (unbound client, rxe0 to itself) is there for comparison but
@@ -104,10 +106,14 @@ one() {
 }
 
 for path in $PATHS; do
-    for size in $SIZES; do
-        one "$path" ib_send_lat "$size" "$LAT_ITERS"
-    done
-    for size in $SIZES; do
-        one "$path" ib_send_bw "$size" "$BW_ITERS"
-    done
+    if [[ " $TESTS " == *" lat "* ]]; then
+        for size in $SIZES; do
+            one "$path" ib_send_lat "$size" "$LAT_ITERS"
+        done
+    fi
+    if [[ " $TESTS " == *" bw "* ]]; then
+        for size in $SIZES; do
+            one "$path" ib_send_bw "$size" "$BW_ITERS"
+        done
+    fi
 done
