@@ -57,11 +57,12 @@ pub struct Config {
     pub libos: String,
     /// How long a waiter busy-polls before it sleeps (`DEMI_SPIN_US`).
     pub spin: Duration,
-    /// After the spin time, a waiter on a device that has no descriptor to
-    /// sleep on (catnip: DPDK 22.11's memif and af_packet ports have no
-    /// receive interrupts) pauses between polls, from 10 µs doubling up to
-    /// this (`DEMI_POLL_SLEEP_US`). Zero polls without pausing: lowest
-    /// latency after a quiet spell, one core busy while idle.
+    /// A waiter on a device that has no descriptor to sleep on (catnip: DPDK
+    /// 22.11's memif and af_packet ports have no receive interrupts) that
+    /// has seen nothing for this long after the spin time pauses between
+    /// polls, from 10 µs doubling up to this (`DEMI_POLL_SLEEP_US`). Zero
+    /// polls without pausing: lowest latency after a quiet spell, one core
+    /// busy while idle.
     pub poll_sleep: Duration,
     /// catmint's tunables (`DEMI_RDMA_*`). `Catmint::new` clamps them to
     /// what the device layer accepts (receive depth 1..=4096, buffers of

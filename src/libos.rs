@@ -372,12 +372,18 @@ impl LibOs {
             // (see Backend::set_sleeping) must make the descriptor readable.
             st.engine.set_sleeping(true);
             let Some(dev_fd) = st.engine.arm() else {
-                // The device has no descriptor (DPDK): poll with pauses that
-                // grow to the configured most, so an idle waiter does not
-                // keep a core busy; never past the caller's deadline.
+                // The device has no descriptor (DPDK). A waiter that has
+                // seen nothing for `poll_sleep` beyond the spin time is idle:
+                // it polls with pauses that grow to `poll_sleep`, so it does
+                // not keep a core busy, and never sleeps past the caller's
+                // deadline. Until then it keeps polling: a reply that is
+                // merely late (a loaded machine) must not meet a sleeper.
                 st.update_sleeping();
                 drop(st);
-                pause = (pause * 2).max(POLL_SLEEP_FIRST).min(self.shared.poll_sleep);
+                let idle = now >= spin_until + self.shared.poll_sleep;
+                if idle {
+                    pause = (pause * 2).max(POLL_SLEEP_FIRST).min(self.shared.poll_sleep);
+                }
                 if pause.is_zero() {
                     std::thread::yield_now();
                 } else {

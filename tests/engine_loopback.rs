@@ -337,13 +337,14 @@ fn an_idle_waiter_on_a_device_without_a_descriptor_pauses_between_polls() {
     };
     let (os, control) = loopback();
     let paused = polls_in(&os, &control, "10.0.0.1:1");
-    // 10 µs doubling to 1 ms: about 300 polls in 300 ms.
-    assert!(paused < 2_000, "{paused} polls in 300 ms with pauses");
     let device = Loopback::new();
     let control = device.control();
     let os = LibOs::with_engine(Engine::new(Box::new(device)), Duration::ZERO).with_poll_sleep(Duration::ZERO);
     let flat = polls_in(&os, &control, "10.0.0.1:1");
-    assert!(flat > 5 * paused.max(1_000), "{flat} polls in 300 ms flat out, {paused} with pauses");
+    // With pauses: flat out for the first 1 ms only, then 10 µs doubling to
+    // 1 ms, a few hundred polls; flat out: 300 ms of polling.
+    eprintln!("{flat} polls in 300 ms flat out, {paused} with pauses");
+    assert!(flat > 10 * paused, "{flat} polls in 300 ms flat out, {paused} with pauses");
 }
 
 #[test]
