@@ -8,7 +8,8 @@
 //! copied; popped buffers are the received mbufs' payloads, freed when the
 //! last reference to the buffer goes (their owners are reused slots of a
 //! [`LendPool`], so a pop allocates nothing once warm). DPDK has no file
-//! descriptor, so waiters busy-poll (`arm` returns None).
+//! descriptor (`arm` returns None), so waiters poll, pausing between polls
+//! once idle (`Config::poll_sleep`).
 
 use crate::backend::{Backend, Completions, OpId, Outcome, SockId, SockType};
 use crate::buffer::Buffer;

@@ -106,19 +106,23 @@ impl LibOs {
     /// Starts the libOS `cfg.libos` names; its backend gets its section of
     /// `cfg`. EINVAL for a name this build does not have.
     pub fn with_config(cfg: &Config) -> Result<LibOs> {
-        Ok(Self::with_engine(Engine::new(backend_for(cfg)?), cfg.spin).with_poll_sleep(cfg.poll_sleep))
+        Ok(Self::from_parts(Engine::new(backend_for(cfg)?), cfg.spin, cfg.poll_sleep))
     }
 
-    /// Wraps an engine (custom backends, tests).
+    /// Wraps an engine (custom backends, tests), with the default
+    /// [`Config::poll_sleep`].
     pub fn with_engine(engine: Engine, spin: Duration) -> LibOs {
-        let state = State { engine, sleepers: Vec::new(), armed: 0 };
-        LibOs {
-            shared: Arc::new(Shared { engine: Mutex::new(state), spin, poll_sleep: crate::config::DEFAULT_POLL_SLEEP }),
-        }
+        Self::from_parts(engine, spin, crate::config::DEFAULT_POLL_SLEEP)
     }
 
-    /// Sets [`Config::poll_sleep`] on a libOS no thread uses yet (a clone
-    /// shares its settings, so this makes a new handle).
+    fn from_parts(engine: Engine, spin: Duration, poll_sleep: Duration) -> LibOs {
+        let state = State { engine, sleepers: Vec::new(), armed: 0 };
+        LibOs { shared: Arc::new(Shared { engine: Mutex::new(state), spin, poll_sleep }) }
+    }
+
+    /// Sets [`Config::poll_sleep`] on a handle made by [`LibOs::with_engine`]
+    /// and not cloned yet. Settings are shared by all clones and fixed once
+    /// there are several: a cloned handle is returned unchanged.
     pub fn with_poll_sleep(self, poll_sleep: Duration) -> LibOs {
         match Arc::try_unwrap(self.shared) {
             Ok(mut shared) => {

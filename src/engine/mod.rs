@@ -342,11 +342,7 @@ impl Engine {
     /// `Ok(None)` if it is still pending.
     #[inline]
     pub fn take(&mut self, qt: QToken) -> Result<Option<QResult>> {
-        match self.take_ready(qt) {
-            Some(Ok(r)) => Ok(Some(r)),
-            Some(Err(e)) => Err(e),
-            None => Ok(None),
-        }
+        self.take_ready(qt).transpose()
     }
 
     /// [`Engine::take`] in the shape a wait wants: `Some` once the wait for
