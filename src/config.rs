@@ -47,6 +47,19 @@ pub const DEFAULT_SPIN: Duration = Duration::from_micros(50);
 /// on, by default (`DEMI_POLL_SLEEP_US`).
 pub const DEFAULT_POLL_SLEEP: Duration = Duration::from_micros(1000);
 
+/// How the threads of a process share the libOS (see [`crate::LibOs`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Threading {
+    /// Each thread that creates sockets gets an engine of its own (its own
+    /// epoll set, CQs, tables and lock), so threads that keep to their own
+    /// sockets share nothing on the per-message path. Any thread may still
+    /// use any descriptor or token, through its owner's lock.
+    PerThread,
+    /// One engine for the whole process, every call serialised on its lock
+    /// (the model before per-thread engines; the LD_PRELOAD library uses it).
+    Shared,
+}
+
 /// Everything a [`LibOs`](crate::LibOs) needs to start.
 ///
 /// The backend sections exist when their cargo feature is built. Only the
@@ -64,6 +77,10 @@ pub struct Config {
     /// polls without pausing: lowest latency after a quiet spell, one core
     /// busy while idle.
     pub poll_sleep: Duration,
+    /// Whether each thread gets an engine of its own or all share one
+    /// (`DEMI_THREADING`: `per-thread`, the default, or `shared`). catnip
+    /// always shares one: DPDK is started once per process.
+    pub threading: Threading,
     /// catmint's tunables (`DEMI_RDMA_*`). `Catmint::new` clamps them to
     /// what the device layer accepts (receive depth 1..=4096, buffers of
     /// 64 B..=16 MiB, send queue 4..=16384, inline up to 1024 B, timeout at
@@ -84,6 +101,7 @@ impl Default for Config {
             libos: DEFAULT_LIBOS.to_string(),
             spin: DEFAULT_SPIN,
             poll_sleep: DEFAULT_POLL_SLEEP,
+            threading: Threading::PerThread,
             #[cfg(feature = "catmint")]
             catmint: CatmintConfig::default(),
             #[cfg(feature = "catnip")]
@@ -140,6 +158,16 @@ impl Config {
                 "DEMI_POLL_SLEEP_US",
                 DEFAULT_POLL_SLEEP.as_micros() as u64,
             )?),
+            threading: match get("DEMI_THREADING").as_deref().map(str::trim) {
+                None | Some("") | Some("per-thread") => Threading::PerThread,
+                Some("shared") => Threading::Shared,
+                Some(other) => {
+                    return Err(Error::with(
+                        libc::EINVAL,
+                        format!("DEMI_THREADING={other:?} is neither \"per-thread\" nor \"shared\""),
+                    ))
+                }
+            },
             ..Config::new(&libos)
         };
         #[cfg(feature = "catmint")]
@@ -241,6 +269,16 @@ mod tests {
         assert_eq!(parse(&[("DEMI_POLL_SLEEP_US", "0")]).unwrap().poll_sleep, Duration::ZERO);
         assert_eq!(parse(&[("DEMI_POLL_SLEEP_US", "250")]).unwrap().poll_sleep, Duration::from_micros(250));
         assert_eq!(parse(&[("DEMI_POLL_SLEEP_US", "soon")]).unwrap_err().errno(), libc::EINVAL);
+    }
+
+    #[test]
+    fn the_threading_model_is_read_and_checked() {
+        assert_eq!(parse(&[]).unwrap().threading, Threading::PerThread);
+        assert_eq!(parse(&[("DEMI_THREADING", "shared")]).unwrap().threading, Threading::Shared);
+        assert_eq!(parse(&[("DEMI_THREADING", "per-thread")]).unwrap().threading, Threading::PerThread);
+        let e = parse(&[("DEMI_THREADING", "many")]).unwrap_err();
+        assert_eq!(e.errno(), libc::EINVAL);
+        assert!(e.why().contains("DEMI_THREADING=\"many\""), "{}", e.why());
     }
 
     #[cfg(feature = "catmint")]

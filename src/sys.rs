@@ -47,11 +47,18 @@ impl AsRawFd for EventFd {
 }
 
 /// Sleeps until one of `fds` is readable or `timeout` passes (None: forever);
-/// returns a bit mask of the readable ones. Signals interrupt the sleep; the
-/// caller re-checks its condition anyway.
+/// returns a bit mask of the readable ones among the first 32. Signals
+/// interrupt the sleep; the caller re-checks its condition anyway. Up to
+/// four descriptors cost no allocation.
 pub fn wait_readable(fds: &[RawFd], timeout: Option<Duration>) -> Result<u32> {
-    let mut pfds = [libc::pollfd { fd: -1, events: 0, revents: 0 }; 4];
-    let n = fds.len().min(pfds.len());
+    let mut inline = [libc::pollfd { fd: -1, events: 0, revents: 0 }; 4];
+    let mut heap = Vec::new();
+    let pfds: &mut [libc::pollfd] = if fds.len() <= inline.len() {
+        &mut inline[..fds.len()]
+    } else {
+        heap.resize(fds.len(), libc::pollfd { fd: -1, events: 0, revents: 0 });
+        &mut heap
+    };
     for (p, fd) in pfds.iter_mut().zip(fds) {
         p.fd = *fd;
         p.events = libc::POLLIN;
@@ -61,8 +68,9 @@ pub fn wait_readable(fds: &[RawFd], timeout: Option<Duration>) -> Result<u32> {
         tv_nsec: t.subsec_nanos() as libc::c_long,
     });
     let tsp = ts.as_ref().map_or(std::ptr::null(), |t| t as *const libc::timespec);
-    // SAFETY: pfds holds n initialised entries; tsp is null or points to a live timespec.
-    let rc = unsafe { libc::ppoll(pfds.as_mut_ptr(), n as libc::nfds_t, tsp, std::ptr::null()) };
+    // SAFETY: pfds holds pfds.len() initialised entries; tsp is null or
+    // points to a live timespec.
+    let rc = unsafe { libc::ppoll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, tsp, std::ptr::null()) };
     if rc < 0 {
         let e = Error::last_os("ppoll");
         if e.errno() != libc::EINTR {
@@ -70,5 +78,5 @@ pub fn wait_readable(fds: &[RawFd], timeout: Option<Duration>) -> Result<u32> {
         }
         return Ok(0);
     }
-    Ok(pfds[..n].iter().enumerate().filter(|(_, p)| p.revents != 0).fold(0, |m, (i, _)| m | 1 << i))
+    Ok(pfds.iter().take(32).enumerate().filter(|(_, p)| p.revents != 0).fold(0, |m, (i, _)| m | 1 << i))
 }

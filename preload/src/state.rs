@@ -166,7 +166,10 @@ impl State {
         }
         crate::init_logging();
         // The library's configuration, read once from the environment.
-        let cfg = demi::Config::from_env();
+        // One engine for the process: this library keeps one table of
+        // sockets behind one lock, and its `progress` must see every
+        // socket's completions whichever thread made it.
+        let cfg = demi::Config::from_env().map(|c| demi::Config { threading: demi::config::Threading::Shared, ..c });
         let name = cfg.as_ref().map_or_else(|_| demi::Config::libos_from_env(), |c| c.libos.clone());
         match cfg.and_then(|c| LibOs::with_config(&c).map(|os| (os, c.spin))) {
             Ok((os, spin)) => {

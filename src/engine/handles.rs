@@ -1,8 +1,9 @@
 //! Buffers lent to C code, named by opaque handles in `sga_buf`.
 //!
 //! A handle is not a pointer: its top 16 bits carry a tag (which makes it a
-//! non-canonical address on x86-64, so no real pointer looks like one), then a
-//! 24-bit generation and a 24-bit slot index. `demi_sgafree` on anything that is
+//! non-canonical address on x86-64, so no real pointer looks like one), then
+//! the 7-bit shard of the engine that lent it, a 17-bit generation and a
+//! 24-bit slot index. `demi_sgafree` on anything that is
 //! not a live handle is refused with EINVAL without touching memory.
 
 use crate::buffer::Buffer;
@@ -12,7 +13,8 @@ const TAG: u64 = 0xde31 << 48;
 const TAG_MASK: u64 = 0xffff << 48;
 const IDX_BITS: u32 = 24;
 const IDX_MASK: u64 = (1 << IDX_BITS) - 1;
-const GEN_MASK: u64 = (1 << 24) - 1;
+const GEN_MASK: u64 = (1 << 17) - 1;
+const SHARD_SHIFT: u32 = 41;
 
 struct Slot {
     generation: u64,
@@ -20,13 +22,31 @@ struct Slot {
 }
 
 /// Slab of lent buffers.
-#[derive(Default)]
 pub struct HandleTable {
     slots: Vec<Slot>,
     free: Vec<u32>,
+    /// `TAG` plus this engine's shard.
+    tag: u64,
+}
+
+impl Default for HandleTable {
+    /// The table of shard 0.
+    fn default() -> Self {
+        Self::with_shard(0)
+    }
 }
 
 impl HandleTable {
+    /// An empty table whose handles name shard `shard`.
+    pub fn with_shard(shard: usize) -> Self {
+        HandleTable { slots: Vec::new(), free: Vec::new(), tag: TAG | (shard as u64) << SHARD_SHIFT }
+    }
+
+    /// The shard a handle of this library names (it may still be stale).
+    pub fn shard_of(h: u64) -> usize {
+        ((h >> SHARD_SHIFT) as usize) & (super::MAX_SHARDS - 1)
+    }
+
     /// True if `h` carries the library's tag (it may still be stale).
     pub fn is_ours(h: u64) -> bool {
         h & TAG_MASK == TAG
@@ -44,11 +64,11 @@ impl HandleTable {
         };
         let slot = &mut self.slots[idx];
         slot.buf = Some(buf);
-        Ok(TAG | (slot.generation << IDX_BITS) | idx as u64)
+        Ok(self.tag | (slot.generation << IDX_BITS) | idx as u64)
     }
 
     fn index(&self, h: u64) -> Option<usize> {
-        if !Self::is_ours(h) {
+        if h & (TAG_MASK | (super::MAX_SHARDS as u64 - 1) << SHARD_SHIFT) != self.tag {
             return None;
         }
         let idx = (h & IDX_MASK) as usize;

@@ -21,6 +21,34 @@ use token::{OpKind, TokenTable};
 /// A queue token: names one asynchronous operation.
 pub type QToken = u64;
 
+/// Engines a process can have at once: one per thread (see
+/// [`crate::LibOs`]), told apart by a tag in their descriptors, tokens and
+/// lent-buffer handles.
+pub const MAX_SHARDS: usize = 128;
+
+/// The bit where the shard tag starts in a descriptor and in a token's low
+/// half; the slot index takes the bits below it.
+pub const SHARD_SHIFT: u32 = 24;
+
+/// The tag of shard `shard`, as it sits in a descriptor or token.
+pub(crate) fn shard_tag(shard: usize) -> u32 {
+    assert!(shard < MAX_SHARDS, "shard {shard} out of range");
+    (shard as u32) << SHARD_SHIFT
+}
+
+/// The shard whose engine issued descriptor `qd` (any number maps to a
+/// shard; that engine refuses a number it did not issue).
+#[inline]
+pub fn shard_of_qd(qd: QDesc) -> usize {
+    ((qd as u32) >> SHARD_SHIFT) as usize & (MAX_SHARDS - 1)
+}
+
+/// The shard whose engine issued token `qt`.
+#[inline]
+pub fn shard_of_token(qt: QToken) -> usize {
+    ((qt as u32) >> SHARD_SHIFT) as usize & (MAX_SHARDS - 1)
+}
+
 /// A queue descriptor.
 pub type QDesc = i32;
 
@@ -81,19 +109,33 @@ pub struct Engine {
     pub(crate) handles: HandleTable,
     /// Completions applied since the last `take_fresh`.
     fresh: usize,
+    /// Which of the process's engines this is (see [`MAX_SHARDS`]).
+    shard: usize,
 }
 
 impl Engine {
     /// An engine over `backend`, with no descriptors yet.
     pub fn new(backend: Box<dyn Backend>) -> Self {
+        Self::with_shard(backend, 0)
+    }
+
+    /// An engine over `backend` whose descriptors, tokens and handles carry
+    /// the tag of shard `shard` (below [`MAX_SHARDS`]).
+    pub fn with_shard(backend: Box<dyn Backend>, shard: usize) -> Self {
         Engine {
             backend,
-            queues: QueueTable::new(),
-            tokens: TokenTable::new(),
+            queues: QueueTable::with_shard(shard),
+            tokens: TokenTable::with_shard(shard),
             out: Completions::default(),
-            handles: HandleTable::default(),
+            handles: HandleTable::with_shard(shard),
             fresh: 0,
+            shard,
         }
+    }
+
+    /// The shard this engine is (0 for [`Engine::new`]).
+    pub fn shard(&self) -> usize {
+        self.shard
     }
 
     /// The backend's name.

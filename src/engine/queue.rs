@@ -130,6 +130,8 @@ impl Queue {
 pub struct QueueTable {
     slots: Vec<Option<Queue>>,
     free: VecDeque<usize>,
+    /// The shard tag, in the bits above the slot index.
+    tag: u32,
 }
 
 impl Default for QueueTable {
@@ -141,26 +143,38 @@ impl Default for QueueTable {
 impl QueueTable {
     /// An empty table; descriptor 0 is never handed out.
     pub fn new() -> Self {
-        QueueTable { slots: vec![None], free: VecDeque::new() }
+        QueueTable { slots: vec![None], free: VecDeque::new(), tag: 0 }
+    }
+
+    /// An empty table whose descriptors carry the tag of shard `shard`.
+    pub fn with_shard(shard: usize) -> Self {
+        QueueTable { tag: super::shard_tag(shard), ..Self::new() }
+    }
+
+    /// The slot of a descriptor; one of another shard (or negative) gets an
+    /// index past any slot.
+    #[inline]
+    fn index(&self, qd: i32) -> usize {
+        ((qd as u32) ^ self.tag) as usize
     }
 
     /// Stores a queue and returns its descriptor (reusing freed ones).
     pub fn insert(&mut self, q: Queue) -> Result<i32> {
         let idx = match self.free.pop_front() {
             Some(i) => i,
-            None if self.slots.len() < i32::MAX as usize => {
+            None if self.slots.len() < 1 << super::SHARD_SHIFT => {
                 self.slots.push(None);
                 self.slots.len() - 1
             }
             None => return fail(libc::EMFILE, "too many open descriptors"),
         };
         self.slots[idx] = Some(q);
-        Ok(idx as i32)
+        Ok((self.tag | idx as u32) as i32)
     }
 
     /// The queue behind a descriptor (EBADF if there is none).
     pub fn get(&self, qd: i32) -> Result<&Queue> {
-        match usize::try_from(qd).ok().and_then(|i| self.slots.get(i)) {
+        match self.slots.get(self.index(qd)) {
             Some(Some(q)) => Ok(q),
             _ => fail(EBADF, "not an open queue descriptor"),
         }
@@ -168,7 +182,8 @@ impl QueueTable {
 
     /// The queue behind a descriptor, writable (EBADF if there is none).
     pub fn get_mut(&mut self, qd: i32) -> Result<&mut Queue> {
-        match usize::try_from(qd).ok().and_then(|i| self.slots.get_mut(i)) {
+        let i = self.index(qd);
+        match self.slots.get_mut(i) {
             Some(Some(q)) => Ok(q),
             _ => fail(EBADF, "not an open queue descriptor"),
         }
@@ -176,10 +191,10 @@ impl QueueTable {
 
     /// Takes a descriptor's queue out of the table; the number may be reused.
     pub fn remove(&mut self, qd: i32) -> Result<Queue> {
-        let q = usize::try_from(qd).ok().and_then(|i| self.slots.get_mut(i)).and_then(Option::take);
-        match q {
+        let i = self.index(qd);
+        match self.slots.get_mut(i).and_then(Option::take) {
             Some(q) => {
-                self.free.push_back(qd as usize);
+                self.free.push_back(i);
                 Ok(q)
             }
             None => fail(EBADF, "not an open queue descriptor"),
@@ -188,7 +203,8 @@ impl QueueTable {
 
     /// Open descriptors.
     pub fn open(&self) -> impl Iterator<Item = i32> + '_ {
-        self.slots.iter().enumerate().filter(|(_, q)| q.is_some()).map(|(i, _)| i as i32)
+        let tag = self.tag;
+        self.slots.iter().enumerate().filter(|(_, q)| q.is_some()).map(move |(i, _)| (tag | i as u32) as i32)
     }
 }
 

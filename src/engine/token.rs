@@ -1,6 +1,8 @@
 //! The token table: one slot per pending or finished-but-unclaimed operation.
 //!
-//! A token is `generation << 32 | slot index`. A slot's generation changes
+//! A token is `generation << 32 | shard tag | slot index` (the tag says
+//! which thread's engine issued it: see [`super::shard_of_token`]; the
+//! index has 24 bits). A slot's generation changes
 //! each time it is freed, so a consumed, stale or forged token never matches a
 //! live slot and is refused instead of answering for another operation.
 //! Generations start at 1, so token 0 is never valid.
@@ -59,12 +61,12 @@ pub struct TokenTable<T> {
     pending: usize,
     /// Slots in the Done state.
     done: usize,
+    /// The shard tag, in the bits above the slot index.
+    tag: u32,
 }
 
-#[inline]
-fn split(token: OpId) -> (usize, u32) {
-    ((token & 0xffff_ffff) as usize, (token >> 32) as u32)
-}
+/// Slots a table can hold: the index has the bits below the shard tag.
+const MAX_SLOTS: usize = 1 << super::SHARD_SHIFT;
 
 impl<T> Default for TokenTable<T> {
     fn default() -> Self {
@@ -75,7 +77,19 @@ impl<T> Default for TokenTable<T> {
 impl<T> TokenTable<T> {
     /// An empty table.
     pub fn new() -> Self {
-        TokenTable { slots: Vec::new(), free_head: NONE, finished: VecDeque::new(), pending: 0, done: 0 }
+        TokenTable { slots: Vec::new(), free_head: NONE, finished: VecDeque::new(), pending: 0, done: 0, tag: 0 }
+    }
+
+    /// An empty table whose tokens carry the tag of shard `shard`.
+    pub fn with_shard(shard: usize) -> Self {
+        TokenTable { tag: super::shard_tag(shard), ..Self::new() }
+    }
+
+    /// Slot index and generation of a token; a token of another shard gets
+    /// an index past any slot.
+    #[inline]
+    fn split(&self, token: OpId) -> (usize, u32) {
+        (((token as u32) ^ self.tag) as usize, (token >> 32) as u32)
     }
 
     /// Allocates a token for a new pending operation.
@@ -93,16 +107,16 @@ impl<T> TokenTable<T> {
             slot.state = State::Pending;
             idx
         } else {
-            assert!(self.slots.len() < NONE as usize, "token table full");
+            assert!(self.slots.len() < MAX_SLOTS, "token table full: 16M operations pending");
             self.slots.push(Slot { generation: 1, qd, kind, state: State::Pending });
             self.slots.len() - 1
         };
-        ((self.slots[idx].generation as u64) << 32) | idx as u64
+        ((self.slots[idx].generation as u64) << 32) | (self.tag | idx as u32) as u64
     }
 
     #[inline]
     fn slot(&self, token: OpId) -> Option<&Slot<T>> {
-        let (idx, generation) = split(token);
+        let (idx, generation) = self.split(token);
         self.slots.get(idx).filter(|s| s.generation == generation && !matches!(s.state, State::Free { .. }))
     }
 
@@ -125,7 +139,7 @@ impl<T> TokenTable<T> {
     /// Records the outcome of a pending operation. Returns false (and drops
     /// the outcome) if the token is not pending, which would be a backend bug.
     pub fn complete(&mut self, token: OpId, outcome: T) -> bool {
-        let (idx, generation) = split(token);
+        let (idx, generation) = self.split(token);
         match self.slots.get_mut(idx) {
             Some(s) if s.generation == generation && matches!(s.state, State::Pending) => {
                 s.state = State::Done(outcome);
@@ -143,7 +157,7 @@ impl<T> TokenTable<T> {
     /// call `f`) if the token is not pending, which would be a backend bug.
     #[inline]
     pub fn complete_with(&mut self, token: OpId, f: impl FnOnce(i32, OpKind) -> T) -> bool {
-        let (idx, generation) = split(token);
+        let (idx, generation) = self.split(token);
         match self.slots.get_mut(idx) {
             Some(s) if s.generation == generation && matches!(s.state, State::Pending) => {
                 s.state = State::Done(f(s.qd, s.kind));
@@ -159,7 +173,7 @@ impl<T> TokenTable<T> {
     /// Takes a finished operation out of the table, freeing its token.
     #[inline]
     pub fn take(&mut self, token: OpId) -> Option<Finished<T>> {
-        let (idx, generation) = split(token);
+        let (idx, generation) = self.split(token);
         let slot = self.slots.get_mut(idx)?;
         if slot.generation != generation || !matches!(slot.state, State::Done(_)) {
             return None;
@@ -184,9 +198,9 @@ impl<T> TokenTable<T> {
     /// Drops the tokens that targeted waits took from `finished`.
     #[cold]
     fn compact_finished(&mut self) {
-        let slots = &self.slots;
+        let (slots, tag) = (&self.slots, self.tag);
         self.finished.retain(|&t| {
-            let (i, g) = split(t);
+            let (i, g) = (((t as u32) ^ tag) as usize, (t >> 32) as u32);
             slots[i].generation == g && matches!(slots[i].state, State::Done(_))
         });
     }

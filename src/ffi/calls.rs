@@ -136,7 +136,7 @@ pub unsafe extern "C" fn demi_push(qt_out: *mut demi_qtoken_t, qd: c_int, sga: *
         let out = output(qt_out, "qt_out is NULL")?;
         // SAFETY: forwarded from this function's contract.
         let sga = unsafe { input(sga, "sga is NULL") }?;
-        let qt = os.run(|e| {
+        let qt = os.run_for(qd, |e| {
             e.local_addr(qd)?; // EBADF before looking at the sga
                                // SAFETY: forwarded from this function's contract.
             let buf = unsafe { super::sga::to_buffer(e, sga) }?;
@@ -164,7 +164,7 @@ pub unsafe extern "C" fn demi_pushto(
     boundary("demi_pushto", || {
         let os = libos()?;
         let out = output(qt_out, "qt_out is NULL")?;
-        let qt = os.run(|e| {
+        let qt = os.run_for(qd, |e| {
             e.local_addr(qd)?; // EBADF first
                                // SAFETY: forwarded from this function's contract.
             let to = unsafe { sockaddr_in(dest_addr, size) }?;

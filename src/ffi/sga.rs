@@ -20,7 +20,7 @@ pub extern "C" fn demi_sgaalloc(size: libc::size_t) -> demi_sgarray_t {
         if size == 0 || size > u32::MAX as usize {
             return fail(libc::EINVAL, "size must be between 1 and 4 GiB");
         }
-        sga = libos()?.run(|e| {
+        sga = libos()?.run_mine(|e| {
             let buf = e.alloc(size)?;
             lend(e, buf, None)
         })?;
@@ -41,7 +41,7 @@ pub unsafe extern "C" fn demi_sgafree(sga: *mut demi_sgarray_t) -> c_int {
         // SAFETY: forwarded from this function's contract.
         let sga = unsafe { input(sga.cast_const(), "sga is NULL") }?;
         let handle = sga.sga_buf as u64;
-        let buf = os.run(|e| e.handles.remove(handle))?;
+        let buf = os.run_for_handle(handle, |e| e.handles.remove(handle))?;
         // Dropped outside the lock: recycling device memory may take a moment.
         drop(buf);
         Ok(())
@@ -64,7 +64,9 @@ pub(super) fn lend(e: &mut Engine, buf: Buffer, from: Option<std::net::SocketAdd
 }
 
 /// The buffer to push for a C sga. Memory from `demi_sgaalloc` (or a pop) is
-/// pushed in place, without a copy; other memory is copied into libOS memory.
+/// pushed in place, without a copy; other memory is copied into libOS memory,
+/// and so is memory another thread's engine lent (its handle is not this
+/// engine's to check).
 ///
 /// # Safety
 /// If `sga_buf` is not a handle of this library, the segment must be readable
@@ -86,7 +88,7 @@ pub(super) unsafe fn to_buffer(e: &mut Engine, sga: &demi_sgarray_t) -> Result<B
         return fail(libc::EINVAL, "segment length is zero");
     }
     let handle = sga.sga_buf as u64;
-    if HandleTable::is_ours(handle) {
+    if HandleTable::is_ours(handle) && HandleTable::shard_of(handle) == e.shard() {
         // The segment may be any part of the lent buffer.
         let buf = e.handles.get(handle)?;
         let off = (ptr as usize).wrapping_sub(buf.as_ptr() as usize);

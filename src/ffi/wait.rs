@@ -66,7 +66,7 @@ pub unsafe extern "C" fn demi_wait(qr_out: *mut demi_qresult_t, qt: demi_qtoken_
 
 /// The body of `demi_wait` and `demi_timedwait` once their arguments are checked.
 fn wait_one(os: &LibOs, out: *mut demi_qresult_t, qt: demi_qtoken_t, timeout: Option<Duration>) -> Result<()> {
-    let qr = os.wait_until(timeout, |e| match e.take(qt) {
+    let qr = os.wait_until(os.token_set(&[qt])?, timeout, |e| match e.take(qt) {
         Ok(Some(r)) => Some(Ok(to_c(e, r))),
         Ok(None) => None,
         Err(err) => Some(Err(err)),
@@ -128,8 +128,13 @@ pub unsafe extern "C" fn demi_wait_any(
         let qts = unsafe { std::slice::from_raw_parts(qts, num_qts as usize) };
         // SAFETY: forwarded from this function's contract.
         let timeout = unsafe { relative(timeout) }?;
-        let (i, qr) = os.wait_until(timeout, |e| {
+        let (i, qr) = os.wait_until(os.token_set(qts)?, timeout, |e| {
             for (i, &qt) in qts.iter().enumerate() {
+                match os.token_is_here(e, qt) {
+                    Ok(true) => {}
+                    Ok(false) => continue,
+                    Err(err) => return Some(Err(err)),
+                }
                 match e.take(qt) {
                     Ok(Some(r)) => return Some(Ok((i, to_c(e, r)))),
                     Ok(None) => {}
@@ -170,7 +175,7 @@ pub unsafe extern "C" fn demi_wait_next_n(
         }
         // SAFETY: forwarded from this function's contract.
         let timeout = unsafe { relative(timeout) }?;
-        let n = os.wait_until(timeout, |e| {
+        let n = os.wait_until(os.next_set()?, timeout, |e| {
             if !e.any_done() {
                 return None;
             }
