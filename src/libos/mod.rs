@@ -158,6 +158,14 @@ impl LibOs {
         }
     }
 
+    /// How many engines this libOS has made: one per thread that needed
+    /// one at the same time (a thread that exits leaves its engine, with
+    /// its sockets, to the next thread that needs one); always 1 with
+    /// [`Threading::Shared`].
+    pub fn engines(&self) -> usize {
+        self.shards().created()
+    }
+
     fn shards(&self) -> &Shards {
         &self.shared.shards
     }

@@ -168,6 +168,11 @@ impl Shards {
         Ok(shards)
     }
 
+    /// How many shards exist.
+    pub fn created(&self) -> usize {
+        self.owners.lock().unwrap_or_else(|e| e.into_inner()).created
+    }
+
     /// Shard `i`, if it exists.
     #[inline]
     pub fn get(&self, i: usize) -> Option<&Shard> {
