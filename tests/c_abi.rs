@@ -93,7 +93,7 @@ fn compile(source: &str, name: &str, lang: Lang, link: Link) -> Binary {
             c
         }
     };
-    cmd.args(WARNINGS).args(SANITIZERS);
+    cmd.args(WARNINGS).args(SANITIZERS).arg("-pthread");
     cmd.arg("-I").arg(repo().join("include"));
     cmd.arg(repo().join(source)).arg("-o").arg(&out);
     // The language flag must not apply to the library arguments that follow.
@@ -280,6 +280,11 @@ fn layout() {
 #[test]
 fn errors() {
     compile_and_run("tests/c/errors.c", "errors", Lang::C, Link::Shared, &[], "errors: every error case");
+}
+
+#[test]
+fn threads() {
+    compile_and_run("tests/c/threads.c", "threads", Lang::C, Link::Shared, &[], "threads: 3 threads x 300 rounds verified");
 }
 
 #[test]
