@@ -284,7 +284,14 @@ fn errors() {
 
 #[test]
 fn threads() {
-    compile_and_run("tests/c/threads.c", "threads", Lang::C, Link::Shared, &[], "threads: 3 threads x 300 rounds verified");
+    compile_and_run(
+        "tests/c/threads.c",
+        "threads",
+        Lang::C,
+        Link::Shared,
+        &[],
+        "threads: 3 threads x 300 rounds verified",
+    );
 }
 
 #[test]

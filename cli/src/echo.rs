@@ -208,21 +208,50 @@ fn stop_on_signals() -> Res<()> {
 
 pub fn run(a: &EchoArgs) -> Res<()> {
     stop_on_signals()?;
+    net::check_threads(&a.common)?;
     let os = net::start(&a.common, Role::Server, Some(*a.bind.ip()))?;
+    if a.common.threads == 1 {
+        serve(&os, a, 0)?;
+    } else {
+        // Thread K serves port + K on its own engine; the first failure ends the run.
+        std::thread::scope(|s| {
+            let handles: Vec<_> = (0..a.common.threads)
+                .map(|k| {
+                    s.spawn({
+                        let os = &os;
+                        move || serve(os, a, k)
+                    })
+                })
+                .collect();
+            handles.into_iter().enumerate().try_for_each(|(k, h)| match h.join() {
+                Ok(r) => r.map_err(|e| Fail::new(format!("thread {k}: {}", e.0))),
+                Err(_) => Err(Fail::new(format!("thread {k} failed"))),
+            })
+        })?;
+    }
+    // The loops return only when asked to stop; the libOS goes with `os`.
+    eprintln!("demi echo: stopped by signal {}", STOP.load(Ordering::Relaxed));
+    Ok(())
+}
+
+/// Thread `k`'s server: listens on the bind address's port + `k` until a
+/// signal stops it.
+fn serve(os: &LibOs, a: &EchoArgs, k: u16) -> Res<()> {
     let c = &a.common;
+    let bind = net::nth(a.bind, k)?;
     let ty = if c.proto == Proto::Tcp { SockType::Stream } else { SockType::Datagram };
     let qd = net::call(os.socket(ty), "cannot make a socket")?;
-    net::call(os.bind(qd, a.bind), &format!("cannot bind {}", a.bind))?;
+    net::call(os.bind(qd, bind), &format!("cannot bind {bind}"))?;
     if c.proto == Proto::Tcp {
-        net::call(os.listen(qd, 64), &format!("cannot listen on {}", a.bind))?;
+        net::call(os.listen(qd, 64), &format!("cannot listen on {bind}"))?;
     }
     // With port 0 the libOS picks one: print what it is.
-    let at = os.local_addr(qd).ok().flatten().unwrap_or(a.bind);
+    let at = os.local_addr(qd).ok().flatten().unwrap_or(bind);
     println!("demi echo: listening on {at} ({} {})", c.libos.name(), c.proto.name());
     let _ = std::io::stdout().flush();
     let served = match c.proto {
         Proto::Tcp => Tcp {
-            os: &os,
+            os,
             lqd: qd,
             at,
             quiet: a.quiet,
@@ -236,12 +265,10 @@ pub fn run(a: &EchoArgs) -> Res<()> {
             trouble: Throttled::default(),
         }
         .run(),
-        Proto::Udp => echo_udp::run(&os, qd, at, a.quiet, a.max_unsent),
+        Proto::Udp => echo_udp::run(os, qd, at, a.quiet, a.max_unsent),
     };
     served?;
-    // The loops return only when asked to stop; the libOS goes with `os`.
     let _ = os.close(qd);
-    eprintln!("demi echo: stopped by signal {}", STOP.load(Ordering::Relaxed));
     Ok(())
 }
 

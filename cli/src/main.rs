@@ -134,6 +134,10 @@ pub struct Common {
     /// CPU core for DPDK with --memif (default: 0 for echo, 1 otherwise)
     #[arg(long, value_name = "N", requires = "memif", help_heading = "Tuning (catnip, DPDK)")]
     pub lcore: Option<u32>,
+    /// Threads, each on its own engine with its own socket: thread K uses port PORT+K (echo listens
+    /// there; ping and stream connect there, from --bind's port + K if it has one); figures are totals
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub threads: u16,
 }
 
 /// The libOS tunables of every command that starts a libOS (echo, ping,

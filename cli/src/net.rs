@@ -213,24 +213,64 @@ pub fn nodelay(os: &LibOs, qd: QDesc) {
     let _ = os.setsockopt(qd, libc::IPPROTO_TCP, libc::TCP_NODELAY, &1i32.to_ne_bytes());
 }
 
-/// The client side of `demi ping` and `demi stream`: checks the size, starts
-/// the libOS and opens the client socket (see `open_client`).
-pub fn client(
+/// The client side of `demi ping` and `demi stream`: checks the size and
+/// the thread count, starts the libOS, then runs `each` on `--threads`
+/// threads (thread K with its socket connected to port + K, see
+/// [`nth`]); returns their results in thread order.
+pub fn clients<T: Send>(
     c: &Common,
     bind: Option<SocketAddrV4>,
     to: SocketAddrV4,
     size: usize,
     mode: u8,
     timeout: f64,
-) -> Res<(LibOs, QDesc)> {
+    each: impl Fn(&LibOs, QDesc, u16) -> Res<T> + Sync,
+) -> Res<Vec<T>> {
     if c.proto == Proto::Udp && size < UDP_HEADER {
         return Err(Fail::new(format!(
             "--size {size} is too small for udp: every datagram carries a {UDP_HEADER}-byte header"
         )));
     }
+    check_threads(c)?;
     let os = start(c, Role::Client, bind.map(|b| *b.ip()))?;
-    let qd = open_client(&os, c, bind, to, size, mode, Duration::from_secs_f64(timeout))?;
-    Ok((os, qd))
+    let timeout = Duration::from_secs_f64(timeout);
+    let one = |k: u16| -> Res<T> {
+        let qd = open_client(&os, c, bind.map(|b| nth(b, k)).transpose()?, nth(to, k)?, size, mode, timeout)?;
+        each(&os, qd, k)
+    };
+    if c.threads == 1 {
+        return one(0).map(|r| vec![r]);
+    }
+    std::thread::scope(|s| {
+        let handles: Vec<_> = (0..c.threads).map(|k| s.spawn(move || one(k))).collect();
+        handles
+            .into_iter()
+            .enumerate()
+            .map(|(k, h)| match h.join() {
+                Ok(r) => r.map_err(|e| Fail::new(format!("thread {k}: {}", e.0))),
+                Err(_) => Err(Fail::new(format!("thread {k} failed"))),
+            })
+            .collect()
+    })
+}
+
+/// `--threads` above 1 needs a libOS with an engine per thread.
+pub fn check_threads(c: &Common) -> Res<()> {
+    if c.threads > 1 && c.libos == Libos::Catnip {
+        return Err(Fail::new("--threads: catnip has one engine per process (DPDK is started once); use 1"));
+    }
+    Ok(())
+}
+
+/// The address of thread `k`: port + k (port 0 stays 0: the libOS picks).
+pub fn nth(a: SocketAddrV4, k: u16) -> Res<SocketAddrV4> {
+    if a.port() == 0 {
+        return Ok(a);
+    }
+    match a.port().checked_add(k) {
+        Some(p) => Ok(SocketAddrV4::new(*a.ip(), p)),
+        None => Err(Fail::new(format!("--threads: port {} + {k} is past 65535", a.port()))),
+    }
 }
 
 /// A client socket: bound if asked, connected (tcp, with the hello sent) or

@@ -19,12 +19,16 @@ struct Record {
     bind: Option<String>,
     size: usize,
     warmup: u64,
-    /// Timed round trips that came back.
+    /// Threads, each with its own connection (`--threads`).
+    threads: u16,
+    /// Timed round trips that came back (all threads).
     count: u64,
     /// Pings that got no answer in time (udp only).
     lost: u64,
-    /// Length of the timed part.
+    /// Length of the timed part (the longest thread's).
     seconds: f64,
+    /// Each thread's round trips over its own timed part, summed.
+    round_trips_per_s: f64,
     rtt_us: Summary,
     /// `[µs, fraction of round trips at or below it]`.
     cdf: Vec<[f64; 2]>,
@@ -175,13 +179,21 @@ impl Pinger<'_> {
     }
 }
 
-pub fn run(a: &PingArgs) -> Res<()> {
+/// What one thread's pinging came to.
+struct Run {
+    /// Round-trip times of the answered pings, in ns.
+    ns: Vec<u64>,
+    lost: u64,
+    seconds: f64,
+}
+
+/// One thread's pings over its connection `qd` (thread `k`).
+fn ping(os: &LibOs, qd: QDesc, k: u16, a: &PingArgs) -> Res<Run> {
     let c = &a.common;
-    let (os, qd) = net::client(c, a.bind, a.to, a.size, net::MODE_PING, a.timeout)?;
     let timeout = Duration::from_secs_f64(a.timeout);
-    let msg = net::message(&os, a.size, 1)?;
-    let mut p =
-        Pinger { os: &os, qd, to: a.to, proto: c.proto, msg, timeout, pop: None, seq: 0, answered: false, misses: 0 };
+    let msg = net::message(os, a.size, 1)?;
+    let to = net::nth(a.to, k)?;
+    let mut p = Pinger { os, qd, to, proto: c.proto, msg, timeout, pop: None, seq: 0, answered: false, misses: 0 };
     let mut lost = 0u64;
     for _ in 0..a.warmup {
         p.round()?;
@@ -195,7 +207,8 @@ pub fn run(a: &PingArgs) -> Res<()> {
         Plan::Count(n) => n.min(1 << 24) as usize,
         Plan::Time(_) => 1 << 16,
     });
-    let mut progress = Progress::new(plan, "round trips", a.json);
+    // One progress bar: the first thread's.
+    let mut progress = Progress::new(plan, "round trips", a.json || k > 0);
     let start = Instant::now();
     let mut now = start;
     loop {
@@ -216,8 +229,18 @@ pub fn run(a: &PingArgs) -> Res<()> {
         progress.tick(ns.len() as u64, now);
     }
     progress.finish();
-    let seconds = now.duration_since(start).as_secs_f64();
     let _ = os.close(qd);
+    Ok(Run { ns, lost, seconds: now.duration_since(start).as_secs_f64() })
+}
+
+pub fn run(a: &PingArgs) -> Res<()> {
+    let c = &a.common;
+    let runs = net::clients(c, a.bind, a.to, a.size, net::MODE_PING, a.timeout, |os, qd, k| ping(os, qd, k, a))?;
+    // Each thread's rate over its own timed span, summed.
+    let rate: f64 = runs.iter().map(|r| r.ns.len() as f64 / r.seconds.max(1e-9)).sum();
+    let seconds = runs.iter().map(|r| r.seconds).fold(0.0, f64::max);
+    let lost: u64 = runs.iter().map(|r| r.lost).sum();
+    let mut ns: Vec<u64> = runs.into_iter().flat_map(|r| r.ns).collect();
     let Some(summary) = stats::summarize(&mut ns) else {
         return Err(Fail::new("no round trip completed"));
     };
@@ -230,17 +253,23 @@ pub fn run(a: &PingArgs) -> Res<()> {
             bind: a.bind.map(|b| b.to_string()),
             size: a.size,
             warmup: a.warmup,
+            threads: c.threads,
             count: ns.len() as u64,
             lost,
             seconds,
+            round_trips_per_s: rate,
             rtt_us: summary,
             cdf: stats::cdf(&ns),
             unix_time: stats::unix_time(),
         };
         println!("{}", serde_json::to_string(&r).map_err(|e| Fail::new(format!("json: {e}")))?);
     } else {
+        let threads = match c.threads {
+            1 => String::new(),
+            n => format!(" on {n} threads (ports {}..{})", a.to.port(), net::nth(a.to, n - 1)?.port()),
+        };
         println!(
-            "demi ping: {} round trips of {} B over {} {} to {} in {seconds:.2} s{}",
+            "demi ping: {} round trips of {} B over {} {} to {}{threads} in {seconds:.2} s{}, {rate:.0} round trips/s",
             ns.len(),
             a.size,
             c.libos.name(),

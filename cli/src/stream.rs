@@ -21,7 +21,9 @@ struct Record {
     bind: Option<String>,
     size: usize,
     window: u32,
-    /// How long the sender sent.
+    /// Threads, each with its own socket (`--threads`); figures are totals.
+    threads: u16,
+    /// How long the sender sent (the longest thread).
     seconds: f64,
     sent: u64,
     sent_per_s: f64,
@@ -37,13 +39,21 @@ struct Record {
     unix_time: u64,
 }
 
-pub fn run(a: &StreamArgs) -> Res<()> {
+/// What one thread's stream came to.
+struct Run {
+    sent: u64,
+    /// How long it sent.
+    seconds: f64,
+    report: Report,
+}
+
+/// One thread's stream over its socket `qd` (thread `k`).
+fn stream(os: &LibOs, qd: QDesc, k: u16, a: &StreamArgs) -> Res<Run> {
     let c = &a.common;
-    let (os, qd) = net::client(c, a.bind, a.to, a.size, net::MODE_STREAM, a.timeout)?;
     let timeout = Duration::from_secs_f64(a.timeout);
-    let session = (u64::from(std::process::id()) << 32) ^ clock_seed();
-    let mut data = net::message(&os, a.size, 3)?;
-    let mut end = net::message(&os, if c.proto == Proto::Udp { net::UDP_HEADER } else { a.size }, 5)?;
+    let session = (u64::from(std::process::id()) << 32) ^ clock_seed() ^ u64::from(k);
+    let mut data = net::message(os, a.size, 3)?;
+    let mut end = net::message(os, if c.proto == Proto::Udp { net::UDP_HEADER } else { a.size }, 5)?;
     {
         let d = data.as_mut_slice().expect("fresh");
         let e = end.as_mut_slice().expect("fresh");
@@ -55,14 +65,16 @@ pub fn run(a: &StreamArgs) -> Res<()> {
             e[0] = net::KIND_END;
         }
     }
-    let to = (c.proto == Proto::Udp).then_some(a.to);
+    let dest = net::nth(a.to, k)?;
+    let to = (c.proto == Proto::Udp).then_some(dest);
     let push = |b: &Buffer| match to {
         Some(t) => os.pushto(qd, b, t),
         None => os.push(qd, b),
     };
 
     let span = Duration::from_secs_f64(a.time);
-    let mut progress = Progress::new(Plan::Time(span), "messages sent", a.json);
+    // One progress bar: the first thread's.
+    let mut progress = Progress::new(Plan::Time(span), "messages sent", a.json || k > 0);
     // Pushes in flight: the window refills after each wait_next_n, which
     // takes every push finished so far in one call (only pushes are
     // outstanding here).
@@ -76,7 +88,7 @@ pub fn run(a: &StreamArgs) -> Res<()> {
             net::call(push(&data), "push")?;
             inflight += 1;
         }
-        let n = take_pushes(&os, window, timeout)?;
+        let n = take_pushes(os, window, timeout)?;
         inflight -= n;
         sent += n as u64;
         now = Instant::now();
@@ -85,7 +97,7 @@ pub fn run(a: &StreamArgs) -> Res<()> {
     // The last pushes drain within one timeout, not one each.
     let drained = Instant::now() + timeout;
     while inflight > 0 {
-        let n = take_pushes(&os, inflight, drained.saturating_duration_since(Instant::now()))?;
+        let n = take_pushes(os, inflight, drained.saturating_duration_since(Instant::now()))?;
         inflight -= n;
         sent += n as u64;
     }
@@ -93,16 +105,35 @@ pub fn run(a: &StreamArgs) -> Res<()> {
     progress.finish();
 
     let report = match c.proto {
-        Proto::Tcp => tcp_report(&os, qd, &end, timeout)?,
-        Proto::Udp => udp_report(&os, qd, &end, a.to, session, timeout)?,
+        Proto::Tcp => tcp_report(os, qd, &end, timeout)?,
+        Proto::Udp => udp_report(os, qd, &end, dest, session, timeout)?,
     };
     let _ = os.close(qd);
     if report.messages == 0 {
-        return Err(Fail::new(format!("{} counted none of the {sent} messages sent", a.to)));
+        return Err(Fail::new(format!("{dest} counted none of the {sent} messages sent")));
     }
-    let rsecs = if report.messages > 1 && report.nanos > 0 { report.nanos as f64 / 1e9 } else { seconds };
-    let rate = report.messages as f64 / rsecs;
-    let gbit = report.bytes as f64 * 8.0 / rsecs / 1e9;
+    Ok(Run { sent, seconds, report })
+}
+
+pub fn run(a: &StreamArgs) -> Res<()> {
+    let c = &a.common;
+    let runs = net::clients(c, a.bind, a.to, a.size, net::MODE_STREAM, a.timeout, |os, qd, k| stream(os, qd, k, a))?;
+    // Totals: each thread's rate over its own span, summed.
+    let sent: u64 = runs.iter().map(|r| r.sent).sum();
+    let seconds = runs.iter().map(|r| r.seconds).fold(0.0, f64::max);
+    let sent_per_s: f64 = runs.iter().map(|r| r.sent as f64 / r.seconds.max(1e-9)).sum();
+    let received: u64 = runs.iter().map(|r| r.report.messages).sum();
+    let received_bytes: u64 = runs.iter().map(|r| r.report.bytes).sum();
+    let mut rate = 0.0;
+    let mut bytes_per_s = 0.0;
+    let mut rsecs: f64 = 0.0;
+    for r in &runs {
+        let secs = if r.report.messages > 1 && r.report.nanos > 0 { r.report.nanos as f64 / 1e9 } else { r.seconds };
+        rate += r.report.messages as f64 / secs;
+        bytes_per_s += r.report.bytes as f64 / secs;
+        rsecs = rsecs.max(secs);
+    }
+    let gbit = bytes_per_s * 8.0 / 1e9;
     if a.json {
         let r = Record {
             tool: "stream",
@@ -112,31 +143,36 @@ pub fn run(a: &StreamArgs) -> Res<()> {
             bind: a.bind.map(|b| b.to_string()),
             size: a.size,
             window: a.window,
+            threads: c.threads,
             seconds,
             sent,
-            sent_per_s: sent as f64 / seconds,
-            received: report.messages,
-            received_bytes: report.bytes,
+            sent_per_s,
+            received,
+            received_bytes,
             receive_seconds: rsecs,
             messages_per_s: rate,
             gbit_per_s: gbit,
-            lost: sent.saturating_sub(report.messages),
+            lost: sent.saturating_sub(received),
             unix_time: crate::stats::unix_time(),
         };
         println!("{}", serde_json::to_string(&r).map_err(|e| Fail::new(format!("json: {e}")))?);
     } else {
+        let threads = match c.threads {
+            1 => String::new(),
+            n => format!(", {n} threads (ports {}..{})", a.to.port(), net::nth(a.to, n - 1)?.port()),
+        };
         println!(
-            "demi stream: {} B messages over {} {} to {} for {seconds:.2} s ({} in flight)",
+            "demi stream: {} B messages over {} {} to {} for {seconds:.2} s ({} in flight{threads})",
             a.size,
             c.libos.name(),
             c.proto.name(),
             a.to,
             a.window
         );
-        println!("  sent      {sent:>12} messages  {:>12.0} messages/s", sent as f64 / seconds);
-        println!("  received  {:>12} messages  {rate:>12.0} messages/s  {gbit:.3} Gbit/s", report.messages);
-        if sent > report.messages {
-            println!("  lost      {:>12} messages", sent - report.messages);
+        println!("  sent      {sent:>12} messages  {sent_per_s:>12.0} messages/s");
+        println!("  received  {received:>12} messages  {rate:>12.0} messages/s  {gbit:.3} Gbit/s");
+        if sent > received {
+            println!("  lost      {:>12} messages", sent - received);
         }
     }
     Ok(())

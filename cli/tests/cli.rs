@@ -311,6 +311,49 @@ fn catnap_tcp_ping_and_stream_against_echo() {
     assert!((num(&v, "gbit_per_s") - expect).abs() < 1e-9 * expect.max(1.0));
 }
 
+/// A port P with P and P + 1 free for TCP and UDP (bound, then released).
+fn two_free_ports() -> u16 {
+    for _ in 0..100 {
+        let p = free_port();
+        let free =
+            |q: u16| TcpListener::bind(("127.0.0.1", q)).is_ok() && std::net::UdpSocket::bind(("127.0.0.1", q)).is_ok();
+        if p < u16::MAX && free(p) && free(p + 1) {
+            return p;
+        }
+    }
+    panic!("no two free ports in a row");
+}
+
+#[test]
+fn threads_each_serve_and_ping_their_own_port() {
+    for proto in ["tcp", "udp"] {
+        let port = two_free_ports();
+        let bind = format!("127.0.0.1:{port}");
+        let server = Server::start(&["--proto", proto, "--bind", &bind, "--threads", "2", "--quiet"], &[]);
+        // Either thread may say it listens first.
+        assert!([port, port + 1].contains(&server.addr.port()), "{}", server.addr);
+        let o = demi(&["ping", "--proto", proto, "--to", &bind, "--threads", "2", "--count", "200", "--json"]);
+        let v = json(&o);
+        check_ping_record(&v, "catnap", proto, 64, 400);
+        assert_eq!(v["threads"].as_u64(), Some(2));
+        assert!(num(&v, "round_trips_per_s") > 0.0);
+        // The second thread's server is really there: one thread alone, on port + 1.
+        let o =
+            demi(&["ping", "--proto", proto, "--to", &format!("127.0.0.1:{}", port + 1), "--count", "20", "--json"]);
+        check_ping_record(&json(&o), "catnap", proto, 64, 20);
+        let v = json(&demi(&["stream", "--proto", proto, "--to", &bind, "--threads", "2", "--time", "0.3", "--json"]));
+        assert_eq!(v["threads"].as_u64(), Some(2));
+        let (sent, got) = (v["sent"].as_u64().unwrap(), v["received"].as_u64().unwrap());
+        assert!(got > 0 && got <= sent, "{v}");
+        if proto == "tcp" {
+            assert_eq!(got, sent, "a stream socket loses nothing: {v}");
+        }
+        drop(server);
+    }
+    let o = demi(&["ping", "--libos", "catnip", "--proto", "udp", "--to", "10.0.0.1:7", "--threads", "2"]);
+    assert_fails(&o, 1, "catnip has one engine per process");
+}
+
 #[test]
 fn catnap_udp_ping_and_stream_against_echo() {
     let server = Server::start(&["--proto", "udp", "--bind", "127.0.0.1:0"], &[]);
