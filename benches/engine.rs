@@ -26,7 +26,13 @@ const BATCH: u32 = 1024;
 /// to itself pushes a batch of 64-byte datagrams, then pops them back, each
 /// operation waited for on its own. Best of 5 runs of `ops` of each.
 fn engine_cost(ops: u32) -> (f64, f64) {
-    let os = LibOs::with_engine(Engine::new(Box::new(Loopback::new())), Duration::ZERO);
+    // An engine per thread, as `LibOs::new` gives by default.
+    let os = LibOs::with_engines(
+        |i| Ok(Engine::with_shard(Box::new(Loopback::new()), i)),
+        Duration::ZERO,
+        demi::config::DEFAULT_POLL_SLEEP,
+    )
+    .unwrap();
     let qd = os.socket(SockType::Datagram).unwrap();
     let me: SocketAddrV4 = "10.0.0.1:9".parse().unwrap();
     os.bind(qd, me).unwrap();

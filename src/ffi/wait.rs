@@ -66,7 +66,7 @@ pub unsafe extern "C" fn demi_wait(qr_out: *mut demi_qresult_t, qt: demi_qtoken_
 
 /// The body of `demi_wait` and `demi_timedwait` once their arguments are checked.
 fn wait_one(os: &LibOs, out: *mut demi_qresult_t, qt: demi_qtoken_t, timeout: Option<Duration>) -> Result<()> {
-    let qr = os.wait_until(os.token_set(&[qt])?, timeout, |e| match e.take(qt) {
+    let qr = os.wait_until(os.token_shard(qt)?, timeout, |e| match e.take(qt) {
         Ok(Some(r)) => Some(Ok(to_c(e, r))),
         Ok(None) => None,
         Err(err) => Some(Err(err)),

@@ -110,7 +110,8 @@ pub(crate) struct Shards {
     id: u64,
     pub threading: Threading,
     make: MakeEngine,
-    slots: Box<[OnceLock<Box<Shard>>]>,
+    /// A fixed array: an index masked below MAX_SHARDS needs no bounds check.
+    slots: Box<[OnceLock<Shard>; MAX_SHARDS]>,
     owners: Mutex<Owners>,
     /// This value's own Arc, for the threads' bindings.
     me: Weak<Shards>,
@@ -152,8 +153,8 @@ impl Shards {
     /// fails at start) and becomes the calling thread's.
     pub fn new(threading: Threading, make: MakeEngine) -> Result<Arc<Shards>> {
         let engine = make(0)?;
-        let slots: Box<[OnceLock<Box<Shard>>]> = (0..MAX_SHARDS).map(|_| OnceLock::new()).collect();
-        let _ = slots[0].set(Box::new(Shard::new(engine)));
+        let slots: Box<[OnceLock<Shard>; MAX_SHARDS]> = Box::new(std::array::from_fn(|_| OnceLock::new()));
+        let _ = slots[0].set(Shard::new(engine));
         let shards = Arc::new_cyclic(|me| Shards {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             threading,
@@ -176,7 +177,7 @@ impl Shards {
     /// Shard `i`, if it exists.
     #[inline]
     pub fn get(&self, i: usize) -> Option<&Shard> {
-        self.slots.get(i)?.get().map(|b| &**b)
+        self.slots[i & (MAX_SHARDS - 1)].get()
     }
 
     /// Shard `i`, which exists (every index in a [`Set`] made here does).
@@ -251,7 +252,7 @@ impl Shards {
         if owners.created < MAX_SHARDS {
             let i = owners.created;
             let engine = (self.make)(i)?;
-            let _ = self.slots[i].set(Box::new(Shard::new(engine)));
+            let _ = self.slots[i].set(Shard::new(engine));
             owners.created += 1;
             owners.owned |= 1 << i;
             return Ok((i, true));

@@ -59,9 +59,24 @@ impl LibOs {
         mut ready: impl FnMut(&mut Engine) -> Option<Result<R>>,
     ) -> Result<R> {
         // First round without reading the clock: the common case is done.
-        if let Some(r) = self.round_set(set, &mut ready) {
+        let first = match set {
+            Set::One(i) => round(&mut self.shards().at(i).lock(), &mut ready),
+            Set::Many(_) => self.round_set(set, &mut ready),
+        };
+        if let Some(r) = first {
             return r;
         }
+        self.wait_more(set, timeout, ready)
+    }
+
+    /// The rest of [`LibOs::wait_until`], once the first round found nothing.
+    #[inline(never)]
+    fn wait_more<R>(
+        &self,
+        set: Set,
+        timeout: Option<Duration>,
+        mut ready: impl FnMut(&mut Engine) -> Option<Result<R>>,
+    ) -> Result<R> {
         if timeout == Some(Duration::ZERO) {
             return fail(libc::ETIMEDOUT, "operation still pending");
         }
