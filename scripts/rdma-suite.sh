@@ -13,7 +13,7 @@
 #      ADDR0, the client bound to ADDR1 (the veth packet counters must move)
 #      and a client that binds nothing (rxe loopback);
 #   5. the demi command: `demi devices`, and `demi ping` bound to ADDR1
-#      against `demi echo` on ADDR0 over RC and UD;
+#      against `demi echo` on ADDR0 over RC and UD, also with --threads 2;
 #   6. memcheck: one RC and one UD `demi ping`/`demi echo` pair, all four
 #      processes under valgrind (0 errors, no definite leaks);
 #   7. unmodified redis, memcached and sockperf under `demi run --libos
@@ -270,6 +270,30 @@ demi_ping() {
         fail "$name" "status $crc, veth1 tx +$moved" "$(show "$clog")" "server:" "$(show "$slog")"
     fi
 }
+# Threads, each on its own engine (its own event channel and CQs): `demi
+# echo --threads 2` serves ports P and P+1, `demi ping --threads 2` pings
+# each from its own thread; every round trip is checked.
+demi_threads() {
+    local proto=$1 port=$2 slog=$LOGS/demi-echo-threads-$1 clog=$LOGS/demi-ping-threads-$1 crc=0
+    local name="demi ping/echo --threads 2 over catmint --proto $proto: 2 x 200 x 64 B from $A1 to $A0"
+    start_server "$name" "$slog" 'listening on' \
+        "$DEMI" echo --libos catmint --proto "$proto" --threads 2 --bind "$A0:$port" || return
+    # Both threads' listeners must be up, not only the first to print.
+    for _ in $(seq 50); do
+        (($(grep -c 'listening on' "$slog") >= 2)) && break
+        sleep 0.2
+    done
+    timeout -k 5 90 "$DEMI" ping --libos catmint --proto "$proto" --threads 2 --to "$A0:$port" --bind "$A1" \
+        --size 64 --count 200 --timeout 20 --json >"$clog" 2>&1 || crc=$?
+    kill "$SERVER_PID" 2>/dev/null
+    reap_server
+    if ((crc == 0)) && grep -q '"threads":2' "$clog" && grep -q '"count":400' "$clog"; then
+        pass "$name ($(sed -n 's/.*"round_trips_per_s":\([0-9]*\).*/\1/p' "$clog") round trips/s in all)"
+    else
+        fail "$name" "status $crc" "$(show "$clog")" "server:" "$(show "$slog")"
+    fi
+}
+
 # Voluntary context switches of every thread of process $1.
 ctx_switches() { cat /proc/"$1"/task/*/status | awk '/^voluntary_ctxt_switches/ {n += $2} END {print n}'; }
 
@@ -313,6 +337,8 @@ if want demi; then
     fi
     demi_ping tcp 7106
     demi_ping udp 7107
+    demi_threads tcp 7110
+    demi_threads udp 7112
     demi_idle
 fi
 

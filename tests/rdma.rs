@@ -1722,3 +1722,57 @@ fn connected_and_accepted_sockets_report_their_local_address() {
         }
     }
 }
+
+/// Threads on their own engines (own event channel, CQs and registered
+/// pool each): two server threads and two client threads, every round trip
+/// checked, each thread's descriptors its own engine's.
+#[test]
+#[ignore = "needs soft-RoCE: make test-rdma runs it inside rxe-setup/rxe-run"]
+fn threads_drive_their_own_engines() {
+    const ROUNDS: u32 = 200;
+    let os = catmint();
+    let mut threads = Vec::new();
+    for k in 0..2u32 {
+        let (tx, rx) = mpsc::channel();
+        let server = {
+            let os = os.clone();
+            std::thread::spawn(move || {
+                let (l, addr) = listener(&os, addr0());
+                let acc = os.accept(l).unwrap();
+                tx.send(addr).unwrap();
+                let QValue::Accept { qd: s, .. } = wait_ok(&os, acc).value else { panic!("expected an accept") };
+                for _ in 0..ROUNDS {
+                    let m = pop_msg(&os, s);
+                    push_wait(&os, s, &m);
+                }
+                drive(&os, Duration::from_millis(200));
+                os.close(s).unwrap();
+                os.close(l).unwrap();
+                demi::engine::shard_of_qd(s)
+            })
+        };
+        let client = {
+            let os = os.clone();
+            std::thread::spawn(move || {
+                let to = rx.recv_timeout(LONG).expect("the server thread listens");
+                let c = connect(&os, Some(addr1()), to);
+                for r in 0..ROUNDS {
+                    let mut msg: Vec<u8> = (0..60u32).map(|i| (k * 97 + r * 13 + i) as u8).collect();
+                    let sum: u32 = msg.iter().map(|&b| b as u32).sum();
+                    msg.extend_from_slice(&sum.to_le_bytes());
+                    push_wait(&os, c, &os.buffer_from(&msg).unwrap());
+                    assert_eq!(pop_msg(&os, c).as_slice(), &msg[..], "thread {k} round {r}");
+                }
+                os.close(c).unwrap();
+                demi::engine::shard_of_qd(c)
+            })
+        };
+        threads.push(server);
+        threads.push(client);
+    }
+    let mut shards: Vec<usize> = threads.into_iter().map(|t| t.join().expect("thread passed")).collect();
+    shards.sort();
+    shards.dedup();
+    assert_eq!(shards.len(), 4, "four threads at once, four engines: {shards:?}");
+    assert!(os.engines() >= 5, "the main thread's engine and four more: {}", os.engines());
+}
