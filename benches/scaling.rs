@@ -7,7 +7,10 @@
 //! 1. the engine alone, over the in-memory loopback device: push + pop of a
 //!    64-byte datagram on a socket connected to itself;
 //! 2. catnap UDP: 64-byte ping-pong between two sockets of the thread;
-//! 3. catnap TCP: 64-byte ping-pong over a connection of the thread.
+//! 3. catnap TCP: 64-byte ping-pong over a connection of the thread;
+//!
+//! next to the same UDP and TCP ping-pongs over blocking kernel sockets
+//! (std::net), which say how far the machine itself scales.
 //!
 //! Arguments: `--rounds N` (default 5), `--secs S` per run (default 1).
 
@@ -24,6 +27,49 @@ enum Work {
     Engine,
     Udp,
     Tcp,
+    /// The baseline: the same TCP ping-pong over blocking kernel sockets.
+    KernelTcp,
+    /// The baseline: the same UDP ping-pong over blocking kernel sockets.
+    KernelUdp,
+}
+
+/// Round trips of the kernel baseline on thread `k` until `until`.
+fn kernel(work: Work, until: Instant, start: &Barrier) -> u64 {
+    use std::io::{Read, Write};
+    let mut buf = [7u8; 64];
+    let mut n = 0u64;
+    let mut go = |round: &mut dyn FnMut(&mut [u8; 64])| {
+        start.wait();
+        while n % 256 != 0 || Instant::now() < until {
+            round(&mut buf);
+            n += 1;
+        }
+    };
+    if work == Work::KernelTcp {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut c = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (mut s, _) = l.accept().unwrap();
+        c.set_nodelay(true).unwrap();
+        s.set_nodelay(true).unwrap();
+        go(&mut |b| {
+            c.write_all(b).unwrap();
+            s.read_exact(b).unwrap();
+            s.write_all(b).unwrap();
+            c.read_exact(b).unwrap();
+        });
+    } else {
+        let a = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let b2 = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        a.connect(b2.local_addr().unwrap()).unwrap();
+        b2.connect(a.local_addr().unwrap()).unwrap();
+        go(&mut |b| {
+            a.send(b).unwrap();
+            b2.recv(b).unwrap();
+            b2.send(b).unwrap();
+            a.recv(b).unwrap();
+        });
+    }
+    n
 }
 
 fn libos(work: Work, threading: Threading) -> LibOs {
@@ -35,7 +81,10 @@ fn libos(work: Work, threading: Threading) -> LibOs {
         )
         .expect("loopback engines"),
         Work::Engine => LibOs::with_engine(Engine::new(Box::new(Loopback::new())), Duration::ZERO),
-        _ => LibOs::with_config(&Config { threading, ..Config::new("catnap") }).expect("catnap starts"),
+        Work::Udp | Work::Tcp => {
+            LibOs::with_config(&Config { threading, ..Config::new("catnap") }).expect("catnap starts")
+        }
+        Work::KernelTcp | Work::KernelUdp => unreachable!("the kernel baseline has no libOS"),
     }
 }
 
@@ -72,6 +121,7 @@ fn sockets(os: &LibOs, work: Work, k: u16, base: u16) -> (QDesc, QDesc) {
             wait_ok(os, os.connect(b, at(base + 2 * k)).unwrap());
             (a, b)
         }
+        Work::KernelTcp | Work::KernelUdp => unreachable!("the kernel baseline has no libOS"),
         Work::Tcp => {
             let l = os.socket(SockType::Stream).unwrap();
             os.bind(l, at(base + k)).unwrap();
@@ -108,6 +158,20 @@ fn drive(os: &LibOs, work: Work, (a, b): (QDesc, QDesc), until: Instant) -> u64 
 /// Aggregate round trips (engine: push + pop pairs) per second of `threads`
 /// threads for `secs`.
 fn run(work: Work, threading: Threading, threads: u16, secs: f64, base: u16) -> f64 {
+    if matches!(work, Work::KernelTcp | Work::KernelUdp) {
+        let start = Arc::new(Barrier::new(threads as usize));
+        let handles: Vec<_> = (0..threads)
+            .map(|_| {
+                let start = start.clone();
+                std::thread::spawn(move || {
+                    let t0 = Instant::now();
+                    let n = kernel(work, t0 + Duration::from_secs_f64(secs), &start);
+                    n as f64 / t0.elapsed().as_secs_f64()
+                })
+            })
+            .collect();
+        return handles.into_iter().map(|h| h.join().expect("bench thread")).sum();
+    }
     let os = libos(work, threading);
     let start = Arc::new(Barrier::new(threads as usize));
     let handles: Vec<_> = (0..threads)
@@ -144,8 +208,12 @@ fn main() {
     println!("| workload | engines | 1 thread (ops/s) | 2 threads (ops/s) | 2 / 1 |");
     println!("|---|---|---:|---:|---:|");
     let mut base = 20000u16;
-    for work in [Work::Engine, Work::Udp, Work::Tcp] {
-        for threading in [Threading::PerThread, Threading::Shared] {
+    for work in [Work::Engine, Work::Udp, Work::KernelUdp, Work::Tcp, Work::KernelTcp] {
+        let models: &[Threading] = match work {
+            Work::KernelTcp | Work::KernelUdp => &[Threading::PerThread],
+            _ => &[Threading::PerThread, Threading::Shared],
+        };
+        for &threading in models {
             let (mut one, mut two) = (Vec::new(), Vec::new());
             for _ in 0..rounds {
                 base = base.wrapping_add(16).max(20000);
@@ -154,7 +222,11 @@ fn main() {
                 two.push(run(work, threading, 2, secs, base));
             }
             let (m1, m2) = (median(one), median(two));
-            let name = if threading == Threading::PerThread { "per thread" } else { "shared" };
+            let name = match (work, threading) {
+                (Work::KernelTcp | Work::KernelUdp, _) => "(kernel, blocking)",
+                (_, Threading::PerThread) => "per thread",
+                (_, Threading::Shared) => "shared",
+            };
             println!("| {work:?} | {name} | {m1:.0} | {m2:.0} | {:.2}x |", m2 / m1);
         }
     }
