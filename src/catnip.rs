@@ -16,6 +16,7 @@ use crate::buffer::Buffer;
 use crate::error::{fail, Error, Result};
 use crate::pool::LendPool;
 use catnip::{Config, Event, Mbuf, Payload, RxPayload, SendStatus, Stack};
+use slab::Slab;
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddrV4;
 use std::os::fd::RawFd;
@@ -61,8 +62,7 @@ impl Sock {
 /// The catnip backend.
 pub struct Catnip {
     stack: Stack,
-    socks: Vec<Option<Sock>>,
-    free: Vec<usize>,
+    socks: Slab<Sock>,
     /// Pushes waiting for ARP or ring space, and their sockets.
     queued: HashMap<OpId, SockId>,
     events: Vec<Event>,
@@ -83,8 +83,7 @@ impl Catnip {
         let stack = Stack::new(cfg).map_err(to_error)?;
         Ok(Catnip {
             stack,
-            socks: Vec::new(),
-            free: Vec::new(),
+            socks: Slab::new(),
             queued: HashMap::new(),
             events: Vec::with_capacity(64),
             drop_rx_queue_full: 0,
@@ -94,8 +93,8 @@ impl Catnip {
 
     fn sock(&mut self, s: SockId) -> Result<&mut Sock> {
         match self.socks.get_mut(s) {
-            Some(Some(sock)) => Ok(sock),
-            _ => fail(libc::EBADF, "catnip: no such socket"),
+            Some(sock) => Ok(sock),
+            None => fail(libc::EBADF, "catnip: no such socket"),
         }
     }
 
@@ -111,7 +110,7 @@ impl Catnip {
     }
 
     fn deliver(&mut self, socket: u32, local_port: u16, from: SocketAddrV4, payload: RxPayload, out: &mut Completions) {
-        let Some(Some(sock)) = self.socks.get_mut(socket as usize) else { return };
+        let Some(sock) = self.socks.get_mut(socket as usize) else { return };
         if sock.port != Some(local_port) {
             return;
         }
@@ -151,12 +150,7 @@ impl Backend for Catnip {
         if ty != SockType::Datagram {
             return fail(libc::EPROTONOSUPPORT, "catnip serves UDP (SOCK_DGRAM) only");
         }
-        let id = self.free.pop().unwrap_or_else(|| {
-            self.socks.push(None);
-            self.socks.len() - 1
-        });
-        self.socks[id] = Some(Sock::new());
-        Ok(id)
+        Ok(self.socks.insert(Sock::new()))
     }
 
     fn bind(&mut self, s: SockId, addr: SocketAddrV4) -> Result<SocketAddrV4> {
@@ -225,10 +219,9 @@ impl Backend for Catnip {
     }
 
     fn close(&mut self, s: SockId, out: &mut Completions) -> Result<()> {
-        let Some(sock) = self.socks.get_mut(s).and_then(Option::take) else {
+        let Some(sock) = self.socks.try_remove(s) else {
             return fail(libc::EBADF, "catnip: no such socket");
         };
-        self.free.push(s);
         if let Some(p) = sock.port {
             self.stack.unbind(p);
         }

@@ -61,6 +61,7 @@
 use crate::backend::{Backend, Completions, OpId, Outcome, SockId, SockType};
 use crate::buffer::Buffer;
 use crate::error::{fail, Result};
+use slab::Slab;
 use std::collections::{BTreeMap, VecDeque};
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::os::fd::RawFd;
@@ -143,8 +144,7 @@ struct Sock {
 
 /// The in-memory device (see the module docs).
 pub struct Loopback {
-    socks: Vec<Option<Sock>>,
-    free: Vec<SockId>,
+    socks: Slab<Sock>,
     /// Bound addresses and their sockets.
     bound: BTreeMap<SocketAddrV4, SockId>,
     /// Sockets with work for the next poll (they may be closed by then).
@@ -165,7 +165,7 @@ impl Default for Loopback {
 
 impl std::fmt::Debug for Loopback {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Loopback").field("sockets", &(self.socks.len() - self.free.len())).finish_non_exhaustive()
+        f.debug_struct("Loopback").field("sockets", &self.socks.len()).finish_non_exhaustive()
     }
 }
 
@@ -173,8 +173,7 @@ impl Loopback {
     /// An empty loopback: no sockets, nothing held.
     pub fn new() -> Loopback {
         Loopback {
-            socks: Vec::new(),
-            free: Vec::new(),
+            socks: Slab::new(),
             bound: BTreeMap::new(),
             busy: Vec::new(),
             held: VecDeque::new(),
@@ -192,27 +191,18 @@ impl Loopback {
 
     fn sock(&mut self, s: SockId) -> Result<&mut Sock> {
         match self.socks.get_mut(s) {
-            Some(Some(sock)) => Ok(sock),
-            _ => fail(libc::EBADF, "loopback: no such socket"),
+            Some(sock) => Ok(sock),
+            None => fail(libc::EBADF, "loopback: no such socket"),
         }
     }
 
     fn insert(&mut self, sock: Sock) -> SockId {
-        match self.free.pop() {
-            Some(s) => {
-                self.socks[s] = Some(sock);
-                s
-            }
-            None => {
-                self.socks.push(Some(sock));
-                self.socks.len() - 1
-            }
-        }
+        self.socks.insert(sock)
     }
 
     /// Queues `s` for the next poll.
     fn wake(&mut self, s: SockId) {
-        if let Some(Some(sock)) = self.socks.get_mut(s) {
+        if let Some(sock) = self.socks.get_mut(s) {
             if !sock.busy {
                 sock.busy = true;
                 self.busy.push(s);
@@ -278,7 +268,7 @@ impl Loopback {
     fn deliver_datagram(&mut self, buf: Buffer, from: SocketAddrV4, to: SocketAddrV4) {
         let receiver = self.lookup(to);
         if let Some(r) = receiver {
-            if let Some(Some(sock)) = self.socks.get_mut(r) {
+            if let Some(sock) = self.socks.get_mut(r) {
                 if !sock.stream && sock.inbox.len() < DATAGRAM_QUEUE {
                     sock.inbox.push_back((buf, Some(from)));
                     // Data is work for the next poll only if a pop waits
@@ -301,7 +291,7 @@ impl Loopback {
             let outcome = if sock.stream { self.reach_listener(s, to) } else { Outcome::Connected };
             out.complete(op, outcome);
         }
-        let Some(Some(sock)) = self.socks.get_mut(s) else { return };
+        let Some(sock) = self.socks.get_mut(s) else { return };
         while let (Some(&op), Some(&(server_end, peer))) = (sock.accepts.front(), sock.backlog.front()) {
             sock.accepts.pop_front();
             sock.backlog.pop_front();
@@ -322,14 +312,14 @@ impl Loopback {
     /// the listener's backlog, or refuses.
     fn reach_listener(&mut self, s: SockId, to: SocketAddrV4) -> Outcome {
         let listener = self.lookup(to).filter(|&l| {
-            matches!(self.socks.get(l), Some(Some(sock))
+            matches!(self.socks.get(l), Some(sock)
                 if sock.stream && sock.backlog_limit.is_some_and(|limit| sock.backlog.len() < limit))
         });
         let (Some(l), Ok(client)) = (listener, self.local_or_bind(s)) else {
             return Outcome::Failed(libc::ECONNREFUSED);
         };
         // A listener on the wildcard answers from the address dialled.
-        let server_addr = self.socks[l].as_ref().and_then(|sock| sock.local).filter(|a| !a.ip().is_unspecified());
+        let server_addr = self.socks.get(l).and_then(|sock| sock.local).filter(|a| !a.ip().is_unspecified());
         let server_end = self.insert(Sock {
             stream: true,
             local: Some(server_addr.unwrap_or(to)),
@@ -337,10 +327,10 @@ impl Loopback {
             peer: Some(s),
             ..Sock::default()
         });
-        if let Some(Some(sock)) = self.socks.get_mut(s) {
+        if let Some(sock) = self.socks.get_mut(s) {
             (sock.peer, sock.peer_addr) = (Some(server_end), Some(to));
         }
-        if let Some(Some(sock)) = self.socks.get_mut(l) {
+        if let Some(sock) = self.socks.get_mut(l) {
             sock.backlog.push_back((server_end, client));
         }
         self.wake(l);
@@ -392,7 +382,7 @@ impl Backend for Loopback {
         let outcome = if sock.stream {
             match sock.peer {
                 Some(p) => {
-                    if let Some(Some(peer)) = self.socks.get_mut(p) {
+                    if let Some(peer) = self.socks.get_mut(p) {
                         peer.inbox.push_back((buf, None));
                         // As for datagrams: work only for a waiting pop.
                         if !peer.pops.is_empty() {
@@ -425,10 +415,9 @@ impl Backend for Loopback {
     }
 
     fn close(&mut self, s: SockId, out: &mut Completions) -> Result<()> {
-        let Some(sock) = self.socks.get_mut(s).and_then(Option::take) else {
+        let Some(sock) = self.socks.try_remove(s) else {
             return fail(libc::EBADF, "loopback: no such socket");
         };
-        self.free.push(s);
         if sock.registered {
             if let Some(local) = sock.local {
                 self.bound.remove(&local);
@@ -447,7 +436,7 @@ impl Backend for Loopback {
             out.complete(op, Outcome::Failed(libc::ECANCELED));
         }
         if let Some(p) = sock.peer {
-            if let Some(Some(peer)) = self.socks.get_mut(p) {
+            if let Some(peer) = self.socks.get_mut(p) {
                 (peer.peer, peer.eof) = (None, true);
             }
             self.wake(p);
@@ -489,7 +478,7 @@ impl Backend for Loopback {
             return Ok(());
         }
         if let Some(p) = sock.peer {
-            if let Some(Some(peer)) = self.socks.get_mut(p) {
+            if let Some(peer) = self.socks.get_mut(p) {
                 peer.eof = true;
             }
             self.wake(p);

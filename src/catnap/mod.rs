@@ -16,6 +16,7 @@ use crate::backend::{Backend, Completions, OpId, Outcome, SockId, SockType};
 use crate::buffer::Buffer;
 use crate::error::{fail, Result};
 use crate::pool::LendPool;
+use slab::Slab;
 use std::collections::VecDeque;
 use std::net::{Shutdown, SocketAddrV4};
 use std::os::fd::{OwnedFd, RawFd};
@@ -128,8 +129,7 @@ fn is_fatal(errno: i32) -> bool {
 /// The catnap backend.
 pub struct Catnap {
     epoll: Epoll,
-    socks: Vec<Option<Sock>>,
-    free: Vec<usize>,
+    socks: Slab<Sock>,
     events: Vec<libc::epoll_event>,
     scratch: Box<[u8]>,
     rx: RxPools,
@@ -139,8 +139,7 @@ impl Catnap {
     pub fn new() -> Result<Catnap> {
         Ok(Catnap {
             epoll: Epoll::new()?,
-            socks: Vec::new(),
-            free: Vec::new(),
+            socks: Slab::new(),
             events: vec![libc::epoll_event { events: 0, u64: 0 }; 64],
             scratch: vec![0u8; SCRATCH_LEN].into_boxed_slice(),
             rx: RxPools::new(),
@@ -149,18 +148,16 @@ impl Catnap {
 
     fn sock(&mut self, s: SockId) -> Result<&mut Sock> {
         match self.socks.get_mut(s) {
-            Some(Some(sock)) => Ok(sock),
-            _ => fail(libc::EBADF, "catnap: no such socket"),
+            Some(sock) => Ok(sock),
+            None => fail(libc::EBADF, "catnap: no such socket"),
         }
     }
 
     fn insert(&mut self, sock: Sock) -> Result<SockId> {
-        let id = self.free.pop().unwrap_or_else(|| {
-            self.socks.push(None);
-            self.socks.len() - 1
-        });
+        let slot = self.socks.vacant_entry();
+        let id = slot.key();
         self.epoll.add(&sock.fd, id as u64)?;
-        self.socks[id] = Some(sock);
+        slot.insert(sock);
         Ok(id)
     }
 
@@ -263,7 +260,7 @@ impl Catnap {
     }
 
     fn progress_pops(&mut self, s: SockId, out: &mut Completions) {
-        let Some(Some(sock)) = self.socks.get_mut(s) else {
+        let Some(sock) = self.socks.get_mut(s) else {
             return;
         };
         if let Some(errno) = sock.dead {
@@ -377,9 +374,8 @@ impl Backend for Catnap {
     }
 
     fn close(&mut self, s: SockId, out: &mut Completions) -> Result<()> {
-        match self.socks.get_mut(s).and_then(Option::take) {
+        match self.socks.try_remove(s) {
             Some(sock) => {
-                self.free.push(s);
                 cancel(sock, out);
                 Ok(())
             }
@@ -439,7 +435,7 @@ impl Backend for Catnap {
         for ev in &events[..n] {
             let s = ev.u64 as SockId;
             if ev.events & (libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLHUP | libc::EPOLLERR) as u32 != 0 {
-                if let Some(Some(sock)) = self.socks.get_mut(s) {
+                if let Some(sock) = self.socks.get_mut(s) {
                     sock.readable = true;
                 }
             }

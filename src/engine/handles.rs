@@ -8,6 +8,7 @@
 
 use crate::buffer::Buffer;
 use crate::error::{fail, Result};
+use slab::Slab;
 
 const TAG: u64 = 0xde31 << 48;
 const TAG_MASK: u64 = 0xffff << 48;
@@ -16,15 +17,12 @@ const IDX_MASK: u64 = (1 << IDX_BITS) - 1;
 const GEN_MASK: u64 = (1 << 17) - 1;
 const SHARD_SHIFT: u32 = 41;
 
-struct Slot {
-    generation: u64,
-    buf: Option<Buffer>,
-}
-
-/// Slab of lent buffers.
+/// Slab of lent buffers, each with the generation it was lent under.
 pub struct HandleTable {
-    slots: Vec<Slot>,
-    free: Vec<u32>,
+    lent: Slab<(u64, Buffer)>,
+    /// The generation of the next buffer lent (never 0): a stale handle's
+    /// slot holds a later one.
+    next_generation: u64,
     /// `TAG` plus this engine's shard.
     tag: u64,
 }
@@ -39,7 +37,7 @@ impl Default for HandleTable {
 impl HandleTable {
     /// An empty table whose handles name shard `shard`.
     pub fn with_shard(shard: usize) -> Self {
-        HandleTable { slots: Vec::new(), free: Vec::new(), tag: TAG | (shard as u64) << SHARD_SHIFT }
+        HandleTable { lent: Slab::new(), next_generation: 1, tag: TAG | (shard as u64) << SHARD_SHIFT }
     }
 
     /// The shard a handle of this library names (it may still be stale).
@@ -54,54 +52,49 @@ impl HandleTable {
 
     /// Lends `buf` to C; returns its handle.
     pub fn insert(&mut self, buf: Buffer) -> Result<u64> {
-        let idx = match self.free.pop() {
-            Some(i) => i as usize,
-            None if (self.slots.len() as u64) < IDX_MASK => {
-                self.slots.push(Slot { generation: 1, buf: None });
-                self.slots.len() - 1
-            }
-            None => return fail(libc::ENOMEM, "too many buffers held by the application"),
-        };
-        let slot = &mut self.slots[idx];
-        slot.buf = Some(buf);
-        Ok(self.tag | (slot.generation << IDX_BITS) | idx as u64)
+        let slot = self.lent.vacant_entry();
+        let idx = slot.key() as u64;
+        if idx > IDX_MASK {
+            return fail(libc::ENOMEM, "too many buffers held by the application");
+        }
+        let generation = self.next_generation;
+        self.next_generation = (generation + 1) & GEN_MASK;
+        if self.next_generation == 0 {
+            self.next_generation = 1;
+        }
+        slot.insert((generation, buf));
+        Ok(self.tag | (generation << IDX_BITS) | idx)
     }
 
+    /// The slot of a live handle of this table.
     fn index(&self, h: u64) -> Option<usize> {
         if h & (TAG_MASK | (super::MAX_SHARDS as u64 - 1) << SHARD_SHIFT) != self.tag {
             return None;
         }
         let idx = (h & IDX_MASK) as usize;
         let generation = (h >> IDX_BITS) & GEN_MASK;
-        let slot = self.slots.get(idx)?;
-        (slot.generation == generation && slot.buf.is_some()).then_some(idx)
+        matches!(self.lent.get(idx), Some((g, _)) if *g == generation).then_some(idx)
     }
 
     /// The buffer behind a live handle.
     pub fn get(&self, h: u64) -> Result<&Buffer> {
         match self.index(h) {
-            Some(i) => Ok(self.slots[i].buf.as_ref().expect("checked by index")),
+            Some(i) => Ok(&self.lent[i].1),
             None => fail(libc::EINVAL, "not a live scatter-gather array handle"),
         }
     }
 
     /// Takes a buffer back from C (demi_sgafree).
     pub fn remove(&mut self, h: u64) -> Result<Buffer> {
-        let Some(i) = self.index(h) else {
-            return fail(libc::EINVAL, "not a scatter-gather array this library handed out (or already freed)");
-        };
-        let slot = &mut self.slots[i];
-        slot.generation = (slot.generation + 1) & GEN_MASK;
-        if slot.generation == 0 {
-            slot.generation = 1;
+        match self.index(h) {
+            Some(i) => Ok(self.lent.remove(i).1),
+            None => fail(libc::EINVAL, "not a scatter-gather array this library handed out (or already freed)"),
         }
-        self.free.push(i as u32);
-        Ok(slot.buf.take().expect("checked by index"))
     }
 
     /// Buffers currently lent out.
     pub fn len(&self) -> usize {
-        self.slots.len() - self.free.len()
+        self.lent.len()
     }
 
     /// True when no buffer is lent out.
