@@ -12,7 +12,8 @@
 //! next to the same UDP and TCP ping-pongs over blocking kernel sockets
 //! (std::net), which say how far the machine itself scales.
 //!
-//! Arguments: `--rounds N` (default 5), `--secs S` per run (default 1).
+//! Arguments: `--rounds N` (default 5), `--secs S` per run (default 1),
+//! `--only NAME` (the workloads whose name contains NAME: engine, udp, tcp).
 
 use demi::config::{Config, Threading};
 use demi::engine::Engine;
@@ -205,10 +206,15 @@ fn main() {
     };
     let rounds = flag("--rounds", 5.0) as usize;
     let secs = flag("--secs", 1.0);
+    // `--only tcp` runs the workloads whose name contains it.
+    let only = args.iter().position(|a| a == "--only").and_then(|i| args.get(i + 1)).map(|s| s.to_lowercase());
     println!("| workload | engines | 1 thread (ops/s) | 2 threads (ops/s) | 2 / 1 |");
     println!("|---|---|---:|---:|---:|");
     let mut base = 20000u16;
     for work in [Work::Engine, Work::Udp, Work::KernelUdp, Work::Tcp, Work::KernelTcp] {
+        if only.as_ref().is_some_and(|o| !format!("{work:?}").to_lowercase().contains(o.as_str())) {
+            continue;
+        }
         let models: &[Threading] = match work {
             Work::KernelTcp | Work::KernelUdp => &[Threading::PerThread],
             _ => &[Threading::PerThread, Threading::Shared],
