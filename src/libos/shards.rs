@@ -77,7 +77,7 @@ impl Set {
     }
 
     /// The shards, lowest first.
-    pub fn iter(self) -> impl Iterator<Item = usize> {
+    pub fn iter(self) -> impl Iterator<Item = usize> + Clone {
         let mask = match self {
             Set::One(i) => 1u128 << i,
             Set::Many(m) => m,

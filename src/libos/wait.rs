@@ -12,6 +12,9 @@ use std::time::{Duration, Instant};
 
 thread_local! {
     static WAKER: Option<EventFd> = EventFd::new().ok();
+    /// Where this thread's next round over several engines starts, so that
+    /// a busy engine does not starve the others of a `wait_next_n`.
+    static FIRST: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
 }
 
 /// The first pause between polls of a device that cannot be slept on; the
@@ -143,7 +146,11 @@ impl LibOs {
     fn round_set<R>(&self, set: Set, ready: &mut impl FnMut(&mut Engine) -> Option<Result<R>>) -> Option<Result<R>> {
         match set {
             Set::One(i) => round(&mut self.shards().at(i).lock(), ready),
-            Set::Many(_) => set.iter().find_map(|i| round(&mut self.shards().at(i).lock(), ready)),
+            Set::Many(_) => {
+                let (n, first) = (set.len(), FIRST.get());
+                FIRST.set(first.wrapping_add(1));
+                set.iter().cycle().skip(first % n).take(n).find_map(|i| round(&mut self.shards().at(i).lock(), ready))
+            }
         }
     }
 
