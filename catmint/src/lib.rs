@@ -145,6 +145,9 @@ pub(crate) fn attempt_ms(deadline: Instant) -> Option<i32> {
 /// connection events can wait a few hundred polls, and a sleeping waiter
 /// reads the channel as soon as it wakes).
 const CM_EVERY: u32 = 256;
+/// CM events handled per poll, at most: completions of established
+/// connections are polled between them (see `poll_cm`).
+const CM_BATCH: usize = 1;
 const IDX_MASK: u64 = (1 << IDX_BITS) - 1;
 
 /// The RDMA transport (see the crate docs).

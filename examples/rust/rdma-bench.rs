@@ -5,6 +5,8 @@
 //!     rdma-bench server ADDR:PORT [--conns N]
 //!     rdma-bench lat ADDR:PORT [--bind ADDR] [--size B] [--count N] [--warmup N]
 //!     rdma-bench bw  ADDR:PORT [--bind ADDR] [--size B] [--count N] [--window N]
+//!     rdma-bench conns-server ADDR:PORT --count N [--window N]
+//!     rdma-bench conns ADDR:PORT [--bind ADDR] --count N [--window N] [--warmup N] [--probe-us G]
 //!
 //! `lat`: one message in flight; each round trip is push, pop of the echo,
 //! timed from before the push to the echo's arrival (the full round trip;
@@ -13,9 +15,15 @@
 //! `wait_next_n` (which takes every push finished so far); timed from the
 //! first push to the server's acknowledgement that it popped the last byte,
 //! so only data that arrived counts. The server answers either, one connection at a time.
+//! `conns`: connection setup and teardown rates at scale, with a probe
+//! connection's round trips during the connect storm (see
+//! rdma-bench-conns.rs; scripts/bench-conns runs it beside ucmatose).
 //! Every client prints one `RESULT` line (key=value) for scripts. The libOS
-//! is `LIBOS` (catmint for RDMA); `DEMI_SPIN_US` sets how long a waiter
-//! busy-polls before it sleeps.
+//! is `--libos NAME`, else `LIBOS` (catmint for RDMA); `DEMI_SPIN_US` sets
+//! how long a waiter busy-polls before it sleeps.
+
+#[path = "rdma-bench-conns.rs"]
+mod conns;
 
 use demi::{LibOs, QDesc, QToken, QValue, SockType};
 use std::net::{Ipv4Addr, SocketAddrV4};
@@ -263,10 +271,13 @@ struct Opts {
     warmup: u64,
     window: usize,
     conns: Option<u64>,
+    libos: Option<String>,
+    probe_us: u64,
 }
 
 fn parse(args: &[String]) -> Res<Opts> {
-    let mut o = Opts { bind: None, size: 64, count: 1000, warmup: 100, window: 16, conns: None };
+    let mut o =
+        Opts { bind: None, size: 64, count: 1000, warmup: 100, window: 16, conns: None, libos: None, probe_us: 1000 };
     let mut it = args.iter();
     while let Some(flag) = it.next() {
         let v = it.next().ok_or(format!("{flag} needs a value"))?;
@@ -278,6 +289,8 @@ fn parse(args: &[String]) -> Res<Opts> {
             "--warmup" => o.warmup = num()?,
             "--window" => o.window = num()?.max(1) as usize,
             "--conns" => o.conns = Some(num()?),
+            "--libos" => o.libos = Some(v.clone()),
+            "--probe-us" => o.probe_us = num()?,
             _ => return Err(format!("unknown option {flag}")),
         }
     }
@@ -285,14 +298,23 @@ fn parse(args: &[String]) -> Res<Opts> {
 }
 
 fn run(args: &[String]) -> Res<()> {
-    let usage = "usage: rdma-bench server|lat|bw ADDR:PORT [--bind ADDR] [--size B] [--count N] [--warmup N] \
-                 [--window N] [--conns N]";
+    let usage = "usage: rdma-bench server|lat|bw|conns|conns-server ADDR:PORT [--libos NAME] [--bind ADDR] \
+                 [--size B] [--count N] [--warmup N] [--window N] [--conns N] [--probe-us G]";
     let (Some(mode), Some(addr)) = (args.get(1), args.get(2)) else { return Err(usage.into()) };
     let addr: SocketAddrV4 = addr.parse().map_err(|_| format!("{addr}: not ADDR:PORT\n{usage}"))?;
     let o = parse(&args[3..])?;
+    if let Some(libos) = &o.libos {
+        // Still one thread: nothing else reads the environment meanwhile.
+        std::env::set_var("LIBOS", libos);
+    }
     let os = ok(LibOs::from_env(), "libOS")?;
     match mode.as_str() {
         "server" => server(&os, addr, o.conns),
+        "conns-server" => conns::server(&os, addr, o.count, o.window),
+        "conns" => {
+            let gap = (o.probe_us > 0).then(|| Duration::from_micros(o.probe_us));
+            conns::client(&os, addr, o.bind, o.count, o.window, o.warmup, gap)
+        }
         "lat" | "bw" => {
             let qd = connect(&os, addr, o.bind)?;
             if mode == "lat" {
