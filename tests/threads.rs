@@ -258,3 +258,103 @@ fn shared_threading_keeps_one_engine() {
     assert!(qds.iter().all(|&qd| engine::shard_of_qd(qd) == 0), "{qds:?}");
     assert_eq!(os.engines(), 1);
 }
+
+#[test]
+fn an_engine_made_for_the_wrong_shard_is_refused() {
+    // Engine::new is shard 0's: right for the first engine only.
+    let os = LibOs::with_engines(|_| Ok(Engine::new(Box::new(Loopback::new()))), Duration::ZERO, Duration::ZERO)
+        .expect("shard 0 is fine");
+    let os2 = os.clone();
+    let e = std::thread::spawn(move || os2.socket(SockType::Datagram).unwrap_err()).join().unwrap();
+    assert_eq!(e.errno(), libc::EINVAL);
+    assert!(e.why().contains("Engine::with_shard"), "{}", e.why());
+}
+
+/// A thread that holds a socket (and so an engine) until stopped.
+struct Holder {
+    shard: usize,
+    stop: std::sync::mpsc::Sender<()>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Holder {
+    fn start(os: &LibOs, at: &'static str) -> Holder {
+        let (os, (tx, rx), (stop, stopped)) = (os.clone(), std::sync::mpsc::channel(), std::sync::mpsc::channel());
+        let thread = std::thread::spawn(move || {
+            tx.send(engine::shard_of_qd(self_connected(&os, at))).unwrap();
+            let _ = stopped.recv();
+        });
+        Holder { shard: rx.recv().unwrap(), stop, thread }
+    }
+
+    fn stop(self) {
+        self.stop.send(()).unwrap();
+        self.thread.join().unwrap();
+    }
+}
+
+#[test]
+fn with_every_engine_taken_an_exited_threads_engine_is_still_handed_on() {
+    let os = loopback_engines();
+    let n = engine::MAX_SHARDS - 1;
+    let all = Arc::new(Barrier::new(n));
+    let held: Vec<usize> = (0..n)
+        .map(|t| {
+            let (os, all) = (os.clone(), all.clone());
+            std::thread::spawn(move || {
+                let qd = self_connected(&os, &format!("10.1.{}.{}:7", t / 200, t % 200 + 1));
+                all.wait();
+                os.close(qd).unwrap();
+                engine::shard_of_qd(qd)
+            })
+        })
+        .collect::<Vec<_>>()
+        .into_iter()
+        .map(|h| h.join().unwrap())
+        .collect();
+    assert_eq!(os.engines(), engine::MAX_SHARDS, "every engine made: {held:?}");
+    // X and Y take an engine each; X exits while Y holds its; Z then gets
+    // X's (handed on, not shared: sharing would give a third number).
+    let x = Holder::start(&os, "10.2.0.1:7");
+    let y = Holder::start(&os, "10.2.0.2:7");
+    let (xs, ys) = (x.shard, y.shard);
+    x.stop();
+    let z = Holder::start(&os, "10.2.0.3:7");
+    let zs = z.shard;
+    z.stop();
+    y.stop();
+    assert!(held.contains(&xs) && held.contains(&ys) && xs != ys, "{xs} {ys}");
+    assert_eq!(zs, xs, "the engine X left went to Z");
+    assert_eq!(os.engines(), engine::MAX_SHARDS);
+}
+
+#[test]
+fn a_thread_that_only_waits_sees_every_engines_results() {
+    let os = loopback_engines();
+    let (qd, pop) = {
+        let os = os.clone();
+        std::thread::spawn(move || {
+            let qd = self_connected(&os, "10.0.5.1:7");
+            let pop = os.pop(qd).unwrap();
+            // Left for whoever waits for it.
+            os.push(qd, &os.buffer_from(&stamp(5, 5)).unwrap()).unwrap();
+            (qd, pop)
+        })
+        .join()
+        .unwrap()
+    };
+    let os2 = os.clone();
+    let got = std::thread::spawn(move || {
+        let mut got = Vec::new();
+        let until = Instant::now() + Duration::from_secs(10);
+        while got.len() < 2 && Instant::now() < until {
+            got.extend(os2.wait_next_n(8, Some(Duration::from_millis(500))).unwrap_or_default());
+        }
+        got
+    })
+    .join()
+    .unwrap();
+    assert_eq!(got.len(), 2, "the push and the pop of the other thread's socket");
+    let r = got.into_iter().find(|r| r.qt == pop).expect("the pop");
+    assert_eq!((r.qd, popped(r.value)), (qd, stamp(5, 5)));
+}

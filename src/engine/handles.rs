@@ -2,27 +2,34 @@
 //!
 //! A handle is not a pointer: its top 16 bits carry a tag (which makes it a
 //! non-canonical address on x86-64, so no real pointer looks like one), then
-//! the 7-bit shard of the engine that lent it, a 17-bit generation and a
-//! 24-bit slot index. `demi_sgafree` on anything that is
-//! not a live handle is refused with EINVAL without touching memory.
+//! the 7-bit shard of the engine that lent it, a 21-bit generation and a
+//! 20-bit slot index. A slot's generation changes each time its buffer comes
+//! back, so a stale handle matches again only after 2M loans of that very
+//! slot. `demi_sgafree` on anything that is not a live handle is refused with
+//! EINVAL without touching memory.
+//!
+//! A table of its own rather than a slab: a slab forgets a vacant slot's
+//! generation.
 
 use crate::buffer::Buffer;
 use crate::error::{fail, Result};
-use slab::Slab;
 
 const TAG: u64 = 0xde31 << 48;
 const TAG_MASK: u64 = 0xffff << 48;
-const IDX_BITS: u32 = 24;
+const IDX_BITS: u32 = 20;
 const IDX_MASK: u64 = (1 << IDX_BITS) - 1;
-const GEN_MASK: u64 = (1 << 17) - 1;
+const GEN_MASK: u64 = (1 << 21) - 1;
 const SHARD_SHIFT: u32 = 41;
 
-/// Slab of lent buffers, each with the generation it was lent under.
+struct Slot {
+    generation: u64,
+    buf: Option<Buffer>,
+}
+
+/// The buffers lent out, with a generation per slot.
 pub struct HandleTable {
-    lent: Slab<(u64, Buffer)>,
-    /// The generation of the next buffer lent (never 0): a stale handle's
-    /// slot holds a later one.
-    next_generation: u64,
+    slots: Vec<Slot>,
+    free: Vec<u32>,
     /// `TAG` plus this engine's shard.
     tag: u64,
 }
@@ -37,7 +44,7 @@ impl Default for HandleTable {
 impl HandleTable {
     /// An empty table whose handles name shard `shard`.
     pub fn with_shard(shard: usize) -> Self {
-        HandleTable { lent: Slab::new(), next_generation: 1, tag: TAG | (shard as u64) << SHARD_SHIFT }
+        HandleTable { slots: Vec::new(), free: Vec::new(), tag: TAG | (shard as u64) << SHARD_SHIFT }
     }
 
     /// The shard a handle of this library names (it may still be stale).
@@ -50,20 +57,19 @@ impl HandleTable {
         h & TAG_MASK == TAG
     }
 
-    /// Lends `buf` to C; returns its handle.
+    /// Lends `buf` to C; returns its handle (ENOMEM with 1M buffers out).
     pub fn insert(&mut self, buf: Buffer) -> Result<u64> {
-        let slot = self.lent.vacant_entry();
-        let idx = slot.key() as u64;
-        if idx > IDX_MASK {
-            return fail(libc::ENOMEM, "too many buffers held by the application");
-        }
-        let generation = self.next_generation;
-        self.next_generation = (generation + 1) & GEN_MASK;
-        if self.next_generation == 0 {
-            self.next_generation = 1;
-        }
-        slot.insert((generation, buf));
-        Ok(self.tag | (generation << IDX_BITS) | idx)
+        let idx = match self.free.pop() {
+            Some(i) => i as usize,
+            None if (self.slots.len() as u64) <= IDX_MASK => {
+                self.slots.push(Slot { generation: 1, buf: None });
+                self.slots.len() - 1
+            }
+            None => return fail(libc::ENOMEM, "too many buffers held by the application"),
+        };
+        let slot = &mut self.slots[idx];
+        slot.buf = Some(buf);
+        Ok(self.tag | (slot.generation << IDX_BITS) | idx as u64)
     }
 
     /// The slot of a live handle of this table.
@@ -73,28 +79,35 @@ impl HandleTable {
         }
         let idx = (h & IDX_MASK) as usize;
         let generation = (h >> IDX_BITS) & GEN_MASK;
-        matches!(self.lent.get(idx), Some((g, _)) if *g == generation).then_some(idx)
+        let slot = self.slots.get(idx)?;
+        (slot.generation == generation && slot.buf.is_some()).then_some(idx)
     }
 
     /// The buffer behind a live handle.
     pub fn get(&self, h: u64) -> Result<&Buffer> {
         match self.index(h) {
-            Some(i) => Ok(&self.lent[i].1),
+            Some(i) => Ok(self.slots[i].buf.as_ref().expect("checked by index")),
             None => fail(libc::EINVAL, "not a live scatter-gather array handle"),
         }
     }
 
     /// Takes a buffer back from C (demi_sgafree).
     pub fn remove(&mut self, h: u64) -> Result<Buffer> {
-        match self.index(h) {
-            Some(i) => Ok(self.lent.remove(i).1),
-            None => fail(libc::EINVAL, "not a scatter-gather array this library handed out (or already freed)"),
+        let Some(i) = self.index(h) else {
+            return fail(libc::EINVAL, "not a scatter-gather array this library handed out (or already freed)");
+        };
+        let slot = &mut self.slots[i];
+        slot.generation = (slot.generation + 1) & GEN_MASK;
+        if slot.generation == 0 {
+            slot.generation = 1;
         }
+        self.free.push(i as u32);
+        Ok(slot.buf.take().expect("checked by index"))
     }
 
     /// Buffers currently lent out.
     pub fn len(&self) -> usize {
-        self.lent.len()
+        self.slots.len() - self.free.len()
     }
 
     /// True when no buffer is lent out.
@@ -119,6 +132,17 @@ mod tests {
         let h2 = t.insert(Buffer::heap(4)).unwrap();
         assert_ne!(h, h2, "a reused slot gets a new generation");
         assert!(t.get(h).is_err());
+    }
+
+    #[test]
+    fn another_engines_handles_are_refused() {
+        let (mut a, mut b) = (HandleTable::with_shard(1), HandleTable::with_shard(2));
+        let ha = a.insert(Buffer::heap(8)).unwrap();
+        let hb = b.insert(Buffer::heap(8)).unwrap();
+        assert_eq!((HandleTable::shard_of(ha), HandleTable::shard_of(hb)), (1, 2));
+        assert_eq!(b.get(ha).unwrap_err().errno(), libc::EINVAL);
+        assert_eq!(b.remove(ha).unwrap_err().errno(), libc::EINVAL);
+        assert!(a.remove(ha).is_ok() && b.remove(hb).is_ok());
     }
 
     #[test]

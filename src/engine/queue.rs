@@ -259,4 +259,17 @@ mod tests {
         assert_eq!(errno(t.remove(b)), EBADF);
         assert_eq!(t.insert(Queue::new(2, SockType::Stream)).unwrap(), a);
     }
+
+    #[test]
+    fn another_shards_descriptors_are_refused() {
+        let (mut a, mut b) = (QueueTable::with_shard(1), QueueTable::with_shard(2));
+        let qa = a.insert(Queue::new(0, SockType::Datagram)).unwrap();
+        let qb = b.insert(Queue::new(0, SockType::Datagram)).unwrap();
+        assert_eq!((super::super::shard_of_qd(qa), super::super::shard_of_qd(qb)), (1, 2));
+        assert_eq!(qa & 0xff_ffff, qb & 0xff_ffff, "same slot in each table");
+        assert_eq!(errno(b.get(qa)), EBADF);
+        assert_eq!(errno(b.remove(qa)), EBADF);
+        assert_eq!(errno(b.get(-qb)), EBADF);
+        assert!(a.remove(qa).is_ok() && b.get(qb).is_ok());
+    }
 }

@@ -310,4 +310,16 @@ mod tests {
         assert!(t.take_next().is_none());
         assert_eq!(t.pending(), 0);
     }
+
+    #[test]
+    fn another_shards_tokens_are_not_live() {
+        let (mut a, mut b) = (TokenTable::<u8>::with_shard(1), TokenTable::<u8>::with_shard(2));
+        let ta = a.issue(5, OpKind::Pop);
+        let tb = b.issue(5, OpKind::Pop);
+        assert_eq!((super::super::shard_of_token(ta), super::super::shard_of_token(tb)), (1, 2));
+        assert!(!b.is_live(ta) && !a.is_live(tb));
+        assert!(!b.complete(ta, 1), "a token of another shard completes nothing here");
+        assert!(b.take(ta).is_none());
+        assert!(a.complete(ta, 1) && a.take(ta).is_some());
+    }
 }

@@ -136,10 +136,15 @@ pub unsafe extern "C" fn demi_push(qt_out: *mut demi_qtoken_t, qd: c_int, sga: *
         let out = output(qt_out, "qt_out is NULL")?;
         // SAFETY: forwarded from this function's contract.
         let sga = unsafe { input(sga, "sga is NULL") }?;
+        // SAFETY: forwarded from this function's contract.
+        let lent = unsafe { super::sga::lent_elsewhere(os, qd, sga) }?;
         let qt = os.run_for(qd, |e| {
             e.local_addr(qd)?; // EBADF before looking at the sga
-                               // SAFETY: forwarded from this function's contract.
-            let buf = unsafe { super::sga::to_buffer(e, sga) }?;
+            let buf = match lent {
+                Some(b) => b,
+                // SAFETY: forwarded from this function's contract.
+                None => unsafe { super::sga::to_buffer(e, sga) }?,
+            };
             e.push(qd, buf, None)
         })?;
         // SAFETY: out was checked non-null.
@@ -164,14 +169,23 @@ pub unsafe extern "C" fn demi_pushto(
     boundary("demi_pushto", || {
         let os = libos()?;
         let out = output(qt_out, "qt_out is NULL")?;
+        // SAFETY: forwarded from this function's contract (NULL is checked below).
+        let lent = match unsafe { sga.as_ref() } {
+            // SAFETY: forwarded from this function's contract.
+            Some(s) => unsafe { super::sga::lent_elsewhere(os, qd, s) }?,
+            None => None,
+        };
         let qt = os.run_for(qd, |e| {
             e.local_addr(qd)?; // EBADF first
                                // SAFETY: forwarded from this function's contract.
             let to = unsafe { sockaddr_in(dest_addr, size) }?;
             // SAFETY: forwarded from this function's contract.
             let sga = unsafe { input(sga, "sga is NULL") }?;
-            // SAFETY: forwarded from this function's contract.
-            let buf = unsafe { super::sga::to_buffer(e, sga) }?;
+            let buf = match lent {
+                Some(b) => b,
+                // SAFETY: forwarded from this function's contract.
+                None => unsafe { super::sga::to_buffer(e, sga) }?,
+            };
             e.push(qd, buf, Some(to))
         })?;
         // SAFETY: out was checked non-null.

@@ -63,10 +63,27 @@ pub(super) fn lend(e: &mut Engine, buf: Buffer, from: Option<std::net::SocketAdd
     Ok(sga)
 }
 
+/// For a push on `qd` of an sga that another thread's engine lent: the
+/// buffer, checked by the engine that lent it (`None` when the sga is not
+/// such: [`to_buffer`] handles it under `qd`'s engine). EBADF for a bad
+/// `qd` comes first, as on the usual path.
+///
+/// # Safety
+/// As [`to_buffer`].
+pub(super) unsafe fn lent_elsewhere(os: &crate::LibOs, qd: c_int, sga: &demi_sgarray_t) -> Result<Option<Buffer>> {
+    let handle = sga.sga_buf as u64;
+    if !HandleTable::is_ours(handle) || HandleTable::shard_of(handle) == crate::engine::shard_of_qd(qd) {
+        return Ok(None);
+    }
+    os.local_addr(qd)?;
+    // SAFETY: forwarded from this function's contract.
+    os.run_for_handle(handle, |e| unsafe { to_buffer(e, sga) }).map(Some)
+}
+
 /// The buffer to push for a C sga. Memory from `demi_sgaalloc` (or a pop) is
-/// pushed in place, without a copy; other memory is copied into libOS memory,
-/// and so is memory another thread's engine lent (its handle is not this
-/// engine's to check).
+/// pushed in place, without a copy; other memory is copied into libOS memory.
+/// A handle of another engine is refused (EINVAL): the caller asks that
+/// engine first (`lent_elsewhere`).
 ///
 /// # Safety
 /// If `sga_buf` is not a handle of this library, the segment must be readable
@@ -88,8 +105,9 @@ pub(super) unsafe fn to_buffer(e: &mut Engine, sga: &demi_sgarray_t) -> Result<B
         return fail(libc::EINVAL, "segment length is zero");
     }
     let handle = sga.sga_buf as u64;
-    if HandleTable::is_ours(handle) && HandleTable::shard_of(handle) == e.shard() {
-        // The segment may be any part of the lent buffer.
+    if HandleTable::is_ours(handle) {
+        // The segment may be any part of the lent buffer. A handle of
+        // another engine is refused here: see `lent_elsewhere`.
         let buf = e.handles.get(handle)?;
         let off = (ptr as usize).wrapping_sub(buf.as_ptr() as usize);
         return match buf.advance(off).and_then(|b| b.prefix(len)) {

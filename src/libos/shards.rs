@@ -152,7 +152,7 @@ impl Shards {
     /// Shards made by `make`; shard 0 is made now (so a bad configuration
     /// fails at start) and becomes the calling thread's.
     pub fn new(threading: Threading, make: MakeEngine) -> Result<Arc<Shards>> {
-        let engine = make(0)?;
+        let engine = checked(make(0)?, 0)?;
         let slots: Box<[OnceLock<Shard>; MAX_SHARDS]> = Box::new(std::array::from_fn(|_| OnceLock::new()));
         let _ = slots[0].set(Shard::new(engine));
         let shards = Arc::new_cyclic(|me| Shards {
@@ -229,13 +229,14 @@ impl Shards {
             return Ok(Set::One(0));
         }
         let (own, touched) = self.with_binding(|b| (b.shard, b.touched));
-        let own = match own {
-            Some(i) => 1 << i,
+        Ok(Set::from_mask(match own {
+            Some(i) => touched | 1 << i,
             // A thread that only used others' descriptors waits on those.
-            None if touched != 0 => 0,
-            None => 1 << self.mine()?,
-        };
-        Ok(Set::from_mask(touched | own))
+            None if touched != 0 => touched,
+            // A thread that has neither made nor used a socket (a thread
+            // that only waits, for the others) waits on every engine.
+            None => self.made(),
+        }))
     }
 
     /// Picks a shard for a thread that has none: one a departed thread left,
@@ -243,27 +244,44 @@ impl Shards {
     #[cold]
     fn adopt(&self) -> Result<(usize, bool)> {
         let mut owners = self.owners.lock().unwrap_or_else(|e| e.into_inner());
-        let free = !owners.owned & ((1u128 << owners.created) - 1);
+        // `created` is at least 1 (shard 0 is made at start).
+        let made = u128::MAX >> (MAX_SHARDS - owners.created);
+        let free = !owners.owned & made;
         if free != 0 {
             let i = free.trailing_zeros() as usize;
             owners.owned |= 1 << i;
             return Ok((i, true));
         }
-        if owners.created < MAX_SHARDS {
-            let i = owners.created;
-            let engine = (self.make)(i)?;
-            let _ = self.slots[i].set(Shard::new(engine));
-            owners.created += 1;
-            owners.owned |= 1 << i;
-            return Ok((i, true));
+        if owners.created == MAX_SHARDS {
+            owners.overflow += 1;
+            return Ok((owners.overflow % MAX_SHARDS, false));
         }
-        owners.overflow += 1;
-        Ok((owners.overflow % MAX_SHARDS, false))
+        // Reserve the index, then make the engine without holding the lock
+        // (opening a device takes a while; exiting threads need the lock).
+        let i = owners.created;
+        owners.created += 1;
+        owners.owned |= 1 << i;
+        drop(owners);
+        match (self.make)(i).and_then(|e| checked(e, i)) {
+            Ok(engine) => {
+                let _ = self.slots[i].set(Shard::new(engine));
+                Ok((i, true))
+            }
+            // The index stays reserved (owned, with no engine): nothing
+            // adopts it, and a number naming it finds no engine.
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The shards that have an engine.
+    fn made(&self) -> u128 {
+        (0..MAX_SHARDS).filter(|&i| self.get(i).is_some()).fold(0, |m, i| m | 1 << i)
     }
 
     /// Records this thread's own shard.
     fn bind(&self, shard: Option<usize>, owned: bool) {
-        BINDINGS.with(|b| {
+        // At thread exit the binding is gone: the call goes on without one.
+        let _ = BINDINGS.try_with(|b| {
             let mut b = b.borrow_mut();
             b.retain(|x| x.shards.strong_count() > 0);
             match b.iter_mut().find(|x| x.id == self.id) {
@@ -279,9 +297,12 @@ impl Shards {
         }
     }
 
-    /// Runs `f` on this thread's binding to this libOS, if it has one.
+    /// Runs `f` on this thread's binding to this libOS, if it has one (none
+    /// while the thread's locals are being destroyed, at its exit).
     fn with_binding<R: Default>(&self, f: impl FnOnce(&mut Binding) -> R) -> R {
-        BINDINGS.with(|b| b.borrow_mut().iter_mut().find(|x| x.id == self.id).map(f).unwrap_or_default())
+        BINDINGS
+            .try_with(|b| b.borrow_mut().iter_mut().find(|x| x.id == self.id).map(f).unwrap_or_default())
+            .unwrap_or_default()
     }
 
     /// Records that this thread used shard `i`, unless it is its own.
@@ -299,6 +320,17 @@ impl Shards {
             self.bind(None, false);
             self.with_binding(|b| b.touched |= 1 << i);
         }
+    }
+}
+
+/// `engine` if it is shard `i`'s (its numbers carry `i`), else EINVAL.
+fn checked(engine: Engine, i: usize) -> Result<Engine> {
+    match engine.shard() {
+        s if s == i => Ok(engine),
+        s => Err(crate::Error::with(
+            libc::EINVAL,
+            format!("the engine made for shard {i} is shard {s}'s (make it with Engine::with_shard)"),
+        )),
     }
 }
 

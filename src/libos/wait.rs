@@ -179,6 +179,10 @@ impl LibOs {
             &mut heap
         };
         let mut device_deadline = None;
+        // Undoes the registrations below however this ends (a panic in a
+        // poll included: a stale eventfd in a sleepers list would be
+        // written to after the thread is gone).
+        let mut registered = Registered { os: self, set, n: 0, me };
         for (n, i) in set.iter().enumerate() {
             let mut st = self.shards().at(i).lock();
             // Before arming: from here on, work that appears outside a poll
@@ -186,18 +190,15 @@ impl LibOs {
             st.engine.set_sleeping(true);
             let Some(fd) = st.engine.arm() else {
                 st.update_sleeping();
-                drop(st);
-                self.unsleep(set, n, me);
                 return Ok(Slept::NoDescriptor);
             };
             // Work that raced with arming is found by this last round.
             if let Some(r) = round(&mut st, ready) {
                 st.update_sleeping();
-                drop(st);
-                self.unsleep(set, n, me);
                 return Ok(Slept::Done(r));
             }
             st.sleepers.push(me);
+            registered.n = n + 1;
             fds[n + 1] = fd;
             // The device's own next deadline (a connect timing out, say):
             // nothing else wakes a sleeper for it.
@@ -205,7 +206,7 @@ impl LibOs {
         }
         let left = earliest(deadline, device_deadline).map(|d| d.saturating_duration_since(now));
         let slept = sys::wait_readable(fds, left);
-        self.unsleep(set, set.len(), me);
+        drop(registered);
         // Reading the eventfd is a system call: only when it fired.
         if slept? & 1 != 0 {
             WAKER.with(|w| w.as_ref().map(EventFd::drain));
@@ -223,6 +224,21 @@ impl LibOs {
             }
             st.update_sleeping();
         }
+    }
+}
+
+/// This thread's registration as a sleeper on the first `n` engines of
+/// `set`, undone on drop.
+struct Registered<'a> {
+    os: &'a LibOs,
+    set: Set,
+    n: usize,
+    me: RawFd,
+}
+
+impl Drop for Registered<'_> {
+    fn drop(&mut self) {
+        self.os.unsleep(self.set, self.n, self.me);
     }
 }
 

@@ -12,6 +12,14 @@
 #define MSG 64
 
 static pthread_mutex_t ports = PTHREAD_MUTEX_INITIALIZER;
+/* The workers hold their sockets at the same time (each then has an engine of its own). */
+static pthread_barrier_t all_open;
+
+/* The engine a descriptor belongs to (bits 24-30; see demi_init(3)). */
+static int engine_of(int qd)
+{
+    return (qd >> 24) & 0x7f;
+}
 
 /* bind_free_port keeps its next port in a static: one thread at a time. */
 static struct sockaddr_in bind_port(int qd)
@@ -90,6 +98,8 @@ static void *work(void *arg)
     WAIT_OPC(qt, DEMI_OPC_CONNECT);
     CHECK_RC(demi_connect(&qt, b, SA(&aa), sizeof aa), 0);
     WAIT_OPC(qt, DEMI_OPC_CONNECT);
+    int rc = pthread_barrier_wait(&all_open);
+    CHECK(rc == 0 || rc == PTHREAD_BARRIER_SERIAL_THREAD, "pthread_barrier_wait");
     int l, c, s;
     pthread_mutex_lock(&ports);
     tcp_pair_at(__FILE__, __LINE__, &l, &c, &s);
@@ -135,19 +145,23 @@ int main(void)
 
     pthread_t th[THREADS];
     struct worker w[THREADS];
+    CHECK_EQ(pthread_barrier_init(&all_open, NULL, THREADS), 0, "pthread_barrier_init");
     for (unsigned i = 0; i < THREADS; i++) {
         w[i].index = i;
         CHECK_EQ(pthread_create(&th[i], NULL, work, &w[i]), 0, "pthread_create");
     }
     for (unsigned i = 0; i < THREADS; i++)
         CHECK_EQ(pthread_join(th[i], NULL), 0, "pthread_join");
-    /* Threads that ran at once had engines of their own: their descriptors
-     * differ from each other's and from the main thread's. */
+    /* Threads that held sockets at once had engines of their own: the
+     * engine numbers in their descriptors differ from each other's and from
+     * the main thread's (0). */
+    CHECK_EQ(engine_of(mine), 0, "the main thread's descriptors are engine 0's");
     for (unsigned i = 0; i < THREADS; i++) {
-        CHECK(w[i].udp_qd != mine, "a thread's descriptor is not the main thread's");
+        CHECK(engine_of(w[i].udp_qd) != 0, "a worker's descriptor is not the main thread's engine's");
         for (unsigned j = 0; j < i; j++)
-            CHECK(w[i].udp_qd != w[j].udp_qd, "two threads' descriptors differ");
+            CHECK(engine_of(w[i].udp_qd) != engine_of(w[j].udp_qd), "two workers' engines differ");
     }
+    pthread_barrier_destroy(&all_open);
     /* The workers' remaining sockets are usable (and closable) from here. */
     for (unsigned i = 0; i < THREADS; i++)
         CHECK_RC(demi_close(w[i].udp_qd), 0);
