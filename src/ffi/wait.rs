@@ -128,21 +128,7 @@ pub unsafe extern "C" fn demi_wait_any(
         let qts = unsafe { std::slice::from_raw_parts(qts, num_qts as usize) };
         // SAFETY: forwarded from this function's contract.
         let timeout = unsafe { relative(timeout) }?;
-        let (i, qr) = os.wait_until(os.token_set(qts)?, timeout, |e| {
-            for (i, &qt) in qts.iter().enumerate() {
-                match os.token_is_here(e, qt) {
-                    Ok(true) => {}
-                    Ok(false) => continue,
-                    Err(err) => return Some(Err(err)),
-                }
-                match e.take(qt) {
-                    Ok(Some(r)) => return Some(Ok((i, to_c(e, r)))),
-                    Ok(None) => {}
-                    Err(err) => return Some(Err(err)),
-                }
-            }
-            None
-        })?;
+        let (i, qr) = os.wait_any_with(qts, timeout, to_c)?;
         // SAFETY: both outputs were checked non-null.
         unsafe {
             put(out, qr);

@@ -323,6 +323,17 @@ impl LibOs {
 
     /// Waits for the first of `qts` to finish; returns its index and result.
     pub fn wait_any(&self, qts: &[QToken], timeout: Option<Duration>) -> Result<(usize, QResult)> {
+        self.wait_any_with(qts, timeout, |_, r| r)
+    }
+
+    /// [`LibOs::wait_any`], turning the result into `R` with `map` while
+    /// its engine is at hand (the C ABI lends the popped buffer there).
+    pub(crate) fn wait_any_with<R>(
+        &self,
+        qts: &[QToken],
+        timeout: Option<Duration>,
+        mut map: impl FnMut(&mut Engine, QResult) -> R,
+    ) -> Result<(usize, R)> {
         let set = self.token_set(qts)?;
         self.wait_until(set, timeout, |e| {
             for (i, &qt) in qts.iter().enumerate() {
@@ -332,7 +343,7 @@ impl LibOs {
                     Err(err) => return Some(Err(err)),
                 }
                 match e.take(qt) {
-                    Ok(Some(r)) => return Some(Ok((i, r))),
+                    Ok(Some(r)) => return Some(Ok((i, map(e, r)))),
                     Ok(None) => {}
                     Err(err) => return Some(Err(err)),
                 }
