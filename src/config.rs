@@ -183,6 +183,7 @@ fn catmint_from(get: &impl Fn(&str) -> Option<String>) -> Result<CatmintConfig> 
         credits: small("DEMI_RDMA_RECV_DEPTH", d.credits)?,
         buf_size: usize::try_from(number(get, "DEMI_RDMA_BUF_SIZE", d.buf_size as u64)?).unwrap_or(usize::MAX),
         sq_depth: small("DEMI_RDMA_SQ_DEPTH", d.sq_depth)?,
+        srq_depth: small("DEMI_RDMA_SRQ_DEPTH", d.srq_depth)?,
         inline: small("DEMI_RDMA_INLINE", d.inline)?,
         timeout: Duration::from_millis(number(get, "DEMI_RDMA_TIMEOUT_MS", d.timeout.as_millis() as u64)?),
     })

@@ -18,6 +18,7 @@ mod poll;
 mod pool;
 mod rc;
 mod recv;
+mod srq;
 mod stream;
 mod sys;
 mod types;
@@ -48,6 +49,9 @@ struct Device {
     pd: Arc<Pd>,
     /// Every QP on the device holds a clone (see `CmId::create_qp`).
     cq: Arc<CqCell>,
+    /// The RC connections' shared receive queue, made by the first one;
+    /// each QP on it holds a clone, and it goes when they are all gone.
+    srq: Option<Arc<srq::SrqCell>>,
     /// The CQ was polled empty after its last QP went.
     idle: bool,
 }
@@ -200,7 +204,7 @@ impl Catmint {
             epoll_add(&epoll, comp.fd())?;
             let cq = Cq::new(ctx, comp, cq_depth(ctx))?;
             log::info!("catmint: device {}", verbs::device_name(ctx));
-            devices.push(Device { ctx, pd, cq: Arc::new(Mutex::new(cq)), idle: false });
+            devices.push(Device { ctx, pd, cq: Arc::new(Mutex::new(cq)), srq: None, idle: false });
         }
         let pool = Pool::new(devices.iter().map(|d| d.pd.clone()).collect());
         let notify = Arc::new(Notify::new()?);
@@ -251,7 +255,8 @@ impl Catmint {
             self.socks.push(Entry { generation: 0, sock: None });
             self.socks.len() - 1
         });
-        if s as u64 > IDX_MASK {
+        // The last index is the SRQs' (`srq::key_of`).
+        if s as u64 >= IDX_MASK {
             return Err(Error::new("socket table", libc::EMFILE));
         }
         self.socks[s].generation = self.socks[s].generation.wrapping_add(1);
@@ -459,13 +464,23 @@ impl Catmint {
         }
     }
 
-    fn new_endpoint(&self, id: CmId, key: u64) -> std::result::Result<Rc, (Error, Option<CmId>)> {
+    fn new_endpoint(&mut self, id: CmId, key: u64) -> std::result::Result<Rc, (Error, Option<CmId>)> {
         let Some(dev) = self.device_of(id.verbs()) else {
             return Err((Error::new("rdma_cm id on an unknown device", libc::ENODEV), Some(id)));
         };
-        let d = &self.devices[dev];
-        let ep = Rc::new(id, dev, &d.pd, &d.cq, &self.pool, self.rc_config(), key, &self.notify)
-            .map_err(|(e, id)| (e, Some(id)))?;
+        let cfg = self.rc_config();
+        let d = &mut self.devices[dev];
+        let srq = match &d.srq {
+            Some(srq) => srq.clone(),
+            None => {
+                let made = srq::Srq::new(d.ctx, &d.pd, dev, &self.pool, &self.notify, cfg.buf_size, self.cfg.srq_depth);
+                match made {
+                    Ok(srq) => d.srq.insert(Arc::new(Mutex::new(srq))).clone(),
+                    Err(e) => return Err((e, Some(id))),
+                }
+            }
+        };
+        let ep = Rc::new(id, dev, &d.pd, &d.cq, &srq, &self.pool, cfg, key).map_err(|(e, id)| (e, Some(id)))?;
         self.arm_new_qp(dev);
         Ok(ep)
     }
