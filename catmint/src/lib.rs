@@ -2,14 +2,17 @@
 //!
 //! It knows nothing of queue tokens. A [`Catmint`] owns an rdma_cm event
 //! channel, one PD/CQ/completion channel per RDMA device, a registered-memory
-//! [`Pool`], and sockets: RC streams set up by rdma_cm. Requests carry an
+//! [`Pool`], and sockets: RC streams set up by rdma_cm. The RC streams of a
+//! device receive from one shared receive queue (see `srq`: receive memory
+//! follows traffic, not the number of connections). Requests carry an
 //! opaque [`Tag`]; [`Catmint::poll`] reports what finished as `(Tag, Done)`.
 //! Nothing blocks: rdma_cm is driven from `poll` (rping's order: resources
 //! and pre-posted receives before connect/accept), and [`Catmint::arm`]
 //! returns one descriptor to sleep on.
 //!
 //! Resource cleanup follows ownership (see `verbs` and `cm`): dropping a
-//! socket destroys its QP and id, then recycles its buffers.
+//! socket destroys its QP and id, then gives back what it had committed of
+//! the shared receive queue, which goes with the device's last QP.
 #![deny(missing_docs)]
 
 mod cm;
@@ -531,9 +534,8 @@ fn epoll_add(epoll: &OwnedFd, fd: RawFd) -> Result<()> {
 }
 
 /// Entries of a device's CQ, shared by all its QPs: room for the completions
-/// of many connections with full receive windows (each QP can have its
-/// receive depth + 2 receives and its send queue outstanding), within what
-/// the device allows.
+/// of the shared receive queue (up to 16,384 receives) and of many
+/// connections' send queues, within what the device allows.
 fn cq_depth(ctx: *mut ffi::ibv_context) -> i32 {
     const WANT: i32 = 16384;
     // SAFETY: ibv_device_attr is plain data; all-zero is a valid start.
