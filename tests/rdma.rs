@@ -1874,6 +1874,10 @@ fn a_thousand_connections_share_receive_memory_without_rnr() {
                 );
             }
             qds.push(r.qd);
+            if qds.len() % 200 == 0 {
+                let mem = total(&registered_bytes(pid)) as f64 / MIB;
+                eprintln!("many: {} connected after {:.1?}, server registered {mem:.1} MiB", qds.len(), t0.elapsed());
+            }
         }
     }
     let setup = t0.elapsed();
