@@ -103,6 +103,7 @@ impl Catmint {
             credits: cfg.credits.clamp(1, 4096),
             buf_size: cfg.buf_size.clamp(64, 1 << 24),
             sq_depth: cfg.sq_depth.clamp(4, 16384),
+            srq_depth: cfg.srq_depth.min(1 << 20),
             inline: cfg.inline.min(1024),
             timeout: cfg.timeout.max(Duration::from_millis(1)),
         };

@@ -211,6 +211,7 @@ fn catmint_from(get: &impl Fn(&str) -> Option<String>) -> Result<CatmintConfig> 
         credits: small("DEMI_RDMA_RECV_DEPTH", d.credits)?,
         buf_size: usize::try_from(number(get, "DEMI_RDMA_BUF_SIZE", d.buf_size as u64)?).unwrap_or(usize::MAX),
         sq_depth: small("DEMI_RDMA_SQ_DEPTH", d.sq_depth)?,
+        srq_depth: small("DEMI_RDMA_SRQ_DEPTH", d.srq_depth)?,
         inline: small("DEMI_RDMA_INLINE", d.inline)?,
         timeout: Duration::from_millis(number(get, "DEMI_RDMA_TIMEOUT_MS", d.timeout.as_millis() as u64)?),
     })
@@ -288,6 +289,11 @@ mod tests {
         let c = parse(&vars).unwrap();
         assert_eq!((c.catmint.credits, c.catmint.timeout), (8, Duration::from_millis(250)));
         assert_eq!(c.catmint.sq_depth, CatmintConfig::default().sq_depth);
+        assert_eq!(c.catmint.srq_depth, 1024, "the shared receive budget's default");
+        let c = parse(&[("LIBOS", "catmint"), ("DEMI_RDMA_SRQ_DEPTH", "64")]).unwrap();
+        assert_eq!((c.catmint.srq_depth, c.catmint.buf_size), (64, 4096));
+        let bad = [("LIBOS", "catmint"), ("DEMI_RDMA_SRQ_DEPTH", "-1")];
+        assert!(parse(&bad).unwrap_err().why().contains("DEMI_RDMA_SRQ_DEPTH"));
         // Saturates instead of wrapping; Catmint::new clamps.
         let c = parse(&[("LIBOS", "catmint"), ("DEMI_RDMA_INLINE", "99999999999")]).unwrap();
         assert_eq!(c.catmint.inline, u32::MAX);

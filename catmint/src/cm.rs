@@ -1,6 +1,7 @@
 //! rdma_cm: a non-blocking event channel, ids that destroy themselves (and
 //! their QP) on drop, and events that acknowledge themselves on drop.
 
+use crate::srq::SrqCell;
 use crate::sys::{check, ffi, nonnull, Error, Result};
 use crate::verbs::{set_nonblocking, Cq, Pd};
 use std::net::{Ipv4Addr, SocketAddrV4};
@@ -133,6 +134,8 @@ pub struct CmId {
     has_qp: bool,
     _channel: Arc<EventChannel>,
     _cq: Option<Arc<CqCell>>,
+    /// The SRQ its QP receives from: destroyed after the QP.
+    _srq: Option<Arc<SrqCell>>,
     _pd: Option<Arc<Pd>>,
 }
 
@@ -151,7 +154,7 @@ impl CmId {
         };
         check!(rdma_create_id(channel.raw.as_ptr(), &mut raw, key as *mut libc::c_void, ps))?;
         let raw = NonNull::new(raw).ok_or(Error::new("rdma_create_id", libc::EIO))?;
-        Ok(CmId { raw, has_qp: false, _channel: channel.clone(), _cq: None, _pd: None })
+        Ok(CmId { raw, has_qp: false, _channel: channel.clone(), _cq: None, _srq: None, _pd: None })
     }
 
     /// Takes ownership of a child id handed over by a CONNECT_REQUEST.
@@ -162,7 +165,7 @@ impl CmId {
         let raw = NonNull::new(raw).ok_or(Error::new("adopt", libc::EINVAL))?;
         // SAFETY: the child id is live; we become its only owner.
         unsafe { (*raw.as_ptr()).context = key as *mut libc::c_void };
-        Ok(CmId { raw, has_qp: false, _channel: channel.clone(), _cq: None, _pd: None })
+        Ok(CmId { raw, has_qp: false, _channel: channel.clone(), _cq: None, _srq: None, _pd: None })
     }
 
     pub fn raw(&self) -> *mut ffi::rdma_cm_id {
@@ -223,14 +226,25 @@ impl CmId {
         check!(rdma_resolve_route(self.raw(), timeout_ms))
     }
 
-    /// Creates the id's QP on `pd`, both queues completing on `cq`.
-    pub fn create_qp(&mut self, pd: &Arc<Pd>, cq: &Arc<CqCell>, attr: &mut ffi::ibv_qp_init_attr) -> Result<()> {
+    /// Creates the id's QP on `pd`, both queues completing on `cq`,
+    /// receiving from `srq` if given.
+    pub fn create_qp(
+        &mut self,
+        pd: &Arc<Pd>,
+        cq: &Arc<CqCell>,
+        srq: Option<&Arc<SrqCell>>,
+        attr: &mut ffi::ibv_qp_init_attr,
+    ) -> Result<()> {
         let raw_cq = cq.lock().unwrap_or_else(|e| e.into_inner()).raw();
         attr.send_cq = raw_cq;
         attr.recv_cq = raw_cq;
+        if let Some(srq) = srq {
+            attr.srq = srq.lock().unwrap_or_else(|e| e.into_inner()).raw();
+        }
         check!(rdma_create_qp(self.raw(), pd.raw(), attr))?;
         self.has_qp = true;
         self._cq = Some(cq.clone());
+        self._srq = srq.cloned();
         self._pd = Some(pd.clone());
         Ok(())
     }
@@ -271,6 +285,7 @@ impl CmId {
             // SAFETY: we created the QP and nothing posts to it any more.
             unsafe { ffi::rdma_destroy_qp(self.raw()) };
             self._cq = None;
+            self._srq = None;
             self._pd = None;
         }
     }

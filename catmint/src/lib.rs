@@ -2,14 +2,17 @@
 //!
 //! It knows nothing of queue tokens. A [`Catmint`] owns an rdma_cm event
 //! channel, one PD/CQ/completion channel per RDMA device, a registered-memory
-//! [`Pool`], and sockets: RC streams set up by rdma_cm. Requests carry an
+//! [`Pool`], and sockets: RC streams set up by rdma_cm. The RC streams of a
+//! device receive from one shared receive queue (see `srq`: receive memory
+//! follows traffic, not the number of connections). Requests carry an
 //! opaque [`Tag`]; [`Catmint::poll`] reports what finished as `(Tag, Done)`.
 //! Nothing blocks: rdma_cm is driven from `poll` (rping's order: resources
 //! and pre-posted receives before connect/accept), and [`Catmint::arm`]
 //! returns one descriptor to sleep on.
 //!
 //! Resource cleanup follows ownership (see `verbs` and `cm`): dropping a
-//! socket destroys its QP and id, then recycles its buffers.
+//! socket destroys its QP and id, then gives back what it had committed of
+//! the shared receive queue, which goes with the device's last QP.
 #![deny(missing_docs)]
 
 mod cm;
@@ -18,6 +21,7 @@ mod poll;
 mod pool;
 mod rc;
 mod recv;
+mod srq;
 mod stream;
 mod sys;
 mod types;
@@ -48,6 +52,9 @@ struct Device {
     pd: Arc<Pd>,
     /// Every QP on the device holds a clone (see `CmId::create_qp`).
     cq: Arc<CqCell>,
+    /// The RC connections' shared receive queue, made by the first one;
+    /// each QP on it holds a clone, and it goes when they are all gone.
+    srq: Option<Arc<srq::SrqCell>>,
     /// The CQ was polled empty after its last QP went.
     idle: bool,
 }
@@ -203,7 +210,7 @@ impl Catmint {
             epoll_add(&epoll, comp.fd())?;
             let cq = Cq::new(ctx, comp, cq_depth(ctx))?;
             log::info!("catmint: device {}", verbs::device_name(ctx));
-            devices.push(Device { ctx, pd, cq: Arc::new(Mutex::new(cq)), idle: false });
+            devices.push(Device { ctx, pd, cq: Arc::new(Mutex::new(cq)), srq: None, idle: false });
         }
         let pool = Pool::new(devices.iter().map(|d| d.pd.clone()).collect());
         let notify = Arc::new(Notify::new()?);
@@ -254,7 +261,8 @@ impl Catmint {
             self.socks.push(Entry { generation: 0, sock: None });
             self.socks.len() - 1
         });
-        if s as u64 > IDX_MASK {
+        // The last index is the SRQs' (`srq::key_of`).
+        if s as u64 >= IDX_MASK {
             return Err(Error::new("socket table", libc::EMFILE));
         }
         self.socks[s].generation = self.socks[s].generation.wrapping_add(1);
@@ -462,13 +470,23 @@ impl Catmint {
         }
     }
 
-    fn new_endpoint(&self, id: CmId, key: u64) -> std::result::Result<Rc, (Error, Option<CmId>)> {
+    fn new_endpoint(&mut self, id: CmId, key: u64) -> std::result::Result<Rc, (Error, Option<CmId>)> {
         let Some(dev) = self.device_of(id.verbs()) else {
             return Err((Error::new("rdma_cm id on an unknown device", libc::ENODEV), Some(id)));
         };
-        let d = &self.devices[dev];
-        let ep = Rc::new(id, dev, &d.pd, &d.cq, &self.pool, self.rc_config(), key, &self.notify)
-            .map_err(|(e, id)| (e, Some(id)))?;
+        let cfg = self.rc_config();
+        let d = &mut self.devices[dev];
+        let srq = match &d.srq {
+            Some(srq) => srq.clone(),
+            None => {
+                let made = srq::Srq::new(d.ctx, &d.pd, dev, &self.pool, &self.notify, cfg.buf_size, self.cfg.srq_depth);
+                match made {
+                    Ok(srq) => d.srq.insert(Arc::new(Mutex::new(srq))).clone(),
+                    Err(e) => return Err((e, Some(id))),
+                }
+            }
+        };
+        let ep = Rc::new(id, dev, &d.pd, &d.cq, &srq, &self.pool, cfg, key).map_err(|(e, id)| (e, Some(id)))?;
         self.arm_new_qp(dev);
         Ok(ep)
     }
@@ -519,9 +537,8 @@ fn epoll_add(epoll: &OwnedFd, fd: RawFd) -> Result<()> {
 }
 
 /// Entries of a device's CQ, shared by all its QPs: room for the completions
-/// of many connections with full receive windows (each QP can have its
-/// receive depth + 2 receives and its send queue outstanding), within what
-/// the device allows.
+/// of the shared receive queue (up to 16,384 receives) and of many
+/// connections' send queues, within what the device allows.
 fn cq_depth(ctx: *mut ffi::ibv_context) -> i32 {
     const WANT: i32 = 16384;
     // SAFETY: ibv_device_attr is plain data; all-zero is a valid start.

@@ -2,9 +2,12 @@
 //! re-posting receive buffers the application gave back, checking deadlines,
 //! and arming the one descriptor a waiter sleeps on.
 
+use crate::srq::{self, SrqCell};
+use crate::sys::ffi;
 use crate::types::{Sink, SockId};
 use crate::{live, Catmint, Sock, CM_BATCH, CM_EVERY};
 use std::os::fd::{AsRawFd, RawFd};
+use std::sync::Arc;
 use std::time::Instant;
 
 impl Catmint {
@@ -33,7 +36,13 @@ impl Catmint {
         self.bury();
         self.reclaim();
         if std::mem::take(&mut self.trim_due) {
-            // Sockets went away: give back registered memory nobody uses.
+            // Sockets went away: a shared receive queue no QP uses goes
+            // (its buffers with it), then registered memory nobody uses.
+            for d in &mut self.devices {
+                if d.srq.as_ref().is_some_and(|q| Arc::strong_count(q) == 1) {
+                    d.srq = None;
+                }
+            }
             let n = self.pool.trim();
             if n > 0 {
                 log::debug!("catmint: freed {n} registered chunks");
@@ -47,16 +56,23 @@ impl Catmint {
         let mut returns = std::mem::take(&mut self.returns);
         let mut last: Option<SockId> = None;
         for r in returns.drain(..) {
-            let s = live(&self.socks, r.ring.key);
-            if last.is_some() && last != s {
-                self.progress(last, out);
-            }
-            last = None;
-            match s.and_then(|s| self.socks[s].sock.as_mut()) {
-                Some(Sock::Connected(ep)) if ep.owns(&r) => {
-                    ep.returned(r);
+            if let Some(dev) = srq::device_of(r.ring.key) {
+                // A buffer of a shared receive queue: posted again there, and
+                // the connection it came from may grant the peer more.
+                let owner = self.devices.get(dev).and_then(|d| d.srq.as_ref()).and_then(|q| lock(q).returned(r));
+                let s = owner.and_then(|k| live(&self.socks, k));
+                if last.is_some() && last != s {
+                    self.progress(last, out);
+                }
+                last = None;
+                if let Some(Sock::Connected(ep)) = s.and_then(|s| self.socks[s].sock.as_mut()) {
+                    ep.buffer_back();
                     last = s;
                 }
+                continue;
+            }
+            let s = live(&self.socks, r.ring.key);
+            match s.and_then(|s| self.socks[s].sock.as_mut()) {
                 Some(Sock::Dgram(ud)) if ud.owns(&r) => ud.returned(r),
                 // Its ring is gone or closing: the slot goes to the pool with
                 // the ring's last reference (RingShared's drop).
@@ -65,6 +81,23 @@ impl Catmint {
         }
         self.progress(last, out);
         self.returns = returns;
+        self.feed_hungry(out);
+    }
+
+    /// Grants credits to connections that the SRQ could not serve before.
+    fn feed_hungry(&mut self, out: &mut dyn Sink) {
+        for dev in 0..self.devices.len() {
+            let hungry = match &self.devices[dev].srq {
+                Some(q) if lock(q).has_hungry() => lock(q).take_hungry(),
+                _ => continue,
+            };
+            for key in hungry {
+                if let Some(Sock::Connected(ep)) = live(&self.socks, key).and_then(|s| self.socks[s].sock.as_mut()) {
+                    ep.buffer_back_none();
+                    ep.progress_sends(out);
+                }
+            }
+        }
     }
 
     /// Lets a connection whose buffers came back return its credits (in
@@ -153,6 +186,10 @@ impl Catmint {
             loop {
                 let n = cq.poll(wcs);
                 for wc in &wcs[..n] {
+                    if srq::device_of(wc.wr_id >> 32).is_some() {
+                        Self::srq_completion(dev.srq.as_ref(), socks, wc, out);
+                        continue;
+                    }
                     let Some(s) = live(socks, wc.wr_id >> 32) else { continue };
                     match &mut socks[s].sock {
                         Some(Sock::Connected(ep) | Sock::Connecting { ep, .. } | Sock::Incoming { ep, .. }) => {
@@ -167,6 +204,27 @@ impl Catmint {
                 if n < wcs.len() {
                     break;
                 }
+            }
+        }
+    }
+
+    /// A receive completion of a device's SRQ: to the connection whose QP
+    /// took it, or, if that one is gone, back to the SRQ.
+    fn srq_completion(srq: Option<&Arc<SrqCell>>, socks: &mut [crate::Entry], wc: &ffi::ibv_wc, out: &mut dyn Sink) {
+        let Some(srq) = srq else { return };
+        let index = wc.wr_id as u32;
+        let (slot, key) = {
+            let mut q = lock(srq);
+            (q.complete(index), q.lookup(wc.qp_num))
+        };
+        let Some(slot) = slot else { return };
+        match key.and_then(|k| live(socks, k)).and_then(|s| socks[s].sock.as_mut()) {
+            Some(Sock::Connected(ep) | Sock::Connecting { ep, .. } | Sock::Incoming { ep, .. }) => {
+                ep.on_srq_recv(index, slot, wc, out)
+            }
+            Some(Sock::Closing { ep, .. }) => ep.on_srq_recv(index, slot, wc, &mut Vec::new()),
+            _ => {
+                let _ = lock(srq).repost(index, slot);
             }
         }
     }
@@ -195,4 +253,8 @@ impl Catmint {
         }
         true
     }
+}
+
+fn lock(srq: &SrqCell) -> std::sync::MutexGuard<'_, srq::Srq> {
+    srq.lock().unwrap_or_else(|e| e.into_inner())
 }

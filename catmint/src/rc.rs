@@ -3,18 +3,23 @@
 //!
 //! Framing is the immediate data of each send (see `wire`).
 //!
-//! Flow control: we keep `credits + 2` receives posted and grant the peer
-//! `credits`. Each data segment uses one credit; re-posted buffers are
-//! reported back in the immediate data of our next segment, or, if we have nothing to
-//! send (or are starved ourselves), in an empty CREDIT message that uses
-//! one of the two reserved receives. At most one CREDIT message is
+//! Flow control: the peer may send one data segment per credit we granted
+//! it; receives come from the device's shared receive queue, which grants
+//! credits only for receives it has posted (see `srq` for the invariant and
+//! how windows grow and shrink). Credits granted are reported in the
+//! immediate data of our next segment, or, if we have nothing to send (or
+//! are starved ourselves), in an empty CREDIT message that uses one of the
+//! two receives reserved for the connection. At most one CREDIT message is
 //! outstanding: the peer acknowledges it (ACK flag) after re-posting the
 //! receive it used. The other reserved receive takes the FIN of an orderly
 //! close. So a sender never sends into a peer without a posted receive.
 
+mod receive;
+
 use crate::cm::CmId;
-use crate::pool::{Block, Pool, Slot};
-use crate::recv::{registered, Msg, RecvRing};
+use crate::pool::{Block, Pool};
+use crate::recv::{registered, Msg};
+use crate::srq::{SrqCell, INITIAL, RESERVED};
 use crate::sys::{ffi, Error, Result};
 use crate::types::{Done, Payload, Sink, Tag};
 use crate::wire::{flag, Hello, Imm, MAX_MESSAGE};
@@ -24,9 +29,6 @@ use std::sync::Arc;
 /// Local ACK timeout exponent: 4.096 µs x 2^14 = 67 ms before a lost packet
 /// is retransmitted (rdma_cm's RoCE default waits about 2 s).
 const ACK_TIMEOUT: u8 = 14;
-
-/// Receives kept posted beyond the granted credits (CREDIT and FIN).
-pub const RESERVED: u32 = 2;
 
 /// wr_id layout: endpoint key (32 bits) | send bit | sequence or index.
 pub const WR_SEND: u64 = 1 << 31;
@@ -65,7 +67,17 @@ pub struct Rc {
     cfg: RcConfig,
     pool: Pool,
     // Receive side.
-    recv: RecvRing,
+    srq: Arc<SrqCell>,
+    qpn: u32,
+    /// Data credits the peer may use (those in `to_return` included).
+    granted: u32,
+    /// Buffers lent to the application from this connection, not back yet.
+    held: u32,
+    /// The most of `granted + held` (grows and shrinks, see `srq`).
+    window: u32,
+    /// Receives still reserved for the peer's CREDIT and FIN messages.
+    reserve: u32,
+    /// Credits granted and not reported to the peer yet.
     to_return: u32,
     owe_ack: bool,
     partial: Option<(Block, usize)>,
@@ -99,33 +111,42 @@ impl Rc {
         dev: usize,
         pd: &Arc<crate::verbs::Pd>,
         cq: &Arc<crate::cm::CqCell>,
+        srq: &Arc<SrqCell>,
         pool: &Pool,
         cfg: RcConfig,
         key: u64,
-        notify: &Arc<crate::pool::Notify>,
     ) -> std::result::Result<Rc, (Error, CmId)> {
-        let recv = cfg.credits + RESERVED;
         // SAFETY: ibv_qp_init_attr is plain data; all-zero is a valid start.
         let mut attr: ffi::ibv_qp_init_attr = unsafe { std::mem::zeroed() };
         attr.qp_type = ffi::ibv_qp_type::IBV_QPT_RC;
         attr.cap.max_send_wr = cfg.sq_depth;
-        attr.cap.max_recv_wr = recv;
         attr.cap.max_send_sge = 1;
-        attr.cap.max_recv_sge = 1;
         attr.cap.max_inline_data = cfg.inline;
-        if let Err(e) = id.create_qp(pd, cq, &mut attr) {
+        if let Err(e) = id.create_qp(pd, cq, Some(srq), &mut attr) {
             return Err((e, id));
         }
         if let Err(e) = id.set_ack_timeout(ACK_TIMEOUT) {
             log::warn!("catmint: {e}; keeping rdma_cm's ACK timeout");
         }
-        let mut ep = Rc {
+        // SAFETY: the QP was just created and lives as long as the id.
+        let qpn = unsafe { (*id.qp()).qp_num };
+        if let Err(e) = lock(srq).join(qpn, key) {
+            // The QP goes first; nothing was posted for it.
+            id.destroy_qp();
+            return Err((e, id));
+        }
+        Ok(Rc {
             id: Some(id),
             dev,
             key,
             cfg,
             pool: pool.clone(),
-            recv: RecvRing::new(pool, notify, dev, key, recv),
+            srq: srq.clone(),
+            qpn,
+            granted: INITIAL,
+            held: 0,
+            window: INITIAL,
+            reserve: RESERVED,
             to_return: 0,
             owe_ack: false,
             partial: None,
@@ -143,16 +164,7 @@ impl Rc {
             sends: VecDeque::new(),
             inflight: VecDeque::new(),
             seq: 0,
-        };
-        let qp = ep.id().qp();
-        if let Err(e) = ep.recv.fill(qp, cfg.buf_size) {
-            let mut id = ep.id.take().expect("set above");
-            // The QP goes first, so the device no longer owns the receives
-            // that dropping `ep` recycles.
-            id.destroy_qp();
-            return Err((e, id));
-        }
-        Ok(ep)
+        })
     }
 
     pub fn id(&self) -> &CmId {
@@ -161,7 +173,7 @@ impl Rc {
 
     /// What we tell the peer in the CM private data.
     pub fn hello(&self) -> Hello {
-        Hello { credits: self.cfg.credits.min(u16::MAX as u32) as u16, buf_size: self.cfg.buf_size as u32 }
+        Hello { credits: INITIAL as u16, buf_size: self.cfg.buf_size as u32 }
     }
 
     /// Applies the peer's hello: initial credits and its segment size.
@@ -172,15 +184,6 @@ impl Rc {
 
     pub fn is_broken(&self) -> bool {
         self.error.is_some()
-    }
-
-    fn post_recv(&mut self, index: u32, slot: Slot) -> Result<()> {
-        let qp = self.id().qp();
-        self.recv.post(qp, index, slot)
-    }
-
-    fn pool_back(&self, slot: Slot) {
-        self.recv.recycle(slot);
     }
 
     /// Sends a message: at once, inline, when it is small and nothing waits
@@ -379,7 +382,10 @@ impl Rc {
     /// Returns credits in an empty CREDIT message when they pile up and no data
     /// will carry them soon.
     fn maybe_credit_message(&mut self) {
-        let threshold = (self.cfg.credits / 4).max(1);
+        // A quarter of the window, or anything at all once the peer knows of
+        // no more credits than we would return (it may be waiting for them).
+        let known = self.granted.saturating_sub(self.to_return);
+        let threshold = if known <= self.to_return { 1 } else { (self.window / 4).max(1) };
         let idle_or_starved = self.sends.is_empty() || self.credits == 0;
         // After our FIN only a half-closed endpoint still receives (the
         // peer keeps sending), so credits still go back.
@@ -406,37 +412,12 @@ impl Rc {
         }
     }
 
-    /// True if the returned buffer `r` came from this endpoint's ring.
-    pub fn owns(&self, r: &crate::pool::Returned) -> bool {
-        self.recv.owns(r)
-    }
-
-    /// Re-posts a buffer the application gave back (a credit to return).
-    pub fn returned(&mut self, r: crate::pool::Returned) {
-        let qp = self.id().qp();
-        if self.recv.repost(qp, r, self.error.is_none()) {
-            self.to_return += 1;
-        }
-    }
-
-    /// Handles a completion for this endpoint.
+    /// Handles a send completion for this endpoint.
     pub fn on_completion(&mut self, wc: &ffi::ibv_wc, out: &mut dyn Sink) {
         let ok = wc.status == ffi::ibv_wc_status::IBV_WC_SUCCESS;
         if wc.wr_id & WR_SEND != 0 {
             self.on_send_done(wc.wr_id & WR_LOW, ok, out);
             if !ok {
-                self.fail(libc::ECONNRESET, out);
-            }
-        } else {
-            let index = (wc.wr_id & WR_LOW) as u32;
-            let Some(slot) = self.recv.complete(index) else { return };
-            if ok {
-                let imm = (wc.wc_flags & ffi::ibv_wc_flags::IBV_WC_WITH_IMM.0 != 0)
-                    // SAFETY: the flag says the union holds immediate data.
-                    .then(|| u32::from_be(unsafe { wc.imm_data_invalidated_rkey_union.imm_data }));
-                self.on_recv(index, slot, wc.byte_len as usize, imm, out);
-            } else {
-                self.pool_back(slot);
                 self.fail(libc::ECONNRESET, out);
             }
         }
@@ -454,87 +435,6 @@ impl Rc {
                 break;
             }
         }
-    }
-
-    fn on_recv(&mut self, index: u32, slot: Slot, len: usize, imm: Option<u32>, out: &mut dyn Sink) {
-        let Some(imm) = imm.and_then(Imm::decode).filter(|_| len <= slot.capacity()) else {
-            return self.protocol_error(slot, format_args!("a receive of {len} bytes with immediate {imm:x?}"), out);
-        };
-        // SAFETY: the device wrote `len` bytes into this slot, which we own again.
-        let bytes = unsafe { std::slice::from_raw_parts(slot.ptr(), len) };
-        let (credits, flags) = match imm {
-            Imm::First { total, ack } => {
-                // A first segment is shorter than its message, and comes first.
-                if self.partial.is_some() || len == 0 || len >= total as usize {
-                    return self.protocol_error(slot, format_args!("first segment of {len} of {total} bytes"), out);
-                }
-                match self.pool.alloc(total as usize) {
-                    Ok(b) => self.partial = Some((b, 0)),
-                    Err(e) => {
-                        self.pool_back(slot);
-                        return self.fail(e.errno, out);
-                    }
-                }
-                (0, if ack { flag::ACK } else { 0 })
-            }
-            Imm::Ctl { credits, flags } => (credits, flags),
-        };
-        self.credits += credits as u32;
-        log::trace!(
-            "catmint: ep {:#x} got {} B, {:?} (credits now {}); to_return {}",
-            self.key,
-            len,
-            imm,
-            self.credits,
-            self.to_return
-        );
-        if flags & flag::ACK != 0 {
-            self.credit_msg_out = false;
-        }
-        if flags & (flag::CREDIT | flag::FIN) != 0 {
-            // Reserved receive: re-post at once, owe the peer nothing but an ACK.
-            if flags & flag::FIN != 0 {
-                self.eof = true;
-            } else {
-                self.owe_ack = true;
-            }
-            if let Err(e) = self.post_recv(index, slot) {
-                self.fail(e.errno, out);
-            }
-            self.maybe_credit_message();
-            return;
-        }
-        let Some((block, filled)) = self.partial.as_mut() else {
-            // The common case, a whole message in one receive: hand the
-            // receive buffer itself to the application.
-            if flags & flag::LAST == 0 || len == 0 {
-                return self.protocol_error(slot, format_args!("lone segment of {len} bytes, flags {flags:#x}"), out);
-            }
-            self.ready.push_back(self.recv.lend(slot, index, 0, len));
-            return;
-        };
-        // A segment of a larger message: copy it out and re-post at once.
-        if *filled + len > block.len() || (flags & flag::LAST != 0 && *filled + len != block.len()) {
-            let msg = format!("segment of {len} bytes at {} of {}", *filled, block.len());
-            return self.protocol_error(slot, format_args!("{msg}"), out);
-        }
-        block.as_mut_slice()[*filled..*filled + len].copy_from_slice(bytes);
-        *filled += len;
-        if let Err(e) = self.post_recv(index, slot) {
-            return self.fail(e.errno, out);
-        }
-        self.to_return += 1;
-        if flags & flag::LAST != 0 {
-            let (block, _) = self.partial.take().expect("matched above");
-            self.ready.push_back(Msg::Block(block));
-        }
-    }
-
-    /// The peer sent something catmint would never send: close the connection.
-    fn protocol_error(&mut self, slot: Slot, what: std::fmt::Arguments<'_>, out: &mut dyn Sink) {
-        log::error!("catmint: ep {:#x}: malformed receive ({what}); closing the connection", self.key);
-        self.pool_back(slot);
-        self.fail(libc::EPROTO, out);
     }
 
     /// Matches received messages with waiting pops.
@@ -632,9 +532,13 @@ impl Rc {
 
 impl Drop for Rc {
     fn drop(&mut self) {
-        // Destroy the QP first so the device no longer writes into posted
-        // buffers, then recycle them.
+        // Destroy the QP first so that no message of this connection takes
+        // a shared receive any more, then give back what it had committed.
         drop(self.id.take());
-        self.recv.close();
+        lock(&self.srq).leave(self.qpn, self.granted + self.reserve);
     }
+}
+
+fn lock(srq: &SrqCell) -> std::sync::MutexGuard<'_, crate::srq::Srq> {
+    srq.lock().unwrap_or_else(|e| e.into_inner())
 }

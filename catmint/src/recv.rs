@@ -104,7 +104,7 @@ impl LentSlot {
 }
 
 impl RingShared {
-    fn new(pool: &Pool, notify: &Arc<Notify>, key: u64, depth: u32) -> Arc<RingShared> {
+    pub(crate) fn new(pool: &Pool, notify: &Arc<Notify>, key: u64, depth: u32) -> Arc<RingShared> {
         Arc::new_cyclic(|me| RingShared {
             key,
             open: AtomicBool::new(true),
@@ -119,6 +119,38 @@ impl RingShared {
                 })
                 .collect(),
         })
+    }
+
+    /// Lends `slot`, filled at `index`, to the application as
+    /// `off..off+len`; it comes back through the return list when released.
+    pub(crate) fn lend(&self, slot: Slot, index: u32, off: usize, len: usize) -> Msg {
+        let lent = &self.slots[index as usize];
+        debug_assert!(off + len <= slot.capacity());
+        // SAFETY: off + len <= capacity, inside the slot.
+        let ptr = unsafe { NonNull::new_unchecked(slot.ptr().add(off)) };
+        // SAFETY: the slot at `index` is not lent (it was posted until its
+        // completion just now), so nothing else touches its cell.
+        unsafe { *lent.slot.get() = Some(slot) };
+        // The lend's reference to the ring, given back by `release`.
+        // SAFETY: `lent.ring` is this live RingShared (the caller holds an Arc to it).
+        unsafe { Arc::increment_strong_count(lent.ring) };
+        Msg::Lent(Lent { slot: NonNull::from(lent), ptr, len })
+    }
+
+    /// The slot of a returned buffer at `index`, ours again.
+    ///
+    /// # Safety
+    /// The buffer at `index` was released (count zero, handed over through
+    /// the return list's lock) and the caller has the ring's owner's `&mut`.
+    pub(crate) unsafe fn take_returned(&self, index: u32) -> Option<Slot> {
+        // SAFETY: per the contract, nothing else touches this cell now.
+        unsafe { (*self.slots[index as usize].slot.get()).take() }
+    }
+
+    /// Marks the ring closed: buffers released from now on go to the pool
+    /// with the ring's last reference instead of coming back.
+    pub(crate) fn close(&self) {
+        self.open.store(false, Ordering::Release);
     }
 }
 
@@ -272,17 +304,7 @@ impl RecvRing {
     /// Lends the slot at `index` to the application as `off..off+len`; it
     /// comes back through the transport's return list when released.
     pub fn lend(&self, slot: Slot, index: u32, off: usize, len: usize) -> Msg {
-        let lent = &self.shared.slots[index as usize];
-        debug_assert!(off + len <= slot.capacity());
-        // SAFETY: off + len <= capacity, inside the slot.
-        let ptr = unsafe { NonNull::new_unchecked(slot.ptr().add(off)) };
-        // SAFETY: the slot at `index` is not lent (it was posted until its
-        // completion just now), so nothing else touches its cell.
-        unsafe { *lent.slot.get() = Some(slot) };
-        // The lend's reference to the ring, given back by `release`.
-        // SAFETY: `lent.ring` is our live RingShared (we hold an Arc to it).
-        unsafe { Arc::increment_strong_count(lent.ring) };
-        Msg::Lent(Lent { slot: NonNull::from(lent), ptr, len })
+        self.shared.lend(slot, index, off, len)
     }
 
     /// True if `r` came from this ring.
@@ -296,7 +318,7 @@ impl RecvRing {
         debug_assert!(self.owns(&r));
         // SAFETY: released (count zero, handed over through the return
         // list's lock), so the slot is ours again; we hold `&mut self`.
-        let Some(slot) = (unsafe { (*self.shared.slots[r.index as usize].slot.get()).take() }) else {
+        let Some(slot) = (unsafe { self.shared.take_returned(r.index) }) else {
             return false;
         };
         if !post {
@@ -306,15 +328,10 @@ impl RecvRing {
         self.post(qp, r.index, slot).is_ok()
     }
 
-    /// Gives a slot back to the pool.
-    pub fn recycle(&self, slot: Slot) {
-        self.pool.recycle(slot);
-    }
-
     /// Tears down once the QP is destroyed: recycle posted slots; lent ones
     /// go to the pool when the ring's last reference does.
     pub fn close(&mut self) {
-        self.shared.open.store(false, Ordering::Release);
+        self.shared.close();
         for slot in self.posted.drain(..).flatten() {
             self.pool.recycle(slot);
         }

@@ -86,12 +86,18 @@ impl Sink for Vec<(Tag, Done)> {
 /// Tunables.
 #[derive(Clone, Copy, Debug)]
 pub struct Config {
-    /// Receives granted to each peer (receive depth).
+    /// The most data credits one RC peer may hold (its window's cap; the
+    /// shared receive queue decides how much of it a peer gets), and a UD
+    /// socket's receive depth.
     pub credits: u32,
     /// Size of each receive buffer; larger messages are segmented.
     pub buf_size: usize,
     /// Send queue depth.
     pub sq_depth: u32,
+    /// Receives a device's shared receive queue may post beyond every RC
+    /// connection's minimum (1 credit and 2 reserved receives): the budget
+    /// the connections' windows grow into.
+    pub srq_depth: u32,
     /// Largest send (header included) posted inline.
     pub inline: u32,
     /// Bound on address/route resolution and connection setup.
@@ -100,6 +106,13 @@ pub struct Config {
 
 impl Default for Config {
     fn default() -> Self {
-        Config { credits: 128, buf_size: 8 << 10, sq_depth: 128, inline: 128, timeout: Duration::from_secs(3) }
+        Config {
+            credits: 128,
+            buf_size: 4 << 10,
+            sq_depth: 128,
+            srq_depth: 1024,
+            inline: 128,
+            timeout: Duration::from_secs(3),
+        }
     }
 }

@@ -131,7 +131,7 @@ impl Ud {
         attr.cap.max_send_sge = 2;
         attr.cap.max_recv_sge = 1;
         attr.cap.max_inline_data = inline;
-        id.create_qp(pd, cq, &mut attr)?;
+        id.create_qp(pd, cq, None, &mut attr)?;
         let mut ud = Ud {
             id: Some(id),
             dev,
