@@ -10,7 +10,7 @@
 use crate::backend::{Backend, Completions, OpId, Outcome, SockId, SockType};
 use crate::buffer::{Buffer, Lender, Released};
 use crate::error::{fail, Error, Result};
-use catmint::{Block, Catmint as Transport, Done, LentSlot, Msg, Payload};
+use catmint::{Block, Catmint as Transport, Done, LentSlot, Msg, Payload, Pool};
 use std::any::Any;
 use std::collections::HashMap;
 use std::net::SocketAddrV4;
@@ -70,15 +70,15 @@ impl Payload for BufferPayload {
         self.0.as_slice()
     }
 
-    fn lkey(&self, dev: usize) -> Option<u32> {
+    fn lkey(&self, pool: &Pool, dev: usize) -> Option<u32> {
         let (ptr, len) = (self.0.as_ptr(), self.0.len());
         let owner = self.0.owner_any();
         if let Some(block) = owner.downcast_ref::<Block>() {
-            return block.contains(ptr, len).then(|| block.lkey(dev));
+            return (block.contains(ptr, len) && block.is_from(pool)).then(|| block.lkey(dev));
         }
         let slot = owner.downcast_ref::<LentSlot>()?;
         if slot.contains(ptr, len) {
-            slot.lkey(dev)
+            slot.lkey(pool, dev)
         } else {
             None
         }

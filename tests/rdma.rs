@@ -1778,6 +1778,40 @@ fn threads_drive_their_own_engines() {
     assert!(os.engines() >= 5, "the main thread's engine and four more: {}", os.engines());
 }
 
+/// A buffer of another thread's engine (allocated there, or received
+/// there: a proxy) pushed on this thread's connection: that engine's
+/// memory is registered in other protection domains, so it must be copied,
+/// not posted with a key that means nothing here (a local protection error
+/// would fail the connection).
+#[test]
+#[ignore = "needs soft-RoCE: make test-rdma runs it inside rxe-setup/rxe-run"]
+fn buffers_of_another_threads_engine_push_intact() {
+    let os = catmint();
+    let (c, s, _l) = pair(&os, Some(addr1()));
+    let big: Vec<u8> = (0..64 * 1024u32).map(|i| (i * 7 + 3) as u8).collect();
+    let small: Vec<u8> = (0..3000u32).map(|i| (i * 5 + 1) as u8).collect();
+    let (allocated, received) = {
+        let (os, big, small) = (os.clone(), big.clone(), small.clone());
+        std::thread::spawn(move || {
+            let allocated = os.buffer_from(&big).unwrap();
+            let (ca, sa, la) = pair(&os, Some(addr1()));
+            push_wait(&os, ca, &os.buffer_from(&small).unwrap());
+            let received = pop_msg(&os, sa);
+            for qd in [ca, sa, la] {
+                os.close(qd).unwrap();
+            }
+            (allocated, received)
+        })
+        .join()
+        .expect("the other thread passed")
+    };
+    assert_eq!(demi::engine::shard_of_qd(c), 0, "the pair is the main thread's");
+    for (what, buf, want) in [("allocated", &allocated, &big), ("received", &received, &small)] {
+        push_wait(&os, c, buf);
+        assert_eq!(pop_msg(&os, s).as_slice(), &want[..], "a buffer {what} by another thread's engine");
+    }
+}
+
 // ------------------------------------- many connections, one receive queue
 
 /// Bytes of memory registered by process `pid` (every thread of it), per

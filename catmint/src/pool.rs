@@ -320,6 +320,11 @@ impl Block {
         self.slot().lkey(dev)
     }
 
+    /// True if the block is memory of `pool`.
+    pub fn is_from(&self, pool: &Pool) -> bool {
+        Arc::ptr_eq(&self.pool, &pool.shared)
+    }
+
     /// True if `ptr..ptr+len` lies inside this block.
     pub fn contains(&self, ptr: *const u8, len: usize) -> bool {
         let start = self.as_ptr() as usize;

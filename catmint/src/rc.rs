@@ -263,7 +263,7 @@ impl Rc {
             let addr = p.data.bytes()[p.off..].as_ptr() as u64;
             // Inline segments need no key (see `send`); others were copied
             // to registered memory when queued.
-            let lkey = p.data.lkey(self.dev).unwrap_or(0);
+            let lkey = p.data.lkey(&self.pool, self.dev).unwrap_or(0);
             let (tag, off) = (p.tag, p.off);
             // A whole message small enough to go inline is copied into the
             // work request by the post itself: its push is done then, it

@@ -91,8 +91,15 @@ impl LentSlot {
         .unwrap_or(false)
     }
 
-    /// The memory key of this slot on device `dev`.
-    pub fn lkey(&self, dev: usize) -> Option<u32> {
+    /// The memory key of this slot on device `dev`, if the slot is memory
+    /// of `pool` (see [`Payload::lkey`]).
+    pub fn lkey(&self, pool: &Pool, dev: usize) -> Option<u32> {
+        // SAFETY: `ring` is the address of the RingShared that holds this
+        // slot, alive as long as the slot is (see the type's fields).
+        let ring = unsafe { &*self.ring };
+        if !Arc::ptr_eq(&ring.pool, pool.shared()) {
+            return None;
+        }
         self.with_slot(|s| s.lkey(dev))
     }
 
@@ -341,7 +348,7 @@ impl RecvRing {
 /// Makes `data` sendable on device `dev`: registered memory as is, anything
 /// else copied once into a pool block.
 pub fn registered(pool: &Pool, data: Arc<dyn Payload>, dev: usize) -> Result<Arc<dyn Payload>> {
-    if data.lkey(dev).is_some() {
+    if data.lkey(pool, dev).is_some() {
         return Ok(data);
     }
     let mut b = pool.alloc(data.bytes().len())?;

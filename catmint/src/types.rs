@@ -3,7 +3,7 @@
 //! and the tunables. A leaf: it depends on nothing else of the crate but the
 //! memory it names.
 
-use crate::pool::Block;
+use crate::pool::{Block, Pool};
 use crate::recv::Msg;
 use std::net::SocketAddrV4;
 use std::sync::Arc;
@@ -21,8 +21,10 @@ pub trait Payload: Send + Sync {
     /// The bytes to send.
     fn bytes(&self) -> &[u8];
     /// The memory key on device `dev` if the bytes are registered memory of
-    /// this transport (else they are copied into registered memory once).
-    fn lkey(&self, dev: usize) -> Option<u32>;
+    /// `pool` (else they are copied into its memory once). Memory of another
+    /// pool (another `Catmint`: another thread's, with its own protection
+    /// domains) must answer `None`: its key means nothing here.
+    fn lkey(&self, pool: &Pool, dev: usize) -> Option<u32>;
 }
 
 /// A shared payload (queued sends replayed after an implicit bind).
@@ -30,8 +32,8 @@ impl Payload for Arc<dyn Payload> {
     fn bytes(&self) -> &[u8] {
         (**self).bytes()
     }
-    fn lkey(&self, dev: usize) -> Option<u32> {
-        (**self).lkey(dev)
+    fn lkey(&self, pool: &Pool, dev: usize) -> Option<u32> {
+        (**self).lkey(pool, dev)
     }
 }
 
@@ -39,8 +41,8 @@ impl Payload for Block {
     fn bytes(&self) -> &[u8] {
         self.as_slice()
     }
-    fn lkey(&self, dev: usize) -> Option<u32> {
-        Some(Block::lkey(self, dev))
+    fn lkey(&self, pool: &Pool, dev: usize) -> Option<u32> {
+        self.is_from(pool).then(|| Block::lkey(self, dev))
     }
 }
 

@@ -217,7 +217,7 @@ impl Ud {
     fn post_kept(&mut self, tag: Tag, data: Arc<dyn Payload>, to: SocketAddrV4, out: &mut dyn Sink) {
         let Some(Peer::Ready { ah, qpn, qkey }) = self.peers.get(&to) else { return };
         let dest = (ah.raw(), *qpn, *qkey);
-        let lkey = data.lkey(self.dev).unwrap_or(0);
+        let lkey = data.lkey(&self.pool, self.dev).unwrap_or(0);
         // The bytes live in `data`'s own memory, which moving the Arc into
         // `post` does not move.
         let bytes = data.bytes() as *const [u8];
