@@ -151,13 +151,16 @@ pub struct Tunables {
     /// Longest pause between polls of a device that cannot be slept on: catnip (DEMI_POLL_SLEEP_US; 0 polls flat out)
     #[arg(long, value_name = "US", help_heading = "Tuning (every libOS)")]
     pub poll_sleep_us: Option<u64>,
-    /// Receives posted per connection = credits (DEMI_RDMA_RECV_DEPTH)
+    /// Most credits (receives) one RC connection may hold; a UD socket's receive ring (DEMI_RDMA_RECV_DEPTH)
     #[arg(long, value_name = "N", help_heading = "Tuning (catmint, RDMA)")]
     pub recv_depth: Option<u64>,
+    /// Receives a device's shared receive queue holds beyond the connections' minimums (DEMI_RDMA_SRQ_DEPTH)
+    #[arg(long, value_name = "N", help_heading = "Tuning (catmint, RDMA)")]
+    pub srq_depth: Option<u64>,
     /// Sends up to this many bytes go inline (DEMI_RDMA_INLINE)
     #[arg(long, value_name = "BYTES", help_heading = "Tuning (catmint, RDMA)")]
     pub inline: Option<u64>,
-    /// Size of each receive buffer (DEMI_RDMA_BUF_SIZE)
+    /// Size of each receive buffer; longer messages are sent in segments (DEMI_RDMA_BUF_SIZE)
     #[arg(long, value_name = "BYTES", help_heading = "Tuning (catmint, RDMA)")]
     pub buf_size: Option<u64>,
     /// Send queue depth per connection (DEMI_RDMA_SQ_DEPTH)
@@ -179,12 +182,13 @@ pub struct Tunables {
 
 impl Tunables {
     /// The numeric tunables as (variable, value given) pairs.
-    pub fn numbers(&self) -> [(&'static str, Option<String>); 8] {
+    pub fn numbers(&self) -> [(&'static str, Option<String>); 9] {
         let text = |v: Option<u64>| v.map(|n| n.to_string());
         [
             ("DEMI_SPIN_US", text(self.spin_us)),
             ("DEMI_POLL_SLEEP_US", text(self.poll_sleep_us)),
             ("DEMI_RDMA_RECV_DEPTH", text(self.recv_depth)),
+            ("DEMI_RDMA_SRQ_DEPTH", text(self.srq_depth)),
             ("DEMI_RDMA_INLINE", text(self.inline)),
             ("DEMI_RDMA_BUF_SIZE", text(self.buf_size)),
             ("DEMI_RDMA_SQ_DEPTH", text(self.sq_depth)),
