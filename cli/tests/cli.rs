@@ -138,12 +138,17 @@ fn help_lists_the_commands_and_the_tunables() {
     }
     let o = demi(&["ping", "--help"]);
     let out = text(&o.stdout);
-    for opt in ["--libos", "--proto", "--to", "--bind", "--size", "--count", "--time", "--json", "--spin-us", "--threads"] {
+    for opt in
+        ["--libos", "--proto", "--to", "--bind", "--size", "--count", "--time", "--json", "--spin-us", "--threads"]
+    {
         assert!(out.contains(opt), "ping --help lacks {opt}");
     }
-    for (opt, var) in
-        [("--recv-depth", "DEMI_RDMA_RECV_DEPTH"), ("--srq-depth", "DEMI_RDMA_SRQ_DEPTH"), ("--inline", "DEMI_RDMA_INLINE"), ("--eal", "DEMI_DPDK_EAL")]
-    {
+    for (opt, var) in [
+        ("--recv-depth", "DEMI_RDMA_RECV_DEPTH"),
+        ("--srq-depth", "DEMI_RDMA_SRQ_DEPTH"),
+        ("--inline", "DEMI_RDMA_INLINE"),
+        ("--eal", "DEMI_DPDK_EAL"),
+    ] {
         assert!(out.contains(opt) && out.contains(var), "ping --help lacks {opt} ({var})");
     }
     assert!(text(&demi(&["stream", "--help"]).stdout).contains("--window"));
