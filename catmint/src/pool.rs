@@ -3,7 +3,7 @@
 //! the memory back to its home: the pool, or the receive ring of the endpoint
 //! it came from (which re-posts it).
 
-use crate::sys::Result;
+use crate::sys::{ffi, Result};
 use crate::verbs::{Mr, Pd};
 use std::alloc::Layout;
 use std::collections::HashMap;
@@ -81,6 +81,23 @@ unsafe impl Send for Slot {}
 unsafe impl Sync for Slot {}
 
 impl Slot {
+    /// Posts one receive into the whole of this slot as work request
+    /// `wr_id`, through `post` (`ibv_post_recv` on a QP or
+    /// `ibv_post_srq_recv` on a shared receive queue, given the request
+    /// and the bad-request out-pointer); returns its verbs code. The
+    /// caller keeps the slot until the receive's completion.
+    pub(crate) fn post_recv(
+        &self,
+        dev: usize,
+        wr_id: u64,
+        post: impl FnOnce(&mut ffi::ibv_recv_wr, &mut *mut ffi::ibv_recv_wr) -> i32,
+    ) -> i32 {
+        let mut sge = ffi::ibv_sge { addr: self.ptr() as u64, length: self.capacity() as u32, lkey: self.lkey(dev) };
+        let mut wr = ffi::ibv_recv_wr { wr_id, next: std::ptr::null_mut(), sg_list: &mut sge, num_sge: 1 };
+        let mut bad = std::ptr::null_mut();
+        post(&mut wr, &mut bad)
+    }
+
     pub fn ptr(&self) -> *mut u8 {
         self.ptr.as_ptr()
     }

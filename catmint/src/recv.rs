@@ -283,18 +283,10 @@ impl RecvRing {
 
     /// Posts `slot` at `index`; on failure the slot goes back to the pool.
     pub fn post(&mut self, qp: *mut ffi::ibv_qp, index: u32, slot: Slot) -> Result<()> {
-        let mut sge =
-            ffi::ibv_sge { addr: slot.ptr() as u64, length: slot.capacity() as u32, lkey: slot.lkey(self.dev) };
-        let mut wr = ffi::ibv_recv_wr {
-            wr_id: self.key << 32 | index as u64,
-            next: std::ptr::null_mut(),
-            sg_list: &mut sge,
-            num_sge: 1,
-        };
-        let mut bad = std::ptr::null_mut();
         // SAFETY: the caller's QP is live; the SGE is registered memory that
         // stays owned by `posted` until its completion hands it back.
-        let rc = unsafe { ffi::ibv_post_recv(qp, &mut wr, &mut bad) };
+        let rc = slot
+            .post_recv(self.dev, self.key << 32 | index as u64, |wr, bad| unsafe { ffi::ibv_post_recv(qp, wr, bad) });
         if rc != 0 {
             self.pool.recycle(slot);
             return Err(Error::new("ibv_post_recv", rc));

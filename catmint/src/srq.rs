@@ -225,18 +225,12 @@ impl Srq {
             self.pool.recycle(slot);
             return Err(Error::new("ibv_post_srq_recv", libc::ENOBUFS));
         }
-        let mut sge =
-            ffi::ibv_sge { addr: slot.ptr() as u64, length: slot.capacity() as u32, lkey: slot.lkey(self.dev) };
-        let mut wr = ffi::ibv_recv_wr {
-            wr_id: self.key << 32 | index as u64,
-            next: std::ptr::null_mut(),
-            sg_list: &mut sge,
-            num_sge: 1,
-        };
-        let mut bad = std::ptr::null_mut();
+        let srq = self.raw();
         // SAFETY: the SRQ is live; the SGE is registered memory that stays
         // owned by `slots` until its completion hands it back.
-        let rc = unsafe { ffi::ibv_post_srq_recv(self.raw(), &mut wr, &mut bad) };
+        let rc = slot.post_recv(self.dev, self.key << 32 | index as u64, |wr, bad| unsafe {
+            ffi::ibv_post_srq_recv(srq, wr, bad)
+        });
         if rc != 0 {
             self.free.push(index);
             self.pool.recycle(slot);
