@@ -19,7 +19,11 @@
 //! networking and no device, and a handle that can stall it so tokens stay
 //! pending (`LibOs::with_engine(Engine::new(Box::new(Loopback::new())), spin)`).
 //!
-//! The path of a push: [`LibOs::push`] takes the engine's lock, checks the
+//! Threads: each thread that creates sockets gets an engine of its own
+//! (see [`LibOs`]); a descriptor names its engine, so a call goes straight
+//! to it.
+//!
+//! The path of a push: [`LibOs::push`] takes its engine's lock, checks the
 //! descriptor's state, issues a token and hands the buffer to the backend,
 //! which posts it (catmint: a send work request on the socket's queue pair;
 //! catnap: a `send` on the kernel socket) and reports the outcome into the

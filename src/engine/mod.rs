@@ -3,7 +3,8 @@
 //! One [`Engine`] drives one backend. Every I/O call allocates a token, hands
 //! the request to the backend and returns; the backend reports outcomes
 //! (immediately or from `poll`), and `wait*` polls until the wanted token is
-//! done. [`crate::LibOs`] wraps an engine for use from many threads.
+//! done. [`crate::LibOs`] keeps one engine per thread (each tagged with
+//! its shard number) and routes every call to the right one.
 
 pub mod handles;
 pub mod queue;
