@@ -53,11 +53,7 @@ pub struct Armed {
 
 impl Drop for Armed {
     fn drop(&mut self) {
-        for i in self.set.iter() {
-            let mut st = self.os.shards().at(i).lock();
-            st.armed -= 1;
-            st.update_sleeping();
-        }
+        self.os.disarm(self.set.iter());
     }
 }
 
@@ -360,8 +356,7 @@ impl LibOs {
         if max == 0 {
             return fail(libc::EINVAL, "max must be positive");
         }
-        let set = self.shards().mine_and_touched()?;
-        self.wait_until(set, timeout, |e| {
+        self.wait_until(self.next_set()?, timeout, |e| {
             if !e.any_done() {
                 return None;
             }
@@ -438,7 +433,9 @@ impl LibOs {
     /// readable, at the price of a system call.
     pub fn arm(&self) -> Option<Armed> {
         let set = self.next_set().ok()?;
-        let mut fds = Vec::new();
+        // The first engine's descriptor, then (rarely, so no allocation in
+        // the usual case) the others'.
+        let (mut first, mut more_fds) = (None, Vec::new());
         let mut deadline: Option<Instant> = None;
         for (n, i) in set.iter().enumerate() {
             let mut st = self.shards().at(i).lock();
@@ -446,20 +443,27 @@ impl LibOs {
             let Some(fd) = st.engine.arm() else {
                 st.update_sleeping();
                 drop(st);
-                // Undo the shards armed so far.
-                for j in set.iter().take(n) {
-                    let mut st = self.shards().at(j).lock();
-                    st.armed -= 1;
-                    st.update_sleeping();
-                }
+                self.disarm(set.iter().take(n));
                 return None;
             };
             st.armed += 1;
-            fds.push(fd);
+            match first {
+                None => first = Some(fd),
+                Some(_) => more_fds.push(fd),
+            }
             deadline = wait::earliest(deadline, st.engine.next_deadline());
         }
-        let fd = fds.remove(0);
-        Some(Armed { os: self.clone(), set, fd, more_fds: fds, deadline })
+        let fd = first.expect("a set has at least one engine");
+        Some(Armed { os: self.clone(), set, fd, more_fds, deadline })
+    }
+
+    /// Undoes `arm` on the engines `shards`.
+    fn disarm(&self, shards: impl Iterator<Item = usize>) {
+        for i in shards {
+            let mut st = self.shards().at(i).lock();
+            st.armed -= 1;
+            st.update_sleeping();
+        }
     }
 }
 
