@@ -65,7 +65,13 @@ fn to_buffer(msg: Msg) -> Buffer {
 /// (a block from `alloc`, or a received buffer pushed back).
 struct BufferPayload(Buffer);
 
-impl Payload for BufferPayload {
+// SAFETY: the buffer's owner keeps its bytes at one address while this
+// handle lives (moving the handle moves no bytes); Rust writes them only
+// through a sole reference (`as_mut_slice`), which this held handle rules
+// out, and the C API forbids writing a buffer an operation uses. A key is
+// answered only for bytes checked to lie inside a block or a lent receive
+// slot of `pool`, whose registration covers them.
+unsafe impl Payload for BufferPayload {
     fn bytes(&self) -> &[u8] {
         self.0.as_slice()
     }

@@ -1,7 +1,7 @@
 //! Datagram sockets of a [`Catmint`]: binding, sending through per-destination
 //! resolvers, and answering peers' SIDR requests.
 
-use crate::cm::{CmEvent, CmId, PortSpace};
+use crate::sys::cm::{CmEvent, CmId, PortSpace};
 use crate::sys::{ffi, Error, Result};
 use crate::types::{Done, Payload, Sink, SockId, Tag};
 use crate::ud::Ud;
@@ -29,9 +29,7 @@ impl Catmint {
     pub fn max_datagram(&self, s: SockId) -> usize {
         match self.socks.get(s).and_then(|e| e.sock.as_ref()) {
             Some(Sock::Dgram(ud)) => ud.max_payload,
-            _ => {
-                self.devices.iter().map(|d| crate::ud::port_mtu(d.ctx, 1)).min().unwrap_or(256) - crate::ud::UD_HDR_LEN
-            }
+            _ => self.devices.iter().map(|d| d.ctx.port_mtu(1)).min().unwrap_or(256) - crate::ud::UD_HDR_LEN,
         }
     }
 
@@ -86,13 +84,24 @@ impl Catmint {
         pops: Vec<Tag>,
         out: &mut dyn Sink,
     ) -> Result<Ud> {
-        let dev = self.device_of(id.verbs()).ok_or(Error::new("ud: address of no RDMA device", libc::EADDRNOTAVAIL))?;
+        let dev = self.device_of(&id).ok_or(Error::new("ud: address of no RDMA device", libc::EADDRNOTAVAIL))?;
         id.listen(64)?;
         let d = &self.devices[dev];
         let key = self.key_of(s);
         let c = &self.cfg;
-        let mut ud =
-            Ud::new(id, dev, &d.pd, &d.cq, &self.pool, c.credits.max(16), c.sq_depth, c.inline, key, &self.notify)?;
+        let mut ud = Ud::new(
+            id,
+            dev,
+            &d.ctx,
+            &d.pd,
+            &d.cq,
+            &self.pool,
+            c.credits.max(16),
+            c.sq_depth,
+            c.inline,
+            key,
+            &self.notify,
+        )?;
         self.arm_new_qp(dev);
         for tag in pops {
             ud.recv(tag, out);
@@ -209,8 +218,7 @@ impl Catmint {
                         self.implicit_bind(o, SocketAddrV4::new(*local.ip(), 0), r, dst, out);
                     }
                 }
-                let mut param = crate::conn_param(&[]);
-                id.connect(&mut param).map(|()| Some(Sock::Resolver { id, owner, dst, deadline })).map_err(|e| e.errno)
+                id.connect(&[]).map(|()| Some(Sock::Resolver { id, owner, dst, deadline })).map_err(|e| e.errno)
             }
             RDMA_CM_EVENT_ESTABLISHED => {
                 if let Some(Sock::Dgram(ud)) = self.socks[o].sock.as_mut() {
@@ -307,11 +315,8 @@ impl Catmint {
             Some(Sock::Dgram(ud)) => ud.qpn(),
             _ => return,
         };
-        // SAFETY: the child id of a request is ours to own.
-        let Ok(child) = (unsafe { CmId::adopt(ev.id(), &self.channel, 0) }) else { return };
-        let mut param = crate::conn_param(&[]);
-        param.qp_num = qpn;
-        if let Err(e) = child.accept(&mut param) {
+        let Ok(child) = ev.take_child(&self.channel) else { return };
+        if let Err(e) = child.accept(&[], qpn) {
             log::warn!("catmint: SIDR reply: {e}");
         }
         // Destroyed once the request is acknowledged.

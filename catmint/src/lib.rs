@@ -13,9 +13,14 @@
 //! Resource cleanup follows ownership (see `verbs` and `cm`): dropping a
 //! socket destroys its QP and id, then gives back what it had committed of
 //! the shared receive queue, which goes with the device's last QP.
+//!
+//! All unsafe code is in the `sys` module (the crate denies it elsewhere):
+//! the owners of rdma-core objects, registered memory, and posting, which
+//! is safe because a posted buffer belongs to its queue until the device
+//! reports it done.
 #![deny(missing_docs)]
+#![deny(unsafe_code)]
 
-mod cm;
 mod dgram;
 mod poll;
 mod pool;
@@ -23,32 +28,33 @@ mod rc;
 mod recv;
 mod srq;
 mod stream;
+#[allow(unsafe_code)]
 mod sys;
 mod types;
 mod ud;
-mod verbs;
 pub mod wire;
 
 pub use pool::{Block, Pool};
-pub use recv::{Lent, LentSlot, Msg};
+pub use recv::Msg;
+pub use sys::lend::{Lent, LentSlot};
 pub use sys::{Error, Result};
 pub use types::{Config, Done, Payload, Sink, SockId, Tag};
 
-use cm::{CmId, CqCell, EventChannel};
-use pool::Notify;
 use rc::{Rc, RcConfig};
 use std::collections::VecDeque;
 use std::net::SocketAddrV4;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use sys::ffi;
+use sys::cm::{CmId, EventChannel};
+use sys::lend::Notify;
+use sys::qp::CqCell;
+use sys::verbs::{CompChannel, Completions, Context, Cq, DeviceList, Pd};
+use sys::{ffi, Epoll};
 use ud::Ud;
-use verbs::{CompChannel, Cq, DeviceList, Pd};
 use wire::Hello;
 
 struct Device {
-    ctx: *mut ffi::ibv_context,
+    ctx: Context,
     pd: Arc<Pd>,
     /// Every QP on the device holds a clone (see `CmId::create_qp`).
     cq: Arc<CqCell>,
@@ -170,11 +176,11 @@ pub struct Catmint {
     pool: Pool,
     notify: Arc<Notify>,
     channel: Arc<EventChannel>,
-    epoll: OwnedFd,
+    epoll: Epoll,
     cfg: Config,
-    wcs: Vec<ffi::ibv_wc>,
+    wcs: Completions,
     /// Received buffers given back, taken from `notify` (kept for its capacity).
-    returns: Vec<pool::Returned>,
+    returns: Vec<sys::lend::Returned>,
     timed: usize,
     /// `arm` was called: read the CM channel on the next poll.
     armed: bool,
@@ -186,37 +192,26 @@ pub struct Catmint {
     _devices: Arc<DeviceList>,
 }
 
-// SAFETY: the raw context pointers are rdma-core objects usable from any
-// thread; Catmint is used by one thread at a time (&mut self).
-unsafe impl Send for Catmint {}
-
 impl Catmint {
     /// Opens every RDMA device. ENODEV when there is none.
     pub fn new(cfg: Config) -> Result<Catmint> {
         let list = DeviceList::open()?;
         let channel = EventChannel::new()?;
-        // SAFETY: epoll_create1 has no pointer arguments.
-        let efd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
-        if efd < 0 {
-            return Err(Error::last("epoll_create1"));
-        }
-        // SAFETY: efd was just returned to us.
-        let epoll = unsafe { OwnedFd::from_raw_fd(efd) };
-        epoll_add(&epoll, channel.fd())?;
+        let epoll = Epoll::new()?;
+        epoll.add(channel.fd())?;
         let mut devices = Vec::new();
         for ctx in list.contexts() {
-            let pd = Pd::new(ctx, list.clone())?;
-            let comp = CompChannel::new(ctx, list.clone())?;
-            epoll_add(&epoll, comp.fd())?;
-            let cq = Cq::new(ctx, comp, cq_depth(ctx))?;
-            log::info!("catmint: device {}", verbs::device_name(ctx));
+            let pd = Pd::new(&ctx)?;
+            let comp = CompChannel::new(&ctx)?;
+            epoll.add(comp.fd())?;
+            let cq = Cq::new(&ctx, comp, cq_depth(&ctx))?;
+            log::info!("catmint: device {}", ctx.name());
             devices.push(Device { ctx, pd, cq: Arc::new(Mutex::new(cq)), srq: None, idle: false });
         }
         let pool = Pool::new(devices.iter().map(|d| d.pd.clone()).collect());
         let notify = Arc::new(Notify::new()?);
-        epoll_add(&epoll, notify.fd())?;
-        // SAFETY: ibv_wc is plain data.
-        let wcs = (0..32).map(|_| unsafe { std::mem::zeroed() }).collect();
+        epoll.add(notify.fd())?;
+        let wcs = Completions::new(32);
         Ok(Catmint {
             socks: Vec::new(),
             free: Vec::new(),
@@ -240,7 +235,7 @@ impl Catmint {
 
     /// Names of the devices in use.
     pub fn device_names(&self) -> Vec<String> {
-        self.devices.iter().map(|d| verbs::device_name(d.ctx)).collect()
+        self.devices.iter().map(|d| d.ctx.name()).collect()
     }
 
     /// Registered memory for sends without a copy.
@@ -457,8 +452,9 @@ impl Catmint {
         Ok(())
     }
 
-    fn device_of(&self, ctx: *mut ffi::ibv_context) -> Option<usize> {
-        self.devices.iter().position(|d| d.ctx == ctx)
+    /// The device an id resolved or bound to.
+    fn device_of(&self, id: &CmId) -> Option<usize> {
+        self.devices.iter().position(|d| id.is_on(&d.ctx))
     }
 
     fn rc_config(&self) -> RcConfig {
@@ -471,7 +467,7 @@ impl Catmint {
     }
 
     fn new_endpoint(&mut self, id: CmId, key: u64) -> std::result::Result<Rc, (Error, Option<CmId>)> {
-        let Some(dev) = self.device_of(id.verbs()) else {
+        let Some(dev) = self.device_of(&id) else {
             return Err((Error::new("rdma_cm id on an unknown device", libc::ENODEV), Some(id)));
         };
         let cfg = self.rc_config();
@@ -479,7 +475,8 @@ impl Catmint {
         let srq = match &d.srq {
             Some(srq) => srq.clone(),
             None => {
-                let made = srq::Srq::new(d.ctx, &d.pd, dev, &self.pool, &self.notify, cfg.buf_size, self.cfg.srq_depth);
+                let made =
+                    srq::Srq::new(&d.ctx, &d.pd, dev, &self.pool, &self.notify, cfg.buf_size, self.cfg.srq_depth);
                 match made {
                     Ok(srq) => d.srq.insert(Arc::new(Mutex::new(srq))).clone(),
                     Err(e) => return Err((e, Some(id))),
@@ -499,22 +496,6 @@ fn live(socks: &[Entry], key: u64) -> Option<SockId> {
     (e.sock.is_some() && (e.generation as u64 & 0xff) == (key >> IDX_BITS) & 0xff).then_some(s)
 }
 
-fn conn_param(hello: &[u8]) -> ffi::rdma_conn_param {
-    ffi::rdma_conn_param {
-        private_data: hello.as_ptr().cast(),
-        private_data_len: hello.len() as u8,
-        responder_resources: 1,
-        initiator_depth: 1,
-        flow_control: 0,
-        // Transport retries hide packet loss; RNR retries are a safety net our
-        // credits should never need.
-        retry_count: 7,
-        rnr_retry_count: 7,
-        srq: 0,
-        qp_num: 0,
-    }
-}
-
 /// The errno of a failed connection event.
 fn connect_errno(kind: ffi::rdma_cm_event_type::Type, status: i32) -> i32 {
     use ffi::rdma_cm_event_type::*;
@@ -527,25 +508,13 @@ fn connect_errno(kind: ffi::rdma_cm_event_type::Type, status: i32) -> i32 {
     }
 }
 
-fn epoll_add(epoll: &OwnedFd, fd: RawFd) -> Result<()> {
-    let mut ev = libc::epoll_event { events: libc::EPOLLIN as u32, u64: fd as u64 };
-    // SAFETY: both descriptors are open; ev is a live epoll_event.
-    if unsafe { libc::epoll_ctl(epoll.as_raw_fd(), libc::EPOLL_CTL_ADD, fd, &mut ev) } < 0 {
-        return Err(Error::last("epoll_ctl"));
-    }
-    Ok(())
-}
-
 /// Entries of a device's CQ, shared by all its QPs: room for the completions
 /// of the shared receive queue (up to 16,384 receives) and of many
 /// connections' send queues, within what the device allows.
-fn cq_depth(ctx: *mut ffi::ibv_context) -> i32 {
+fn cq_depth(ctx: &Context) -> i32 {
     const WANT: i32 = 16384;
-    // SAFETY: ibv_device_attr is plain data; all-zero is a valid start.
-    let mut attr: ffi::ibv_device_attr = unsafe { std::mem::zeroed() };
-    // SAFETY: ctx is a live device context and attr a writable attribute struct.
-    if unsafe { ffi::ibv_query_device(ctx, &mut attr) } != 0 || attr.max_cqe <= 0 {
-        return 4096;
+    match ctx.limits() {
+        Some(l) if l.max_cqe > 0 => WANT.min(l.max_cqe),
+        _ => 4096,
     }
-    WANT.min(attr.max_cqe)
 }

@@ -3,10 +3,11 @@
 //! and arming the one descriptor a waiter sleeps on.
 
 use crate::srq::{self, SrqCell};
-use crate::sys::ffi;
+use crate::sys::qp;
+use crate::sys::verbs::Completion;
 use crate::types::{Sink, SockId};
 use crate::{live, Catmint, Sock, CM_BATCH, CM_EVERY};
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::RawFd;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -56,7 +57,7 @@ impl Catmint {
         let mut returns = std::mem::take(&mut self.returns);
         let mut last: Option<SockId> = None;
         for r in returns.drain(..) {
-            if let Some(dev) = srq::device_of(r.ring.key) {
+            if let Some(dev) = srq::device_of(r.key()) {
                 // A buffer of a shared receive queue: posted again there, and
                 // the connection it came from may grant the peer more.
                 let owner = self.devices.get(dev).and_then(|d| d.srq.as_ref()).and_then(|q| lock(q).returned(r));
@@ -71,9 +72,9 @@ impl Catmint {
                 }
                 continue;
             }
-            let s = live(&self.socks, r.ring.key);
+            let s = live(&self.socks, r.key());
             match s.and_then(|s| self.socks[s].sock.as_mut()) {
-                Some(Sock::Dgram(ud)) if ud.owns(&r) => ud.returned(r),
+                Some(Sock::Dgram(ud)) => ud.returned(r),
                 // Its ring is gone or closing: the slot goes to the pool with
                 // the ring's last reference (RingShared's drop).
                 _ => drop(r),
@@ -130,7 +131,7 @@ impl Catmint {
             }
         }
         self.armed = true;
-        self.epoll.as_raw_fd()
+        self.epoll.fd()
     }
 
     /// Whether a waiter sleeps on the descriptor from [`Catmint::arm`]: set
@@ -184,13 +185,14 @@ impl Catmint {
             dev.idle = unused;
             let mut cq = dev.cq.lock().unwrap_or_else(|e| e.into_inner());
             loop {
-                let n = cq.poll(wcs);
-                for wc in &wcs[..n] {
-                    if srq::device_of(wc.wr_id >> 32).is_some() {
+                let done = cq.poll(wcs);
+                for wc in done {
+                    let key = qp::key_of(wc.wr_id());
+                    if srq::device_of(key).is_some() {
                         Self::srq_completion(dev.srq.as_ref(), socks, wc, out);
                         continue;
                     }
-                    let Some(s) = live(socks, wc.wr_id >> 32) else { continue };
+                    let Some(s) = live(socks, key) else { continue };
                     match &mut socks[s].sock {
                         Some(Sock::Connected(ep) | Sock::Connecting { ep, .. } | Sock::Incoming { ep, .. }) => {
                             ep.on_completion(wc, out)
@@ -201,7 +203,7 @@ impl Catmint {
                         _ => {}
                     }
                 }
-                if n < wcs.len() {
+                if done.len() < wcs.capacity() {
                     break;
                 }
             }
@@ -210,14 +212,13 @@ impl Catmint {
 
     /// A receive completion of a device's SRQ: to the connection whose QP
     /// took it, or, if that one is gone, back to the SRQ.
-    fn srq_completion(srq: Option<&Arc<SrqCell>>, socks: &mut [crate::Entry], wc: &ffi::ibv_wc, out: &mut dyn Sink) {
+    fn srq_completion(srq: Option<&Arc<SrqCell>>, socks: &mut [crate::Entry], wc: &Completion, out: &mut dyn Sink) {
         let Some(srq) = srq else { return };
-        let index = wc.wr_id as u32;
-        let (slot, key) = {
+        let (done, key) = {
             let mut q = lock(srq);
-            (q.complete(index), q.lookup(wc.qp_num))
+            (q.complete(wc), q.lookup(wc.qp_num()))
         };
-        let Some(slot) = slot else { return };
+        let Some((index, slot)) = done else { return };
         match key.and_then(|k| live(socks, k)).and_then(|s| socks[s].sock.as_mut()) {
             Some(Sock::Connected(ep) | Sock::Connecting { ep, .. } | Sock::Incoming { ep, .. }) => {
                 ep.on_srq_recv(index, slot, wc, out)

@@ -1,15 +1,11 @@
-//! Registered memory: chunks registered with every device's PD, carved into
-//! power-of-four size classes. A [`Block`] is one allocation; dropping it gives
-//! the memory back to its home: the pool, or the receive ring of the endpoint
-//! it came from (which re-posts it).
+//! The registered-memory allocator: chunks (`sys::mem`) registered with
+//! every device's PD, carved into power-of-two size classes. A [`Block`] is
+//! one allocation; dropping it gives the memory back to the pool.
 
-use crate::sys::{ffi, Result};
-use crate::verbs::{Mr, Pd};
-use std::alloc::Layout;
+use crate::sys::mem::{Chunk, FreeLists, Slot};
+use crate::sys::verbs::Pd;
+use crate::sys::Result;
 use std::collections::HashMap;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::ptr::NonNull;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// Size classes (powers of two, so a slot wastes less than half of itself);
@@ -31,119 +27,23 @@ fn chunk_len(class_size: usize) -> usize {
     (class_size * 8).clamp(256 << 10, 4 << 20)
 }
 
-/// Memory registered with every PD.
-pub struct Chunk {
-    base: NonNull<u8>,
-    layout: Layout,
-    mrs: Vec<Mr>,
-}
-
-// SAFETY: the chunk owns its memory; access is coordinated by Slot ownership.
-unsafe impl Send for Chunk {}
-// SAFETY: as above.
-unsafe impl Sync for Chunk {}
-
-impl Chunk {
-    fn new(len: usize, pds: &[Arc<Pd>]) -> Result<Arc<Chunk>> {
-        let layout =
-            Layout::from_size_align(len.max(1), 4096).map_err(|_| crate::Error::new("layout", libc::ENOMEM))?;
-        // SAFETY: layout has a non-zero size.
-        let base = NonNull::new(unsafe { std::alloc::alloc_zeroed(layout) })
-            .ok_or(crate::Error::new("alloc", libc::ENOMEM))?;
-        let mut chunk = Chunk { base, layout, mrs: Vec::with_capacity(pds.len()) };
-        for pd in pds {
-            // SAFETY: the memory lives until the chunk drops, after its MRs.
-            chunk.mrs.push(unsafe { Mr::register(pd, base.as_ptr(), layout.size()) }?);
-        }
-        Ok(Arc::new(chunk))
-    }
-}
-
-impl Drop for Chunk {
-    fn drop(&mut self) {
-        self.mrs.clear();
-        // SAFETY: allocated in Chunk::new with this layout; MRs are gone.
-        unsafe { std::alloc::dealloc(self.base.as_ptr(), self.layout) };
-    }
-}
-
-/// A piece of a chunk: raw registered memory with no home of its own.
-pub struct Slot {
-    ptr: NonNull<u8>,
-    cap: usize,
-    class: u8,
-    chunk: Arc<Chunk>,
-}
-
-// SAFETY: a Slot is the only handle to its piece of memory.
-unsafe impl Send for Slot {}
-// SAFETY: as above.
-unsafe impl Sync for Slot {}
-
-impl Slot {
-    /// Posts one receive into the whole of this slot as work request
-    /// `wr_id`, through `post` (`ibv_post_recv` on a QP or
-    /// `ibv_post_srq_recv` on a shared receive queue, given the request
-    /// and the bad-request out-pointer); returns its verbs code. The
-    /// caller keeps the slot until the receive's completion.
-    pub(crate) fn post_recv(
-        &self,
-        dev: usize,
-        wr_id: u64,
-        post: impl FnOnce(&mut ffi::ibv_recv_wr, &mut *mut ffi::ibv_recv_wr) -> i32,
-    ) -> i32 {
-        let mut sge = ffi::ibv_sge { addr: self.ptr() as u64, length: self.capacity() as u32, lkey: self.lkey(dev) };
-        let mut wr = ffi::ibv_recv_wr { wr_id, next: std::ptr::null_mut(), sg_list: &mut sge, num_sge: 1 };
-        let mut bad = std::ptr::null_mut();
-        post(&mut wr, &mut bad)
-    }
-
-    pub fn ptr(&self) -> *mut u8 {
-        self.ptr.as_ptr()
-    }
-
-    pub fn capacity(&self) -> usize {
-        self.cap
-    }
-
-    /// The key of this memory for device `dev`.
-    pub fn lkey(&self, dev: usize) -> u32 {
-        self.chunk.mrs[dev].lkey()
-    }
-}
-
-pub struct PoolShared {
-    pds: Vec<Arc<Pd>>,
-    free: Vec<Mutex<Vec<Slot>>>,
-}
-
-impl PoolShared {
-    pub(crate) fn give_back(&self, slot: Slot) {
-        if slot.class != DEDICATED {
-            self.free[slot.class as usize].lock().unwrap_or_else(|e| e.into_inner()).push(slot);
-        }
-        // A dedicated chunk is freed with its last slot.
-    }
-}
-
 /// The registered-memory allocator.
 #[derive(Clone)]
 pub struct Pool {
-    shared: Arc<PoolShared>,
+    shared: Arc<FreeLists>,
 }
 
 impl Pool {
     /// A pool whose slots are registered on each protection domain in `pds` (one per device).
     pub fn new(pds: Vec<Arc<Pd>>) -> Pool {
         let free = CLASSES.iter().map(|_| Mutex::new(Vec::new())).collect();
-        Pool { shared: Arc::new(PoolShared { pds, free }) }
+        Pool { shared: Arc::new(FreeLists { pds, free }) }
     }
 
     /// A slot of at least `len` bytes.
     pub fn slot(&self, len: usize) -> Result<Slot> {
         let Some(class) = CLASSES.iter().position(|&c| c >= len) else {
-            let chunk = Chunk::new(len, &self.shared.pds)?;
-            return Ok(Slot { ptr: chunk.base, cap: len, class: DEDICATED, chunk });
+            return Ok(Chunk::new(len, &self.shared.pds)?.whole(len, DEDICATED));
         };
         let mut free = self.shared.free[class].lock().unwrap_or_else(|e| e.into_inner());
         if let Some(s) = free.pop() {
@@ -151,14 +51,9 @@ impl Pool {
         }
         // Carve a new chunk into slots of this class.
         let size = CLASSES[class];
-        let chunk_len = chunk_len(size);
-        let chunk = Chunk::new(chunk_len, &self.shared.pds)?;
-        for i in 1..chunk_len / size {
-            // SAFETY: i * size < chunk_len, inside the allocation.
-            let ptr = unsafe { NonNull::new_unchecked(chunk.base.as_ptr().add(i * size)) };
-            free.push(Slot { ptr, cap: size, class: class as u8, chunk: chunk.clone() });
-        }
-        Ok(Slot { ptr: chunk.base, cap: size, class: class as u8, chunk })
+        let chunk = Chunk::new(chunk_len(size), &self.shared.pds)?;
+        free.extend(chunk.carve(size, class as u8));
+        Ok(free.pop().expect("a chunk holds at least one slot"))
     }
 
     /// A block of `len` bytes that returns to the pool when dropped.
@@ -187,108 +82,22 @@ impl Pool {
             // slots on the free list is unused.
             let mut counts: HashMap<*const Chunk, usize> = HashMap::new();
             for s in free.iter() {
-                *counts.entry(Arc::as_ptr(&s.chunk)).or_default() += 1;
+                *counts.entry(s.chunk_id()).or_default() += 1;
             }
             counts.retain(|_, n| *n == per_chunk);
             if !counts.is_empty() {
                 freed += counts.len();
                 // Dropping the last slots drops the chunk (MRs first).
-                free.retain(|s| !counts.contains_key(&Arc::as_ptr(&s.chunk)));
+                free.retain(|s| !counts.contains_key(&s.chunk_id()));
             }
         }
         freed
     }
 
-    pub(crate) fn shared(&self) -> &Arc<PoolShared> {
+    /// Where its slots go back.
+    pub(crate) fn free_lists(&self) -> &Arc<FreeLists> {
         &self.shared
     }
-}
-
-/// Where received buffers come back when the application drops them: one
-/// list for the whole transport, taken by the poll loop (one lock each way),
-/// so the poll need not look at every endpoint.
-///
-/// The application may drop a received buffer from any thread, while
-/// another sleeps on the transport's descriptor. The re-post it makes
-/// possible can be what the sleeper waits for (the peer is out of credits
-/// until then), so while a waiter sleeps a return also writes an eventfd
-/// that is part of the descriptor the waiter sleeps on. While nobody
-/// sleeps (the common case: the waiter polls) a return costs no system call.
-pub struct Notify {
-    pending: AtomicBool,
-    returned: Mutex<Vec<Returned>>,
-    /// A waiter sleeps (or is about to) on the transport's descriptor.
-    sleeping: AtomicBool,
-    /// The eventfd was written and not read since.
-    kicked: AtomicBool,
-    efd: OwnedFd,
-}
-
-impl Notify {
-    pub fn new() -> Result<Notify> {
-        // SAFETY: eventfd has no pointer arguments.
-        let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
-        if fd < 0 {
-            return Err(crate::Error::last("eventfd"));
-        }
-        Ok(Notify {
-            pending: AtomicBool::new(false),
-            returned: Mutex::new(Vec::new()),
-            sleeping: AtomicBool::new(false),
-            kicked: AtomicBool::new(false),
-            // SAFETY: fd was just returned to us and is owned by nobody else.
-            efd: unsafe { OwnedFd::from_raw_fd(fd) },
-        })
-    }
-
-    /// The descriptor that turns readable when a return must wake a sleeper.
-    pub fn fd(&self) -> RawFd {
-        self.efd.as_raw_fd()
-    }
-
-    pub(crate) fn push(&self, r: Returned) {
-        self.returned.lock().unwrap_or_else(|e| e.into_inner()).push(r);
-        // SeqCst pairs with `set_sleeping` then `take` on the waiter's side:
-        // either the waiter's last poll sees `pending`, or we see `sleeping`.
-        self.pending.store(true, Ordering::SeqCst);
-        if self.sleeping.load(Ordering::SeqCst) && !self.kicked.swap(true, Ordering::SeqCst) {
-            let one: u64 = 1;
-            // SAFETY: efd is our open eventfd; 8 bytes from a live u64.
-            unsafe { libc::write(self.efd.as_raw_fd(), (&one as *const u64).cast(), 8) };
-        }
-    }
-
-    /// Whether a waiter sleeps on the transport (set before it arms and
-    /// polls a last time, cleared once no waiter sleeps).
-    pub fn set_sleeping(&self, sleeping: bool) {
-        self.sleeping.store(sleeping, Ordering::SeqCst);
-    }
-
-    /// True while a waiter sleeps.
-    pub fn is_sleeping(&self) -> bool {
-        self.sleeping.load(Ordering::Relaxed)
-    }
-
-    /// Buffers given back since the last call (cheap when none).
-    pub fn take(&self, into: &mut Vec<Returned>) {
-        if self.kicked.load(Ordering::Relaxed) && self.kicked.swap(false, Ordering::SeqCst) {
-            let mut buf = 0u64;
-            // SAFETY: efd is our open, non-blocking eventfd; 8 bytes into a live u64.
-            unsafe { libc::read(self.efd.as_raw_fd(), (&mut buf as *mut u64).cast(), 8) };
-        }
-        // A plain load first: the swap is a locked instruction, and most
-        // polls find nothing.
-        if self.pending.load(Ordering::SeqCst) && self.pending.swap(false, Ordering::SeqCst) {
-            into.append(&mut self.returned.lock().unwrap_or_else(|e| e.into_inner()));
-        }
-    }
-}
-
-/// A receive buffer the application gave back, to be re-posted on the
-/// ring it came from (if that ring is still open).
-pub struct Returned {
-    pub(crate) ring: Arc<crate::recv::RingShared>,
-    pub(crate) index: u32,
 }
 
 /// One allocation of registered memory: bytes `off..off+len` of its slot.
@@ -296,7 +105,7 @@ pub struct Block {
     slot: Option<Slot>,
     off: usize,
     len: usize,
-    pool: Arc<PoolShared>,
+    pool: Arc<FreeLists>,
 }
 
 impl Block {
@@ -306,8 +115,7 @@ impl Block {
 
     /// The first byte of the block.
     pub fn as_ptr(&self) -> *mut u8 {
-        // SAFETY: off <= capacity by construction.
-        unsafe { self.slot().ptr().add(self.off) }
+        self.slot().as_ptr().wrapping_add(self.off)
     }
 
     /// Length in bytes.
@@ -322,14 +130,13 @@ impl Block {
 
     /// The block's bytes.
     pub fn as_slice(&self) -> &[u8] {
-        // SAFETY: off+len is inside the slot, which this block owns.
-        unsafe { std::slice::from_raw_parts(self.as_ptr(), self.len) }
+        &self.slot().bytes()[self.off..self.off + self.len]
     }
 
     /// The block's bytes, writable.
     pub fn as_mut_slice(&mut self) -> &mut [u8] {
-        // SAFETY: as above, and &mut self makes the access unique.
-        unsafe { std::slice::from_raw_parts_mut(self.as_ptr(), self.len) }
+        let (off, len) = (self.off, self.len);
+        &mut self.slot.as_mut().expect("a live block has its slot").bytes_mut()[off..off + len]
     }
 
     /// The memory key for device `dev`.
@@ -387,15 +194,15 @@ mod tests {
         // One chunk and one slot of a second.
         let mut blocks: Vec<Block> = (0..=per_chunk).map(|_| p.alloc(32 << 10).unwrap()).collect();
         let last = blocks.pop().unwrap();
-        let second = Arc::as_ptr(&last.slot().chunk);
-        assert!(blocks.iter().all(|b| Arc::as_ptr(&b.slot().chunk) != second));
+        let second = last.slot().chunk_id();
+        assert!(blocks.iter().all(|b| b.slot().chunk_id() != second));
         assert_eq!(p.trim(), 0, "every chunk has a slot in use");
         drop(blocks);
         assert_eq!(p.trim(), 1, "the first chunk is unused now");
         assert_eq!(p.trim(), 0);
         // The free list holds the second chunk's other slots only.
         let again = p.alloc(32 << 10).unwrap();
-        assert_eq!(Arc::as_ptr(&again.slot().chunk), second);
+        assert_eq!(again.slot().chunk_id(), second);
         drop(again);
         drop(last);
         assert_eq!(p.trim(), 1);

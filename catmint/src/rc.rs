@@ -16,11 +16,13 @@
 
 mod receive;
 
-use crate::cm::CmId;
 use crate::pool::{Block, Pool};
 use crate::recv::{registered, Msg};
 use crate::srq::{SrqCell, INITIAL, RESERVED};
-use crate::sys::{ffi, Error, Result};
+use crate::sys::cm::CmId;
+use crate::sys::qp::{is_send, CqCell, Qp, QpKind, Send, SendData};
+use crate::sys::verbs::{Completion, Pd};
+use crate::sys::{Error, Result};
 use crate::types::{Done, Payload, Sink, Tag};
 use crate::wire::{flag, Hello, Imm, MAX_MESSAGE};
 use std::collections::VecDeque;
@@ -29,10 +31,6 @@ use std::sync::Arc;
 /// Local ACK timeout exponent: 4.096 µs x 2^14 = 67 ms before a lost packet
 /// is retransmitted (rdma_cm's RoCE default waits about 2 s).
 const ACK_TIMEOUT: u8 = 14;
-
-/// wr_id layout: endpoint key (32 bits) | send bit | sequence or index.
-pub const WR_SEND: u64 = 1 << 31;
-const WR_LOW: u64 = WR_SEND - 1;
 
 /// Tunables of an endpoint.
 #[derive(Clone, Copy, Debug)]
@@ -51,24 +49,17 @@ struct Pending {
     off: usize,
 }
 
-struct Inflight {
-    seq: u64,
-    /// The push this WR finishes (its last segment), if any.
-    tag: Option<Tag>,
-    /// Keeps the payload memory alive until the WR completes.
-    _keep: Option<Arc<dyn Payload>>,
-}
-
 /// One connected (or connecting) RC queue pair.
 pub struct Rc {
-    id: Option<CmId>,
+    /// The QP; per posted send, the push it finishes (its last segment),
+    /// if any. An Option only so that drop can destroy it first.
+    qp: Option<Qp<Option<Tag>>>,
     pub dev: usize,
     key: u64,
     cfg: RcConfig,
     pool: Pool,
     // Receive side.
     srq: Arc<SrqCell>,
-    qpn: u32,
     /// Data credits the peer may use (those in `to_return` included).
     granted: u32,
     /// Buffers lent to the application from this connection, not back yet.
@@ -94,10 +85,7 @@ pub struct Rc {
     /// Shut for writing: a FIN goes once the queued sends are out; new sends fail.
     wr_shut: bool,
     peer_seg: usize,
-    max_inline: u32,
     sends: VecDeque<Pending>,
-    inflight: VecDeque<Inflight>,
-    seq: u64,
 }
 
 impl Rc {
@@ -107,42 +95,34 @@ impl Rc {
     /// handled is acknowledged (rdma_destroy_id would wait for that forever).
     #[allow(clippy::too_many_arguments)] // the device's objects, one by one
     pub fn new(
-        mut id: CmId,
+        id: CmId,
         dev: usize,
-        pd: &Arc<crate::verbs::Pd>,
-        cq: &Arc<crate::cm::CqCell>,
+        pd: &Arc<Pd>,
+        cq: &Arc<CqCell>,
         srq: &Arc<SrqCell>,
         pool: &Pool,
         cfg: RcConfig,
         key: u64,
     ) -> std::result::Result<Rc, (Error, CmId)> {
-        // SAFETY: ibv_qp_init_attr is plain data; all-zero is a valid start.
-        let mut attr: ffi::ibv_qp_init_attr = unsafe { std::mem::zeroed() };
-        attr.qp_type = ffi::ibv_qp_type::IBV_QPT_RC;
-        attr.cap.max_send_wr = cfg.sq_depth;
-        attr.cap.max_send_sge = 1;
-        attr.cap.max_inline_data = cfg.inline;
-        if let Err(e) = id.create_qp(pd, cq, Some(srq), &mut attr) {
-            return Err((e, id));
-        }
-        if let Err(e) = id.set_ack_timeout(ACK_TIMEOUT) {
+        let qp = {
+            let q = lock(srq);
+            Qp::create(id, QpKind::Rc { srq: q.queue() }, dev, pd, cq, cfg.sq_depth, cfg.inline, key)?
+        };
+        if let Err(e) = qp.id().set_ack_timeout(ACK_TIMEOUT) {
             log::warn!("catmint: {e}; keeping rdma_cm's ACK timeout");
         }
-        // SAFETY: the QP was just created and lives as long as the id.
-        let qpn = unsafe { (*id.qp()).qp_num };
-        if let Err(e) = lock(srq).join(qpn, key) {
+        if let Err(e) = lock(srq).join(qp.qpn(), key) {
             // The QP goes first; nothing was posted for it.
-            id.destroy_qp();
+            let (id, _) = qp.close();
             return Err((e, id));
         }
         Ok(Rc {
-            id: Some(id),
+            qp: Some(qp),
             dev,
             key,
             cfg,
             pool: pool.clone(),
             srq: srq.clone(),
-            qpn,
             granted: INITIAL,
             held: 0,
             window: INITIAL,
@@ -160,15 +140,16 @@ impl Rc {
             fin_sent: false,
             wr_shut: false,
             peer_seg: 0,
-            max_inline: attr.cap.max_inline_data,
             sends: VecDeque::new(),
-            inflight: VecDeque::new(),
-            seq: 0,
         })
     }
 
+    fn qp(&self) -> &Qp<Option<Tag>> {
+        self.qp.as_ref().expect("endpoint has its QP until dropped")
+    }
+
     pub fn id(&self) -> &CmId {
-        self.id.as_ref().expect("endpoint has its id until dropped")
+        self.qp().id()
     }
 
     /// What we tell the peer in the CM private data.
@@ -202,11 +183,10 @@ impl Rc {
             out.push((tag, Done::Failed(libc::EMSGSIZE)));
             return;
         }
-        if self.sends.is_empty() && self.can_post() && len as u32 <= self.max_inline && len <= self.peer_seg {
+        if self.sends.is_empty() && self.can_post() && len as u32 <= self.qp().max_inline() && len <= self.peer_seg {
             // Inline: the post copies the bytes, so they need not be
             // registered or kept, and the push is done once posted.
-            let addr = data.bytes().as_ptr() as u64;
-            if let Err(e) = self.post_segment(addr, len, 0, 0, len, None) {
+            if let Err(e) = self.post_segment(SendData::Inline(data.bytes()), len, 0, len, None) {
                 return self.fail_with(tag, e.errno, out);
             }
             out.push((tag, Done::Sent));
@@ -251,7 +231,7 @@ impl Rc {
                 self.key,
                 self.sends.len(),
                 self.credits,
-                self.inflight.len(),
+                self.qp().in_flight(),
                 self.owe_ack
             );
         }
@@ -260,23 +240,30 @@ impl Rc {
             let total = p.data.bytes().len();
             let seg = (total - p.off).min(self.peer_seg);
             let last = p.off + seg == total;
-            let addr = p.data.bytes()[p.off..].as_ptr() as u64;
-            // Inline segments need no key (see `send`); others were copied
-            // to registered memory when queued.
-            let lkey = p.data.lkey(&self.pool, self.dev).unwrap_or(0);
             let (tag, off) = (p.tag, p.off);
+            p.off += seg;
+            // The last segment takes the message off the queue; the others
+            // share its payload with the queue.
+            let data = if last { self.sends.pop_front().expect("the front").data } else { p.data.clone() };
             // A whole message small enough to go inline is copied into the
             // work request by the post itself: its push is done then, it
             // needs no completion of its own, and the payload need not be
             // kept. Others complete when the device reports their last
-            // segment sent.
-            let inline = seg as u32 <= self.max_inline && off == 0 && last;
-            let keep = (!inline).then(|| (last.then_some(tag), p.data.clone()));
-            p.off += seg;
-            if last {
-                self.sends.pop_front();
-            }
-            if let Err(e) = self.post_segment(addr, seg, lkey, off, total, keep) {
+            // segment sent; they were copied to registered memory when
+            // queued, so they have a key.
+            let inline = seg as u32 <= self.qp().max_inline() && off == 0 && last;
+            let posted = if inline {
+                self.post_segment(SendData::Inline(data.bytes()), seg, off, total, None)
+            } else {
+                let lkey = data.lkey(&self.pool, self.dev).unwrap_or(0);
+                let kept = SendData::Kept { data, range: off..off + seg, lkey };
+                self.post_segment(kept, seg, off, total, last.then_some(tag))
+            };
+            if let Err(e) = posted {
+                if last {
+                    // Off the queue already: `fail` would not see it.
+                    out.push((tag, Done::Failed(e.errno)));
+                }
                 self.fail(e.errno, out);
                 return;
             }
@@ -290,18 +277,17 @@ impl Rc {
         self.maybe_credit_message();
     }
 
-    /// Posts the segment at `off` of a `total`-byte message and spends a
-    /// credit. `keep` is None for a whole message sent inline (completed by
-    /// the caller); else the push the segment finishes (if it is the last)
-    /// and the payload to keep alive until the device is done with it.
+    /// Posts the segment at `off` (`seg` bytes) of a `total`-byte message
+    /// and spends a credit. A kept segment (registered memory) is signaled
+    /// if it is the last, and then finishes the push `tag`; an inline one
+    /// is completed by the caller.
     fn post_segment(
         &mut self,
-        addr: u64,
+        data: SendData<'_>,
         seg: usize,
-        lkey: u32,
         off: usize,
         total: usize,
-        keep: Option<(Option<Tag>, Arc<dyn Payload>)>,
+        tag: Option<Tag>,
     ) -> Result<()> {
         let first_of_many = off == 0 && total > self.peer_seg;
         let last = off + seg == total;
@@ -314,11 +300,8 @@ impl Rc {
             let flags = if last { flag::LAST } else { 0 } | if ack { flag::ACK } else { 0 };
             Imm::Ctl { credits: self.take_returns(), flags }
         };
-        let (signal, tag, keep) = match keep {
-            Some((tag, keep)) => (last, tag, Some(keep)),
-            None => (false, None, None),
-        };
-        self.post_send(imm, Some((addr, seg as u32, lkey)), signal, tag, keep)?;
+        let kept = matches!(data, SendData::Kept { .. });
+        self.post_send(imm, data, kept && last, if kept { tag } else { None })?;
         self.credits -= 1;
         Ok(())
     }
@@ -330,53 +313,17 @@ impl Rc {
     }
 
     fn sq_room(&self) -> bool {
-        (self.inflight.len() as u32) < self.cfg.sq_depth
+        self.qp().has_room()
     }
 
-    /// Posts one send: immediate data plus an optional payload SGE.
-    fn post_send(
-        &mut self,
-        imm: Imm,
-        payload: Option<(u64, u32, u32)>,
-        signal_end: bool,
-        tag: Option<Tag>,
-        keep: Option<Arc<dyn Payload>>,
-    ) -> Result<()> {
-        let seq = self.seq;
-        let mut sge = ffi::ibv_sge { addr: 0, length: 0, lkey: 0 };
-        let mut num = 0;
-        if let Some((addr, length, lkey)) = payload {
-            sge = ffi::ibv_sge { addr, length, lkey };
-            num = 1;
-        }
-        let bytes = sge.length;
+    /// Posts one send: immediate data plus the payload, if any; `tag` is
+    /// the push it finishes.
+    fn post_send(&mut self, imm: Imm, data: SendData<'_>, signal_end: bool, tag: Option<Tag>) -> Result<()> {
+        let qp = self.qp.as_mut().expect("endpoint has its QP until dropped");
         // Signal message ends, and every 16th WR so the send queue drains.
-        let signaled = signal_end || seq % 16 == 15 || self.inflight.len() as u32 + 1 >= self.cfg.sq_depth;
-        let mut send_flags = 0;
-        if signaled {
-            send_flags |= ffi::ibv_send_flags::IBV_SEND_SIGNALED.0;
-        }
-        if bytes <= self.max_inline {
-            send_flags |= ffi::ibv_send_flags::IBV_SEND_INLINE.0;
-        }
-        // SAFETY: ibv_send_wr is plain data; zero is a valid start.
-        let mut wr: ffi::ibv_send_wr = unsafe { std::mem::zeroed() };
-        wr.wr_id = self.key << 32 | WR_SEND | (seq & WR_LOW);
-        wr.sg_list = &mut sge;
-        wr.num_sge = num;
-        wr.opcode = ffi::ibv_wr_opcode::IBV_WR_SEND_WITH_IMM;
-        wr.send_flags = send_flags;
-        wr.imm_data_invalidated_rkey_union.imm_data = imm.encode().to_be();
-        let mut bad = std::ptr::null_mut();
-        // SAFETY: the QP is live; the SGE points at registered memory kept
-        // alive by `keep` until completion.
-        let rc = unsafe { ffi::ibv_post_send(self.id().qp(), &mut wr, &mut bad) };
-        if rc != 0 {
-            return Err(Error::new("ibv_post_send", rc));
-        }
-        self.seq += 1;
-        self.inflight.push_back(Inflight { seq, tag, _keep: keep });
-        Ok(())
+        let seq = qp.next_seq();
+        let signaled = signal_end || seq % 16 == 15 || qp.in_flight() as u32 + 1 >= self.cfg.sq_depth;
+        qp.post_send(Send { imm: Some(imm.encode()), data, signaled, ud: None }, tag)
     }
 
     /// Returns credits in an empty CREDIT message when they pile up and no data
@@ -400,7 +347,7 @@ impl Rc {
             let credits = self.to_return.min(u16::MAX as u32) as u16;
             // Signaled after our FIN: nothing else would retire it, and a
             // close waits for every send to complete (`sends_drained`).
-            match self.post_send(Imm::Ctl { credits, flags }, None, self.fin_sent, None, None) {
+            match self.post_send(Imm::Ctl { credits, flags }, SendData::Empty, self.fin_sent, None) {
                 Ok(()) => {
                     log::trace!("catmint: ep {:#x} returns {credits} credits in a CREDIT message", self.key);
                     self.to_return -= credits as u32;
@@ -413,28 +360,22 @@ impl Rc {
     }
 
     /// Handles a send completion for this endpoint.
-    pub fn on_completion(&mut self, wc: &ffi::ibv_wc, out: &mut dyn Sink) {
-        let ok = wc.status == ffi::ibv_wc_status::IBV_WC_SUCCESS;
-        if wc.wr_id & WR_SEND != 0 {
-            self.on_send_done(wc.wr_id & WR_LOW, ok, out);
+    pub fn on_completion(&mut self, c: &Completion, out: &mut dyn Sink) {
+        if is_send(c.wr_id()) {
+            let ok = c.ok();
+            // A signaled completion also retires the unsignaled WRs before it.
+            let qp = self.qp.as_mut().expect("endpoint has its QP until dropped");
+            qp.retire(c, |tag| {
+                if let Some(tag) = tag {
+                    out.push((tag, if ok { Done::Sent } else { Done::Failed(libc::ECONNRESET) }));
+                }
+            });
             if !ok {
                 self.fail(libc::ECONNRESET, out);
             }
         }
         self.progress_sends(out);
         self.deliver(out);
-    }
-
-    fn on_send_done(&mut self, low: u64, ok: bool, out: &mut dyn Sink) {
-        // A signaled completion also retires the unsignaled WRs before it.
-        while let Some(w) = self.inflight.pop_front() {
-            if let Some(tag) = w.tag {
-                out.push((tag, if ok { Done::Sent } else { Done::Failed(libc::ECONNRESET) }));
-            }
-            if w.seq & WR_LOW == low {
-                break;
-            }
-        }
     }
 
     /// Matches received messages with waiting pops.
@@ -470,8 +411,8 @@ impl Rc {
         self.fail(errno, out);
         // Sends already posted will flush; fail them now rather than wait
         // (their memory stays held until the QP is gone).
-        for w in self.inflight.iter_mut() {
-            if let Some(tag) = w.tag.take() {
+        for tag in self.qp.iter_mut().flat_map(Qp::pending_mut) {
+            if let Some(tag) = tag.take() {
                 out.push((tag, Done::Failed(libc::ECONNRESET)));
             }
         }
@@ -482,8 +423,8 @@ impl Rc {
         for p in self.sends.drain(..) {
             out.push((p.tag, Done::Failed(libc::ECANCELED)));
         }
-        for w in self.inflight.iter_mut() {
-            if let Some(tag) = w.tag.take() {
+        for tag in self.qp.iter_mut().flat_map(Qp::pending_mut) {
+            if let Some(tag) = tag.take() {
                 out.push((tag, Done::Failed(libc::ECANCELED)));
             }
         }
@@ -500,7 +441,7 @@ impl Rc {
         }
         let credits = self.take_returns();
         let flags = flag::FIN | if self.owe_ack { flag::ACK } else { 0 };
-        self.fin_sent = self.post_send(Imm::Ctl { credits, flags }, None, true, None, None).is_ok();
+        self.fin_sent = self.post_send(Imm::Ctl { credits, flags }, SendData::Empty, true, None).is_ok();
         self.fin_sent
     }
 
@@ -526,7 +467,7 @@ impl Rc {
 
     /// True once every posted send has completed.
     pub fn sends_drained(&self) -> bool {
-        self.inflight.is_empty()
+        self.qp().in_flight() == 0
     }
 }
 
@@ -534,8 +475,10 @@ impl Drop for Rc {
     fn drop(&mut self) {
         // Destroy the QP first so that no message of this connection takes
         // a shared receive any more, then give back what it had committed.
-        drop(self.id.take());
-        lock(&self.srq).leave(self.qpn, self.granted + self.reserve);
+        let Some(qp) = self.qp.take() else { return };
+        let qpn = qp.qpn();
+        drop(qp);
+        lock(&self.srq).leave(qpn, self.granted + self.reserve);
     }
 }
 

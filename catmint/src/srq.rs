@@ -48,14 +48,16 @@
 //! SRQ is full (`max_srq_wr`) refuses new connections with ENOBUFS.
 //! UD sockets keep a receive ring of their own.
 
-use crate::pool::{Notify, Pool, Returned, Slot};
-use crate::recv::{Msg, RingShared};
-use crate::sys::{ffi, nonnull, Error, Result};
+use crate::pool::Pool;
+use crate::recv::Msg;
+use crate::sys::lend::{Notify, Returned, RingShared};
+use crate::sys::mem::Slot;
+use crate::sys::qp::SrqQueue;
+use crate::sys::verbs::{Completion, Context, Pd};
+use crate::sys::{Error, Result};
 use crate::ud::AddrHasher;
-use crate::verbs::Pd;
 use std::collections::HashMap;
 use std::hash::BuildHasherDefault;
-use std::ptr::NonNull;
 use std::sync::{Arc, Mutex};
 
 /// Data credits a new connection grants its peer in its hello.
@@ -87,20 +89,17 @@ pub type SrqCell = Mutex<Srq>;
 
 /// A device's shared receive queue and its credit bookkeeping.
 pub struct Srq {
-    raw: NonNull<ffi::ibv_srq>,
-    key: u64,
+    /// The verbs SRQ and the receives posted on it.
+    queue: SrqQueue,
     dev: usize,
     buf_size: usize,
     max_wr: u32,
     pool: Pool,
     ring: Arc<RingShared>,
-    /// The slot posted at each index.
-    slots: Vec<Option<Slot>>,
     /// The connection whose message is lent from each index.
     owner: Vec<u64>,
     /// Indices neither posted nor lent.
     free: Vec<u32>,
-    posted: u32,
     committed: u32,
     lent: u32,
     /// The sum of the connections' minimums (INITIAL + RESERVED each).
@@ -110,17 +109,12 @@ pub struct Srq {
     qps: HashMap<u32, u64, BuildHasherDefault<AddrHasher>>,
     /// Connections owed credits that could not be posted yet.
     hungry: Vec<u64>,
-    _pd: Arc<Pd>,
 }
-
-// SAFETY: the SRQ is an rdma-core object usable from any thread; the rest
-// is owned data, reached through the Mutex.
-unsafe impl Send for Srq {}
 
 impl Srq {
     /// Creates the SRQ of device `dev` (context `ctx`) on `pd`.
     pub fn new(
-        ctx: *mut ffi::ibv_context,
+        ctx: &Context,
         pd: &Arc<Pd>,
         dev: usize,
         pool: &Pool,
@@ -128,49 +122,38 @@ impl Srq {
         buf_size: usize,
         budget: u32,
     ) -> Result<Srq> {
-        // SAFETY: ibv_device_attr is plain data; all-zero is a valid start.
-        let mut dattr: ffi::ibv_device_attr = unsafe { std::mem::zeroed() };
-        // SAFETY: ctx is a live device context and dattr a writable attribute struct.
-        let rc = unsafe { ffi::ibv_query_device(ctx, &mut dattr) };
-        if rc != 0 || dattr.max_srq <= 0 || dattr.max_srq_wr <= 0 {
+        let limits = ctx.limits().unwrap_or_default();
+        if limits.max_srq <= 0 || limits.max_srq_wr <= 0 {
             return Err(Error::new("ibv_create_srq: the device has no SRQ", libc::EOPNOTSUPP));
         }
-        let want = MAX_WR.min(dattr.max_srq_wr as u32);
-        // SAFETY: ibv_srq_init_attr is plain data; all-zero is a valid start.
-        let mut attr: ffi::ibv_srq_init_attr = unsafe { std::mem::zeroed() };
-        attr.attr.max_wr = want;
-        attr.attr.max_sge = 1;
-        let raw = nonnull!(ibv_create_srq(pd.raw(), &mut attr))?;
-        // The device may round the depth up; never use more than asked.
-        let max_wr = want.min(attr.attr.max_wr.max(1));
-        let table = 2 * max_wr;
+        let want = MAX_WR.min(limits.max_srq_wr as u32);
+        // Twice the depth: indices of lent buffers stay taken until they
+        // come back, while others are posted in their place.
+        let table = 2 * want;
         let key = key_of(dev);
+        let (queue, max_wr) = SrqQueue::new(pd, dev, key, want, table)?;
         log::debug!("catmint: SRQ on device {dev}: {max_wr} receives of {buf_size} B");
         Ok(Srq {
-            raw,
-            key,
+            queue,
             dev,
             buf_size,
             max_wr,
             pool: pool.clone(),
             ring: RingShared::new(pool, notify, key, table),
-            slots: (0..table).map(|_| None).collect(),
             owner: vec![0; table as usize],
             free: (0..table).rev().collect(),
-            posted: 0,
             committed: 0,
             lent: 0,
             floors: 0,
             budget,
             qps: HashMap::default(),
             hungry: Vec::new(),
-            _pd: pd.clone(),
         })
     }
 
-    /// The verbs SRQ, for `ibv_qp_init_attr.srq`.
-    pub fn raw(&self) -> *mut ffi::ibv_srq {
-        self.raw.as_ptr()
+    /// The verbs SRQ and its receives, for the QPs that receive from it.
+    pub fn queue(&self) -> &SrqQueue {
+        &self.queue
     }
 
     /// Commits the minimum of a new connection (QP `qpn`, key `key`):
@@ -202,7 +185,7 @@ impl Srq {
 
     /// Posts new buffers until `n` more receives than committed are posted.
     fn ensure(&mut self, n: u32) -> Result<()> {
-        while self.posted < self.committed + n {
+        while self.queue.posted() < self.committed + n {
             let Some(index) = self.free.pop() else {
                 return Err(Error::new("shared receive queue indices", libc::ENOBUFS));
             };
@@ -220,73 +203,58 @@ impl Srq {
 
     /// Posts `slot` at `index`; on failure both are given back.
     fn post(&mut self, index: u32, slot: Slot) -> Result<()> {
-        if self.posted >= self.max_wr {
+        if self.queue.posted() >= self.max_wr {
             self.free.push(index);
             self.pool.recycle(slot);
             return Err(Error::new("ibv_post_srq_recv", libc::ENOBUFS));
         }
-        let srq = self.raw();
-        // SAFETY: the SRQ is live; the SGE is registered memory that stays
-        // owned by `slots` until its completion hands it back.
-        let rc = slot.post_recv(self.dev, self.key << 32 | index as u64, |wr, bad| unsafe {
-            ffi::ibv_post_srq_recv(srq, wr, bad)
-        });
-        if rc != 0 {
+        self.queue.post(index, slot).map_err(|(e, slot)| {
             self.free.push(index);
             self.pool.recycle(slot);
-            return Err(Error::new("ibv_post_srq_recv", rc));
-        }
-        self.slots[index as usize] = Some(slot);
-        self.posted += 1;
-        Ok(())
+            e
+        })
     }
 
-    /// The slot a receive completion at `index` filled (its index stays
+    /// The slot and index a receive completion `c` filled (its index stays
     /// taken until it is re-posted, lent and returned, or freed).
-    pub fn complete(&mut self, index: u32) -> Option<Slot> {
-        let slot = self.slots.get_mut(index as usize).and_then(Option::take)?;
-        self.posted -= 1;
-        Some(slot)
+    pub fn complete(&mut self, c: &Completion) -> Option<(u32, Slot)> {
+        self.queue.complete(c)
     }
 
     /// Gives back a completed slot: posted again at `index` if fewer than
     /// `HEADROOM` receives beyond the committed ones are posted, else to
     /// the pool. Err only if posting failed where it was needed.
     pub fn repost(&mut self, index: u32, slot: Slot) -> Result<()> {
-        if self.posted < self.committed + HEADROOM {
+        if self.queue.posted() < self.committed + HEADROOM {
             self.post(index, slot)?;
         } else {
             self.free.push(index);
             self.pool.recycle(slot);
         }
-        if self.posted < self.committed {
+        if self.queue.posted() < self.committed {
             return Err(Error::new("shared receive queue", libc::ENOBUFS));
         }
         Ok(())
     }
 
     /// Lends a completed slot to the application as its first `len` bytes,
-    /// a message of connection `owner`.
-    pub fn lend(&mut self, index: u32, slot: Slot, len: usize, owner: u64) -> Msg {
+    /// a message of connection `owner`; the slot back if it cannot be lent.
+    pub fn lend(&mut self, index: u32, slot: Slot, len: usize, owner: u64) -> std::result::Result<Msg, Slot> {
+        let lent = self.ring.lend(slot, index, 0, len)?;
         self.owner[index as usize] = owner;
         self.lent += 1;
-        self.ring.lend(slot, index, 0, len)
+        Ok(Msg::Lent(lent))
     }
 
     /// A lent buffer came back: posted again (or pooled). Returns the
     /// connection it was lent from; None if it is not this SRQ's.
     pub fn returned(&mut self, r: Returned) -> Option<u64> {
-        if !Arc::ptr_eq(&self.ring, &r.ring) {
-            return None;
-        }
-        // SAFETY: released (see RingShared::take_returned); we hold the
-        // SRQ's lock, the ring's owner.
-        let slot = unsafe { self.ring.take_returned(r.index) }?;
+        let (index, slot) = self.ring.take_returned(r).ok()?;
         self.lent -= 1;
-        if let Err(e) = self.repost(r.index, slot) {
+        if let Err(e) = self.repost(index, slot) {
             log::warn!("catmint: {e}");
         }
-        Some(self.owner[r.index as usize])
+        Some(self.owner[index as usize])
     }
 
     /// Commits up to `n` more credits, posting buffers for them first;
@@ -295,7 +263,7 @@ impl Srq {
         if self.ensure(n).is_err() {
             log::debug!("catmint: SRQ of device {}: no buffers for {n} credits", self.dev);
         }
-        let k = n.min(self.posted - self.committed);
+        let k = n.min(self.queue.posted() - self.committed);
         self.committed += k;
         if k < n && !self.hungry.contains(&key) {
             self.hungry.push(key);
@@ -326,14 +294,11 @@ impl Srq {
 
 impl Drop for Srq {
     fn drop(&mut self) {
-        // SAFETY: every QP using the SRQ is gone (each holds an Arc to it).
-        let rc = unsafe { ffi::ibv_destroy_srq(self.raw.as_ptr()) };
-        if rc != 0 {
-            log::error!("catmint: ibv_destroy_srq failed ({rc})");
-        }
         // Lent buffers go to the pool when the application drops them.
         self.ring.close();
-        for slot in self.slots.drain(..).flatten() {
+        // Destroys the SRQ (every QP on it is gone: each connection holds
+        // this bookkeeping), then its posted buffers go back.
+        for slot in self.queue.close() {
             self.pool.recycle(slot);
         }
     }

@@ -3,12 +3,12 @@
 //! connect; server: listen, admit requests within the backlog, accept) and
 //! the timers that bound it; also the dispatch of every rdma_cm event.
 
-use crate::cm::{CmEvent, CmId, PortSpace};
 use crate::rc::Rc;
+use crate::sys::cm::{CmEvent, CmId, PortSpace};
 use crate::sys::{ffi, Error, Result};
 use crate::types::{Done, Sink, SockId, Tag};
 use crate::wire::Hello;
-use crate::{attempt_ms, conn_param, connect_errno, Catmint, Listener, Sock};
+use crate::{attempt_ms, connect_errno, Catmint, Listener, Sock};
 use std::collections::VecDeque;
 use std::net::SocketAddrV4;
 use std::time::Instant;
@@ -121,7 +121,7 @@ impl Catmint {
                 match self.new_endpoint(id, key) {
                     Ok(ep) => {
                         let hello = ep.hello().emit();
-                        match ep.id().connect(&mut conn_param(&hello)) {
+                        match ep.id().connect(&hello) {
                             Ok(()) => Sock::Connecting { ep, bound, tag, deadline },
                             Err(e) => self.connect_failed_ep(s, ep, bound, tag, e.errno, out),
                         }
@@ -209,7 +209,7 @@ impl Catmint {
             return self.on_sidr_request(l, ev);
         }
         // SAFETY: the child id of a CONNECT_REQUEST is ours to own.
-        let Ok(child) = (unsafe { CmId::adopt(ev.id(), &self.channel, 0) }) else { return };
+        let Ok(child) = ev.take_child(&self.channel) else { return };
         let listener = self.lookup(lkey).filter(|&l| matches!(self.socks[l].sock, Some(Sock::Listening(_))));
         let (Some(l), Some(hello)) = (listener, Hello::parse(&ev.private_data())) else {
             // No listener, or not a catmint peer: refuse; the id is destroyed
@@ -246,7 +246,7 @@ impl Catmint {
             Ok(mut ep) => {
                 ep.established(peer_hello);
                 let hello = ep.hello().emit();
-                if let Err(e) = ep.id().accept(&mut conn_param(&hello)) {
+                if let Err(e) = ep.id().accept(&hello, 0) {
                     log::warn!("catmint: accept from {peer}: {e}");
                     ep.id().reject();
                     self.graveyard.push(Sock::Connected(ep));

@@ -3,48 +3,17 @@
 //! and the tunables. A leaf: it depends on nothing else of the crate but the
 //! memory it names.
 
-use crate::pool::{Block, Pool};
 use crate::recv::Msg;
 use std::net::SocketAddrV4;
-use std::sync::Arc;
 use std::time::Duration;
+
+pub use crate::sys::mem::Payload;
 
 /// The caller's name for one request.
 pub type Tag = u64;
 
 /// A socket of a [`Catmint`](crate::Catmint).
 pub type SockId = usize;
-
-/// Bytes to send. `bytes()` must not move when the value moves (it points to
-/// memory owned elsewhere), and must stay valid while the value lives.
-pub trait Payload: Send + Sync {
-    /// The bytes to send.
-    fn bytes(&self) -> &[u8];
-    /// The memory key on device `dev` if the bytes are registered memory of
-    /// `pool` (else they are copied into its memory once). Memory of another
-    /// pool (another `Catmint`: another thread's, with its own protection
-    /// domains) must answer `None`: its key means nothing here.
-    fn lkey(&self, pool: &Pool, dev: usize) -> Option<u32>;
-}
-
-/// A shared payload (queued sends replayed after an implicit bind).
-impl Payload for Arc<dyn Payload> {
-    fn bytes(&self) -> &[u8] {
-        (**self).bytes()
-    }
-    fn lkey(&self, pool: &Pool, dev: usize) -> Option<u32> {
-        (**self).lkey(pool, dev)
-    }
-}
-
-impl Payload for Block {
-    fn bytes(&self) -> &[u8] {
-        self.as_slice()
-    }
-    fn lkey(&self, pool: &Pool, dev: usize) -> Option<u32> {
-        self.is_from(pool).then(|| Block::lkey(self, dev))
-    }
-}
 
 /// How a request ended.
 pub enum Done {

@@ -3,10 +3,11 @@
 //! granted back to the peer (see `srq` for the rules).
 
 use super::{lock, Rc};
-use crate::pool::Slot;
 use crate::recv::Msg;
 use crate::srq::INITIAL;
-use crate::sys::{ffi, Result};
+use crate::sys::mem::Slot;
+use crate::sys::verbs::Completion;
+use crate::sys::Result;
 use crate::types::Sink;
 use crate::wire::{flag, Imm};
 
@@ -62,12 +63,9 @@ impl Rc {
 
     /// Handles a receive completion from the SRQ for this endpoint: `slot`
     /// was posted at `index`.
-    pub fn on_srq_recv(&mut self, index: u32, slot: Slot, wc: &ffi::ibv_wc, out: &mut dyn Sink) {
-        if wc.status == ffi::ibv_wc_status::IBV_WC_SUCCESS {
-            let imm = (wc.wc_flags & ffi::ibv_wc_flags::IBV_WC_WITH_IMM.0 != 0)
-                // SAFETY: the flag says the union holds immediate data.
-                .then(|| u32::from_be(unsafe { wc.imm_data_invalidated_rkey_union.imm_data }));
-            self.on_recv(index, slot, wc.byte_len as usize, imm, out);
+    pub fn on_srq_recv(&mut self, index: u32, slot: Slot, c: &Completion, out: &mut dyn Sink) {
+        if c.ok() {
+            self.on_recv(index, slot, c.byte_len(), c.imm(), out);
         } else {
             self.pool_back(index, slot);
             self.fail(libc::ECONNRESET, out);
@@ -85,8 +83,6 @@ impl Rc {
                 out,
             );
         };
-        // SAFETY: the device wrote `len` bytes into this slot, which we own again.
-        let bytes = unsafe { std::slice::from_raw_parts(slot.ptr(), len) };
         let (credits, flags) = match imm {
             Imm::First { total, ack } => {
                 // A first segment is shorter than its message, and comes first.
@@ -148,8 +144,15 @@ impl Rc {
                     out,
                 );
             }
-            let msg = lock(&self.srq).lend(index, slot, len, self.key);
-            self.ready.push_back(msg);
+            let lent = lock(&self.srq).lend(index, slot, len, self.key);
+            match lent {
+                Ok(msg) => self.ready.push_back(msg),
+                Err(slot) => {
+                    log::error!("catmint: ep {:#x}: receive {index} could not be lent", self.key);
+                    self.pool_back(index, slot);
+                    return self.fail(libc::EIO, out);
+                }
+            }
             return self.used_credit(true);
         };
         // A segment of a larger message: copy it out and re-post at once.
@@ -157,7 +160,8 @@ impl Rc {
             let msg = format!("segment of {len} bytes at {} of {}", *filled, block.len());
             return self.protocol_error(index, slot, format_args!("{msg}"), out);
         }
-        block.as_mut_slice()[*filled..*filled + len].copy_from_slice(bytes);
+        // The device wrote `len` bytes into this slot, ours again.
+        block.as_mut_slice()[*filled..*filled + len].copy_from_slice(&slot.bytes()[..len]);
         *filled += len;
         if let Err(e) = self.post_recv(index, slot) {
             return self.fail(e.errno, out);
