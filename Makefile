@@ -4,7 +4,7 @@ PREFIX ?= /usr/local
 CARGO ?= cargo
 BUILD := build
 CFLAGS_TEST := -std=c11 -Wall -Wextra -Werror -Wpedantic -O1 -g
-DEPS_CORE := build-essential pkg-config iproute2 procps
+DEPS_CORE := build-essential pkg-config iproute2 procps python3
 # catmint (RDMA): rdma-core headers and libraries (rdma-sys runs bindgen).
 DEPS_CATMINT := libibverbs-dev librdmacm-dev libclang-dev ibverbs-providers
 # catnip (DPDK): bindings and tests (veth/netns tools, ping, nftables for loss).
@@ -132,10 +132,12 @@ bench-engine: build
 fmt:
 	$(CARGO) fmt --all
 
-# fmt, clippy, rustdoc (warnings are errors), and the C headers: regenerated,
-# they must equal the committed ones.
+# fmt, clippy, rustdoc (warnings are errors), a `// SAFETY:` comment at
+# every unsafe site (macro call sites included: scripts/check-safety), and
+# the C headers: regenerated, they must equal the committed ones.
 lint: header
 	$(CARGO) fmt --all -- --check
+	scripts/check-safety
 	$(CARGO) clippy --release --workspace --all-targets -- -D warnings
 	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --release --no-deps --workspace
 	@git diff --exit-code -- include/ || { echo "make lint: include/ is not what make header generates from src/ffi: commit the regenerated headers"; exit 1; }

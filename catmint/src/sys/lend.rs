@@ -331,3 +331,74 @@ impl Notify {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ring(depth: u32) -> (Pool, Arc<Notify>, Arc<RingShared>) {
+        let pool = Pool::new(Vec::new());
+        let notify = Arc::new(Notify::new().unwrap());
+        let ring = RingShared::new(&pool, &notify, 5, depth);
+        (pool, notify, ring)
+    }
+
+    fn returns(notify: &Notify) -> Vec<Returned> {
+        let mut v = Vec::new();
+        notify.take(&mut v);
+        v
+    }
+
+    #[test]
+    fn a_lent_index_is_not_lent_again_until_its_buffer_came_back() {
+        let (pool, notify, ring) = ring(4);
+        let mut slot = pool.slot(256).unwrap();
+        slot.bytes_mut()[10..15].copy_from_slice(b"hello");
+        let lent = ring.lend(slot, 2, 10, 5).ok().expect("an empty index");
+        assert_eq!(lent.as_slice(), b"hello");
+        // The index is taken: a second lend gives its slot back untouched.
+        let other = pool.slot(256).unwrap();
+        let other = ring.lend(other, 2, 0, 1).err().expect("index 2 is lent");
+        // Out of range, or beyond the slot: refused as well.
+        let other = ring.lend(other, 4, 0, 1).err().expect("no index 4");
+        let other = ring.lend(other, 1, 200, 57).err().expect("past the slot's end");
+        assert!(returns(&notify).is_empty());
+        // Dropping the message releases it: the index comes back once.
+        drop(lent);
+        let mut back = returns(&notify);
+        assert_eq!(back.len(), 1);
+        let (index, slot) = ring.take_returned(back.pop().unwrap()).ok().expect("ours");
+        assert_eq!((index, &slot.bytes()[10..15]), (2, &b"hello"[..]));
+        // Now index 2 lends again.
+        assert!(ring.lend(slot, 2, 0, 1).is_ok());
+        drop(other);
+    }
+
+    #[test]
+    fn another_rings_buffer_is_refused() {
+        let (pool, notify, a) = ring(2);
+        let b = RingShared::new(&pool, &notify, 6, 2);
+        drop(a.lend(pool.slot(256).unwrap(), 0, 0, 1).ok().unwrap());
+        let r = returns(&notify).pop().unwrap();
+        assert_eq!(r.key(), 5);
+        let r = b.take_returned(r).err().expect("not b's");
+        assert!(a.take_returned(r).is_ok());
+    }
+
+    #[test]
+    fn a_buffer_released_after_its_ring_closed_goes_with_the_ring() {
+        let (pool, notify, ring) = ring(2);
+        let lent = ring.lend(pool.slot(256).unwrap(), 1, 0, 3).ok().unwrap();
+        let free = || pool.free_lists().free[0].lock().unwrap().len();
+        let before = free();
+        ring.close();
+        let weak = Arc::downgrade(&ring);
+        drop(ring);
+        assert!(weak.upgrade().is_some(), "the lend keeps the ring");
+        drop(lent);
+        assert!(returns(&notify).is_empty(), "not re-posted on a closed ring");
+        assert!(weak.upgrade().is_none(), "its last reference went with the buffer");
+        // The slot went back to the pool's free list.
+        assert_eq!(free(), before + 1);
+    }
+}

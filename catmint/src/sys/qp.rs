@@ -14,7 +14,10 @@
 //! go, so the device never touches memory that was given back.
 //!
 //! Work request ids: the owner's key in the high 32 bits, [`WR_SEND`] for
-//! sends, then a sequence number (sends) or the receive's index.
+//! sends, then a sequence number (sends), or for a receive the number of
+//! posts at its index so far (16 bits) and the index (15 bits): so a
+//! completion names one post, and one already handed back (its index since
+//! posted again) hands back nothing.
 
 use super::cm::CmId;
 use super::mem::Slot;
@@ -46,18 +49,33 @@ enum Target {
     Srq(NonNull<ffi::ibv_srq>),
 }
 
+/// Receive indices fit in this many bits of a work request id.
+const INDEX_BITS: u32 = 15;
+/// The most receive indices one queue has.
+pub const MAX_RECV_INDICES: u32 = 1 << INDEX_BITS;
+
 /// The receives posted on one queue (a QP's own, or a shared one), each
 /// owned here from its post until its completion.
 pub struct RecvSlots {
     slots: Vec<Option<Slot>>,
+    /// Posts at each index so far (wrapping), in the work request id.
+    posts: Vec<u16>,
     key: u64,
     dev: usize,
     posted: u32,
 }
 
 impl RecvSlots {
-    fn new(depth: u32, key: u64, dev: usize) -> RecvSlots {
-        RecvSlots { slots: (0..depth).map(|_| None).collect(), key, dev, posted: 0 }
+    fn new(depth: u32, key: u64, dev: usize) -> Result<RecvSlots> {
+        if depth > MAX_RECV_INDICES {
+            return Err(Error::new("receive queue deeper than 32768", libc::EINVAL));
+        }
+        let slots = (0..depth).map(|_| None).collect();
+        Ok(RecvSlots { slots, posts: vec![0; depth as usize], key, dev, posted: 0 })
+    }
+
+    fn wr_id(&self, index: u32) -> u64 {
+        self.key << 32 | (self.posts[index as usize] as u64) << INDEX_BITS | index as u64
     }
 
     fn post(&mut self, target: &Target, index: u32, slot: Slot) -> std::result::Result<(), (Error, Slot)> {
@@ -94,11 +112,11 @@ impl RecvSlots {
     /// flushed); None if `c` is not a receive of this queue.
     pub fn complete(&mut self, c: &Completion) -> Option<(u32, Slot)> {
         let id = c.wr_id();
-        if key_of(id) != self.key || is_send(id) {
+        let index = (id & (MAX_RECV_INDICES as u64 - 1)) as u32;
+        if (index as usize) >= self.slots.len() || id != self.wr_id(index) {
             return None;
         }
-        let index = (id & WR_LOW) as u32;
-        let slot = self.slots.get_mut(index as usize)?.take()?;
+        let slot = self.slots[index as usize].take()?;
         self.posted -= 1;
         Some((index, slot))
     }
@@ -127,8 +145,9 @@ impl SrqQueue {
     /// An SRQ of up to `want` receives on `pd` (device `dev`), whose work
     /// requests carry `key`; its table has `table` indices.
     pub fn new(pd: &Arc<Pd>, dev: usize, key: u64, want: u32, table: u32) -> Result<(SrqQueue, u32)> {
+        let recvs = RecvSlots::new(table, key, dev)?;
         let (srq, max_wr) = Srq::new(pd, want)?;
-        Ok((SrqQueue { srq: Some(srq), recvs: RecvSlots::new(table, key, dev) }, max_wr))
+        Ok((SrqQueue { srq: Some(srq), recvs }, max_wr))
     }
 
     fn srq(&self) -> &Arc<Srq> {
@@ -300,7 +319,11 @@ impl<K> Qp<K> {
                 attr.cap.max_recv_wr = depth;
                 attr.cap.max_send_sge = 2;
                 attr.cap.max_recv_sge = 1;
-                (None, Some(RecvSlots::new(depth, key, dev)), Some((prefixes, prefix)))
+                let recvs = match RecvSlots::new(depth, key, dev) {
+                    Ok(r) => r,
+                    Err(e) => return Err((e, id)),
+                };
+                (None, Some(recvs), Some((prefixes, prefix)))
             }
         };
         let raw = match id.create_qp(pd, cq, srq, &mut attr) {
@@ -497,5 +520,46 @@ impl<K> Drop for Qp<K> {
         if let Some(id) = self.id.as_mut() {
             id.destroy_qp();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pool::Pool;
+
+    /// A table with `slot` as if posted at `index` (posting itself needs a
+    /// device; what is checked here is which completion hands it back).
+    fn posted_at(index: u32, pool: &Pool) -> RecvSlots {
+        let mut r = RecvSlots::new(8, 7, 0).unwrap();
+        r.posts[index as usize] = 1;
+        r.slots[index as usize] = Some(pool.slot(256).unwrap());
+        r.posted = 1;
+        r
+    }
+
+    #[test]
+    fn a_receive_comes_back_only_for_the_completion_of_that_post() {
+        let pool = Pool::new(Vec::new());
+        let mut r = posted_at(3, &pool);
+        let id = r.wr_id(3);
+        assert_eq!(key_of(id), 7);
+        assert!(!is_send(id));
+        // Another key, another index, a send, an earlier post at index 3.
+        for wrong in [id ^ 1 << 32, id ^ 1, id | WR_SEND, id - (1 << INDEX_BITS)] {
+            assert!(r.complete(&Completion::reported(wrong, true)).is_none(), "{wrong:#x}");
+        }
+        assert_eq!(r.posted(), 1);
+        // A flushed completion hands it back too (the device is done).
+        let (index, _slot) = r.complete(&Completion::reported(id, false)).expect("its own completion");
+        assert_eq!(index, 3);
+        assert_eq!(r.posted(), 0);
+        assert!(r.complete(&Completion::reported(id, true)).is_none(), "handed back once");
+    }
+
+    #[test]
+    fn a_queue_deeper_than_the_index_bits_is_refused() {
+        assert!(RecvSlots::new(MAX_RECV_INDICES, 0, 0).is_ok());
+        assert_eq!(RecvSlots::new(MAX_RECV_INDICES + 1, 0, 0).err().map(|e| e.errno), Some(libc::EINVAL));
     }
 }

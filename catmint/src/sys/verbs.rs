@@ -27,6 +27,7 @@ impl DeviceList {
     /// Opens every RDMA device; ENODEV if there are none.
     pub fn open() -> Result<Arc<DeviceList>> {
         let mut n = 0;
+        // SAFETY: n is a live out-parameter.
         let list = nonnull!(rdma_get_devices(&mut n)).map_err(|e| {
             // With no rdma devices (or no kernel support) rdma-core returns NULL.
             if e.errno == libc::ENOSYS || e.errno == libc::ENOENT {
@@ -465,6 +466,19 @@ impl Completion {
         (self.ok() && self.0.wc_flags & ffi::ibv_wc_flags::IBV_WC_WITH_IMM.0 != 0)
             // SAFETY: the flag says the union holds immediate data (plain data).
             .then(|| u32::from_be(unsafe { self.0.imm_data_invalidated_rkey_union.imm_data }))
+    }
+}
+
+#[cfg(test)]
+impl Completion {
+    /// A completion as a device would report it (tests of the queues'
+    /// bookkeeping, which need no device).
+    pub(super) fn reported(wr_id: u64, ok: bool) -> Completion {
+        // SAFETY: ibv_wc is plain data; all-zero is a valid value.
+        let mut wc: ffi::ibv_wc = unsafe { std::mem::zeroed() };
+        wc.wr_id = wr_id;
+        wc.status = if ok { ffi::ibv_wc_status::IBV_WC_SUCCESS } else { ffi::ibv_wc_status::IBV_WC_WR_FLUSH_ERR };
+        Completion(wc)
     }
 }
 
