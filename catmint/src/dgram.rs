@@ -14,7 +14,7 @@ impl Catmint {
     /// A new datagram (UD) socket.
     pub fn dgram_socket(&mut self) -> Result<SockId> {
         let channel = self.channel.clone();
-        self.insert_with(|key| {
+        self.socks.insert_with(|key| {
             Ok(Sock::DgramUnbound {
                 id: CmId::new(&channel, PortSpace::Udp, key)?,
                 sends: Vec::new(),
@@ -27,7 +27,7 @@ impl Catmint {
     /// The largest datagram payload `s` can send: its path MTU less our
     /// header, or the smallest over all devices before it is bound.
     pub fn max_datagram(&self, s: SockId) -> usize {
-        match self.socks.get(s).and_then(|e| e.sock.as_ref()) {
+        match self.socks.get(s) {
             Some(Sock::Dgram(ud)) => ud.max_payload,
             _ => self.devices.iter().map(|d| d.ctx.port_mtu(1)).min().unwrap_or(256) - crate::ud::UD_HDR_LEN,
         }
@@ -35,7 +35,7 @@ impl Catmint {
 
     /// True for datagram sockets.
     pub fn is_datagram(&self, s: SockId) -> bool {
-        matches!(self.socks.get(s).and_then(|e| e.sock.as_ref()), Some(Sock::Dgram(_) | Sock::DgramUnbound { .. }))
+        matches!(self.socks.get(s), Some(Sock::Dgram(_) | Sock::DgramUnbound { .. }))
     }
 
     /// Binds a datagram socket and brings up its QP; it then answers peers'
@@ -47,28 +47,28 @@ impl Catmint {
                 libc::EADDRNOTAVAIL,
             ));
         }
-        let (id, sends, pops) = match self.take(s) {
+        let (id, sends, pops) = match self.socks.take(s) {
             Some(Sock::DgramUnbound { id, sends, pops, binding: false }) => (id, sends, pops),
             Some(other) => {
-                self.put_back(s, other);
+                self.socks.put_back(s, other);
                 return Err(Error::new("bind", libc::EINVAL));
             }
             None => return Err(Error::new("bind", libc::EBADF)),
         };
         if let Err(e) = id.bind(addr) {
-            self.put_back(s, Sock::DgramUnbound { id, sends, pops, binding: false });
+            self.socks.put_back(s, Sock::DgramUnbound { id, sends, pops, binding: false });
             return Err(if e.errno == libc::ENODEV { Error::new(e.call, libc::EADDRNOTAVAIL) } else { e });
         }
         let mut out = Vec::new();
         let ud = match self.bring_up(s, id, sends, pops, &mut out) {
             Ok(ud) => ud,
             Err(e) => {
-                self.put_back(s, Sock::Broken);
+                self.socks.put_back(s, Sock::Broken);
                 return Err(e);
             }
         };
         let local = ud.local;
-        self.put_back(s, Sock::Dgram(ud));
+        self.socks.put_back(s, Sock::Dgram(ud));
         // Nothing can have been queued on a socket bound explicitly.
         debug_assert!(out.is_empty());
         Ok(local)
@@ -87,7 +87,7 @@ impl Catmint {
         let dev = self.device_of(&id).ok_or(Error::new("ud: address of no RDMA device", libc::EADDRNOTAVAIL))?;
         id.listen(64)?;
         let d = &self.devices[dev];
-        let key = self.key_of(s);
+        let key = self.socks.key_of(s);
         let c = &self.cfg;
         let mut ud = Ud::new(
             id,
@@ -125,20 +125,20 @@ impl Catmint {
     ) -> Result<()> {
         // The common case, a bound socket: send without taking the socket
         // out of its slot, unless the destination needs a resolver.
-        if let Some(Sock::Dgram(ud)) = self.socks.get_mut(s).and_then(|e| e.sock.as_mut()) {
+        if let Some(Sock::Dgram(ud)) = self.socks.get_mut(s) {
             if ud.send(tag, data, to, out) {
-                let Some(Sock::Dgram(mut ud)) = self.take(s) else { unreachable!("matched above") };
+                let Some(Sock::Dgram(mut ud)) = self.socks.take(s) else { unreachable!("matched above") };
                 self.start_resolver(s, &mut ud, to, out);
-                self.put_back(s, Sock::Dgram(ud));
+                self.socks.put_back(s, Sock::Dgram(ud));
             }
             return Ok(());
         }
-        match self.take(s) {
+        match self.socks.take(s) {
             Some(Sock::DgramUnbound { id, mut sends, pops, binding }) => {
                 // Not bound: the first resolver's route picks our address.
                 sends.push((tag, Arc::new(data) as Arc<dyn Payload>, to));
                 let first = !binding;
-                self.put_back(s, Sock::DgramUnbound { id, sends, pops, binding: true });
+                self.socks.put_back(s, Sock::DgramUnbound { id, sends, pops, binding: true });
                 if first {
                     if let Err(e) = self.spawn_resolver(s, None, to) {
                         self.unbound_failed(s, e.errno, out);
@@ -147,7 +147,7 @@ impl Catmint {
                 Ok(())
             }
             Some(other) => {
-                self.put_back(s, other);
+                self.socks.put_back(s, other);
                 Err(Error::new("send", libc::EINVAL))
             }
             None => Err(Error::new("send", libc::EBADF)),
@@ -172,11 +172,11 @@ impl Catmint {
     /// (None: wherever the route goes, for a socket not bound yet). The
     /// caller passes `src`: the owner is taken out of its slot meanwhile.
     fn spawn_resolver(&mut self, owner: SockId, src: Option<SocketAddrV4>, dst: SocketAddrV4) -> Result<SockId> {
-        let owner_key = self.key_of(owner);
+        let owner_key = self.socks.key_of(owner);
         let channel = self.channel.clone();
         let deadline = Instant::now() + self.cfg.timeout;
         let ms = crate::attempt_ms(deadline).unwrap_or(1);
-        let r = self.insert_with(|key| {
+        let r = self.socks.insert_with(|key| {
             let id = CmId::new(&channel, PortSpace::Udp, key)?;
             id.resolve_addr(src, dst, ms)?;
             Ok(Sock::Resolver { id, owner: owner_key, dst, deadline })
@@ -187,7 +187,7 @@ impl Catmint {
 
     /// An unbound socket could not get an address: fail what waited.
     fn unbound_failed(&mut self, s: SockId, errno: i32, out: &mut dyn Sink) {
-        if let Some(Sock::DgramUnbound { sends, binding, .. }) = self.socks[s].sock.as_mut() {
+        if let Some(Sock::DgramUnbound { sends, binding, .. }) = self.socks.get_mut(s) {
             for (tag, _, _) in sends.drain(..) {
                 out.push((tag, Done::Failed(errno)));
             }
@@ -199,7 +199,7 @@ impl Catmint {
     pub(crate) fn on_resolver_event(&mut self, r: SockId, sock: Sock, ev: &CmEvent, out: &mut dyn Sink) {
         use ffi::rdma_cm_event_type::*;
         let Sock::Resolver { id, owner, dst, deadline } = sock else { unreachable!("only resolvers come here") };
-        let owner_sock = self.lookup(owner);
+        let owner_sock = self.socks.lookup(owner);
         let Some(o) = owner_sock else {
             // The socket closed meanwhile.
             self.timed -= 1;
@@ -213,7 +213,7 @@ impl Catmint {
             }
             RDMA_CM_EVENT_ROUTE_RESOLVED => {
                 // An unbound owner takes the route's source address now.
-                if let Some(Sock::DgramUnbound { .. }) = self.socks[o].sock.as_ref() {
+                if let Some(Sock::DgramUnbound { .. }) = self.socks.get(o) {
                     if let Some(local) = id.local_addr() {
                         self.implicit_bind(o, SocketAddrV4::new(*local.ip(), 0), r, dst, out);
                     }
@@ -221,7 +221,7 @@ impl Catmint {
                 id.connect(&[]).map(|()| Some(Sock::Resolver { id, owner, dst, deadline })).map_err(|e| e.errno)
             }
             RDMA_CM_EVENT_ESTABLISHED => {
-                if let Some(Sock::Dgram(ud)) = self.socks[o].sock.as_mut() {
+                if let Some(Sock::Dgram(ud)) = self.socks.get_mut(o) {
                     ud.resolved(dst, ev.ud_param(), out);
                 }
                 self.graveyard.push(Sock::Resolver { id, owner, dst, deadline });
@@ -230,7 +230,7 @@ impl Catmint {
             RDMA_CM_EVENT_ADDR_ERROR if crate::attempt_ms(deadline).is_some() => {
                 // One attempt timed out: try again until the deadline (see
                 // RESOLVE_ATTEMPT).
-                let src = match self.socks[o].sock.as_ref() {
+                let src = match self.socks.get(o) {
                     Some(Sock::Dgram(ud)) => Some(SocketAddrV4::new(*ud.local.ip(), 0)),
                     _ => None,
                 };
@@ -254,7 +254,7 @@ impl Catmint {
             _ => Ok(Some(Sock::Resolver { id, owner, dst, deadline })),
         };
         match result {
-            Ok(Some(sock)) => self.put_back(r, sock),
+            Ok(Some(sock)) => self.socks.put_back(r, sock),
             Ok(None) => self.timed -= 1,
             Err(errno) => {
                 self.timed -= 1;
@@ -265,7 +265,7 @@ impl Catmint {
 
     /// Resolution of `dst` for socket `o` failed (or timed out).
     pub(crate) fn resolve_failed(&mut self, o: SockId, dst: SocketAddrV4, errno: i32, out: &mut dyn Sink) {
-        match self.socks[o].sock.as_mut() {
+        match self.socks.get_mut(o) {
             Some(Sock::Dgram(ud)) => ud.unresolved(dst, errno, out),
             Some(Sock::DgramUnbound { .. }) => self.unbound_failed(o, errno, out),
             _ => {}
@@ -280,12 +280,12 @@ impl Catmint {
         dst: SocketAddrV4,
         out: &mut dyn Sink,
     ) {
-        let Some(Sock::DgramUnbound { id, sends, pops, .. }) = self.take(o) else { return };
+        let Some(Sock::DgramUnbound { id, sends, pops, .. }) = self.socks.take(o) else { return };
         if let Err(e) = id.bind(addr) {
             for (tag, _, _) in sends {
                 out.push((tag, Done::Failed(e.errno)));
             }
-            self.put_back(o, Sock::DgramUnbound { id, sends: Vec::new(), pops, binding: false });
+            self.socks.put_back(o, Sock::DgramUnbound { id, sends: Vec::new(), pops, binding: false });
             return;
         }
         // The resolver already under way serves `dst`.
@@ -297,21 +297,21 @@ impl Catmint {
                     queue.push_back((tag, data));
                 }
                 ud.peers.insert(dst, crate::ud::Peer::Resolving { resolver, queue });
-                self.put_back(o, Sock::Dgram(ud));
+                self.socks.put_back(o, Sock::Dgram(ud));
             }
             Err(e) => {
                 log::warn!("catmint: implicit bind to {addr}: {e}");
                 for (tag, _, _) in first {
                     out.push((tag, Done::Failed(e.errno)));
                 }
-                self.put_back(o, Sock::Broken);
+                self.socks.put_back(o, Sock::Broken);
             }
         }
     }
 
     /// A peer resolves our datagram socket: answer with our QP number.
     pub(crate) fn on_sidr_request(&mut self, listener: SockId, ev: &CmEvent) {
-        let qpn = match self.socks[listener].sock.as_ref() {
+        let qpn = match self.socks.get(listener) {
             Some(Sock::Dgram(ud)) => ud.qpn(),
             _ => return,
         };

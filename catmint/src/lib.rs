@@ -30,6 +30,7 @@ mod srq;
 mod stream;
 #[allow(unsafe_code)]
 mod sys;
+mod table;
 mod types;
 mod ud;
 pub mod wire;
@@ -50,6 +51,7 @@ use sys::lend::Notify;
 use sys::qp::CqCell;
 use sys::verbs::{CompChannel, Completions, Context, Cq, DeviceList, Pd};
 use sys::{ffi, Epoll};
+use table::SockTable;
 use ud::Ud;
 use wire::Hello;
 
@@ -135,12 +137,6 @@ struct Listener {
     waiting: VecDeque<(CmId, Hello)>,
 }
 
-struct Entry {
-    generation: u32,
-    sock: Option<Sock>,
-}
-
-const IDX_BITS: u32 = 24;
 /// Longest single address resolution. The kernel finishes one early when
 /// the neighbour (ARP) entry turns valid, but not always (seen on soft-RoCE:
 /// the first resolution towards a new neighbour waits for its full timeout
@@ -161,14 +157,11 @@ const CM_EVERY: u32 = 256;
 /// CM events handled per poll, at most: completions of established
 /// connections are polled between them (see `poll_cm`).
 const CM_BATCH: usize = 1;
-const IDX_MASK: u64 = (1 << IDX_BITS) - 1;
 
 /// The RDMA transport (see the crate docs).
 pub struct Catmint {
     // Sockets first: dropping them destroys QPs before CQs and PDs go.
-    socks: Vec<Entry>,
-    free: Vec<usize>,
-    vacated: Vec<usize>,
+    socks: SockTable<Sock>,
     /// Ids and endpoints to drop once the event about them is acknowledged
     /// (rdma_destroy_id waits for its events' acks).
     graveyard: Vec<Sock>,
@@ -213,9 +206,7 @@ impl Catmint {
         epoll.add(notify.fd())?;
         let wcs = Completions::new(32);
         Ok(Catmint {
-            socks: Vec::new(),
-            free: Vec::new(),
-            vacated: Vec::new(),
+            socks: SockTable::new(),
             graveyard: Vec::new(),
             devices,
             pool,
@@ -243,64 +234,9 @@ impl Catmint {
         self.pool.alloc(len)
     }
 
-    fn key_of(&self, s: SockId) -> u64 {
-        ((self.socks[s].generation as u64 & 0xff) << IDX_BITS) | s as u64
-    }
-
-    fn lookup(&self, key: u64) -> Option<SockId> {
-        live(&self.socks, key)
-    }
-
-    fn insert_with(&mut self, make: impl FnOnce(u64) -> Result<Sock>) -> Result<SockId> {
-        let s = self.free.pop().unwrap_or_else(|| {
-            self.socks.push(Entry { generation: 0, sock: None });
-            self.socks.len() - 1
-        });
-        // The last index is the SRQs' (`srq::key_of`).
-        if s as u64 >= IDX_MASK {
-            return Err(Error::new("socket table", libc::EMFILE));
-        }
-        self.socks[s].generation = self.socks[s].generation.wrapping_add(1);
-        let key = self.key_of(s);
-        match make(key) {
-            Ok(sock) => {
-                self.socks[s].sock = Some(sock);
-                Ok(s)
-            }
-            Err(e) => {
-                self.free.push(s);
-                Err(e)
-            }
-        }
-    }
-
-    /// Takes a socket out of its slot. The slot is not reused until
-    /// `reclaim` finds it still empty, so a socket being worked on (taken,
-    /// then put back) never loses its id to one created meanwhile.
-    fn take(&mut self, s: SockId) -> Option<Sock> {
-        let sock = self.socks.get_mut(s)?.sock.take();
-        if sock.is_some() {
-            self.vacated.push(s);
-        }
-        sock
-    }
-
-    /// Frees the slots of sockets that were taken and not put back. Called
-    /// at the end of public calls, when no socket is being worked on.
-    fn reclaim(&mut self) {
-        if self.vacated.is_empty() {
-            return;
-        }
-        for s in self.vacated.drain(..) {
-            if self.socks[s].sock.is_none() && !self.free.contains(&s) {
-                self.free.push(s);
-                self.trim_due = true;
-            }
-        }
-    }
-
+    /// The socket `s`, or EBADF.
     fn sock_mut(&mut self, s: SockId) -> Result<&mut Sock> {
-        self.socks.get_mut(s).and_then(|e| e.sock.as_mut()).ok_or(Error::new("catmint socket", libc::EBADF))
+        self.socks.get_mut(s).ok_or(Error::new("catmint socket", libc::EBADF))
     }
 
     /// Binds a socket to a local address; port 0 picks one. Returns the address bound.
@@ -321,11 +257,6 @@ impl Catmint {
             }
             _ => Err(Error::new("bind", libc::EINVAL)),
         }
-    }
-
-    /// Re-inserts a socket taken with `take` under the same id.
-    fn put_back(&mut self, s: SockId, sock: Sock) {
-        self.socks[s].sock = Some(sock);
     }
 
     /// Sends a message on a connected stream, or a datagram to `to`.
@@ -415,7 +346,7 @@ impl Catmint {
     /// Closes a socket: its pending requests finish with ECANCELED. A healthy
     /// connection sends FIN (end of file for the peer) before disconnecting.
     pub fn close(&mut self, s: SockId, out: &mut dyn Sink) -> Result<()> {
-        let sock = self.take(s).ok_or(Error::new("close", libc::EBADF))?;
+        let sock = self.socks.take(s).ok_or(Error::new("close", libc::EBADF))?;
         match sock {
             Sock::Idle { .. } | Sock::Broken | Sock::Resolver { .. } => {}
             sock @ (Sock::Dgram(_) | Sock::DgramUnbound { .. }) => self.close_dgram(sock, out),
@@ -424,7 +355,7 @@ impl Catmint {
                 out.push((tag, Done::Failed(libc::ECANCELED)));
             }
             Sock::Incoming { .. } => self.timed -= 1,
-            Sock::Closing { ep, deadline } => self.put_back(s, Sock::Closing { ep, deadline }),
+            Sock::Closing { ep, deadline } => self.socks.put_back(s, Sock::Closing { ep, deadline }),
             Sock::Listening(l) => {
                 for tag in l.accepts {
                     out.push((tag, Done::Failed(libc::ECANCELED)));
@@ -442,13 +373,13 @@ impl Catmint {
                 // wait for it as for our own.
                 if ep.send_fin() || (ep.fin_sent() && !ep.sends_drained()) {
                     self.timed += 1;
-                    self.put_back(s, Sock::Closing { ep, deadline: Instant::now() + Duration::from_secs(1) });
+                    self.socks.put_back(s, Sock::Closing { ep, deadline: Instant::now() + Duration::from_secs(1) });
                 } else {
                     ep.id().disconnect();
                 }
             }
         }
-        self.reclaim();
+        self.trim_due |= self.socks.reclaim();
         Ok(())
     }
 
@@ -487,13 +418,6 @@ impl Catmint {
         self.arm_new_qp(dev);
         Ok(ep)
     }
-}
-
-/// The socket a key names, if it is still the one the key was made for.
-fn live(socks: &[Entry], key: u64) -> Option<SockId> {
-    let s = (key & IDX_MASK) as usize;
-    let e = socks.get(s)?;
-    (e.sock.is_some() && (e.generation as u64 & 0xff) == (key >> IDX_BITS) & 0xff).then_some(s)
 }
 
 /// The errno of a failed connection event.

@@ -5,8 +5,9 @@
 use crate::srq::{self, SrqCell};
 use crate::sys::qp;
 use crate::sys::verbs::Completion;
+use crate::table::SockTable;
 use crate::types::{Sink, SockId};
-use crate::{live, Catmint, Sock, CM_BATCH, CM_EVERY};
+use crate::{Catmint, Sock, CM_BATCH, CM_EVERY};
 use std::os::fd::RawFd;
 use std::sync::Arc;
 use std::time::Instant;
@@ -35,7 +36,7 @@ impl Catmint {
             self.check_timers(out);
         }
         self.bury();
-        self.reclaim();
+        self.trim_due |= self.socks.reclaim();
         if std::mem::take(&mut self.trim_due) {
             // Sockets went away: a shared receive queue no QP uses goes
             // (its buffers with it), then registered memory nobody uses.
@@ -61,19 +62,18 @@ impl Catmint {
                 // A buffer of a shared receive queue: posted again there, and
                 // the connection it came from may grant the peer more.
                 let owner = self.devices.get(dev).and_then(|d| d.srq.as_ref()).and_then(|q| lock(q).returned(r));
-                let s = owner.and_then(|k| live(&self.socks, k));
+                let s = owner.and_then(|k| self.socks.lookup(k));
                 if last.is_some() && last != s {
                     self.progress(last, out);
                 }
                 last = None;
-                if let Some(Sock::Connected(ep)) = s.and_then(|s| self.socks[s].sock.as_mut()) {
+                if let Some(Sock::Connected(ep)) = s.and_then(|s| self.socks.get_mut(s)) {
                     ep.buffer_back();
                     last = s;
                 }
                 continue;
             }
-            let s = live(&self.socks, r.key());
-            match s.and_then(|s| self.socks[s].sock.as_mut()) {
+            match self.socks.by_key_mut(r.key()) {
                 Some(Sock::Dgram(ud)) => ud.returned(r),
                 // Its ring is gone or closing: the slot goes to the pool with
                 // the ring's last reference (RingShared's drop).
@@ -93,7 +93,7 @@ impl Catmint {
                 _ => continue,
             };
             for key in hungry {
-                if let Some(Sock::Connected(ep)) = live(&self.socks, key).and_then(|s| self.socks[s].sock.as_mut()) {
+                if let Some(Sock::Connected(ep)) = self.socks.by_key_mut(key) {
                     ep.buffer_back_none();
                     ep.progress_sends(out);
                 }
@@ -104,7 +104,7 @@ impl Catmint {
     /// Lets a connection whose buffers came back return its credits (in
     /// data or a CREDIT message) and post what they allow.
     fn progress(&mut self, s: Option<SockId>, out: &mut dyn Sink) {
-        if let Some(Sock::Connected(ep)) = s.and_then(|s| self.socks[s].sock.as_mut()) {
+        if let Some(Sock::Connected(ep)) = s.and_then(|s| self.socks.get_mut(s)) {
             ep.progress_sends(out);
         }
     }
@@ -151,7 +151,7 @@ impl Catmint {
         }
         self.socks
             .iter()
-            .filter_map(|e| match e.sock.as_ref()? {
+            .filter_map(|(_, sock)| match sock {
                 Sock::Resolving { deadline, .. }
                 | Sock::Connecting { deadline, .. }
                 | Sock::Incoming { deadline, .. }
@@ -192,8 +192,8 @@ impl Catmint {
                         Self::srq_completion(dev.srq.as_ref(), socks, wc, out);
                         continue;
                     }
-                    let Some(s) = live(socks, key) else { continue };
-                    match &mut socks[s].sock {
+                    let Some(s) = socks.lookup(key) else { continue };
+                    match socks.get_mut(s) {
                         Some(Sock::Connected(ep) | Sock::Connecting { ep, .. } | Sock::Incoming { ep, .. }) => {
                             ep.on_completion(wc, out)
                         }
@@ -212,14 +212,14 @@ impl Catmint {
 
     /// A receive completion of a device's SRQ: to the connection whose QP
     /// took it, or, if that one is gone, back to the SRQ.
-    fn srq_completion(srq: Option<&Arc<SrqCell>>, socks: &mut [crate::Entry], wc: &Completion, out: &mut dyn Sink) {
+    fn srq_completion(srq: Option<&Arc<SrqCell>>, socks: &mut SockTable<Sock>, wc: &Completion, out: &mut dyn Sink) {
         let Some(srq) = srq else { return };
         let (done, key) = {
             let mut q = lock(srq);
             (q.complete(wc), q.lookup(wc.qp_num()))
         };
         let Some((index, slot)) = done else { return };
-        match key.and_then(|k| live(socks, k)).and_then(|s| socks[s].sock.as_mut()) {
+        match key.and_then(|k| socks.by_key_mut(k)) {
             Some(Sock::Connected(ep) | Sock::Connecting { ep, .. } | Sock::Incoming { ep, .. }) => {
                 ep.on_srq_recv(index, slot, wc, out)
             }

@@ -70,7 +70,7 @@ const HEADROOM: u32 = 16;
 /// The most receives one SRQ holds (also bounded by the device).
 const MAX_WR: u32 = 16384;
 
-/// Socket keys have an index below this (see `Catmint::insert_with`); the
+/// Socket keys have an index below this (see `SockTable::insert_with` in `table.rs`); the
 /// SRQ's key uses it, so it never names a socket.
 const NO_SOCKET: u64 = 0xff_ffff;
 

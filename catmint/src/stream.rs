@@ -17,12 +17,12 @@ impl Catmint {
     /// A new stream (RC) socket.
     pub fn stream_socket(&mut self) -> Result<SockId> {
         let channel = self.channel.clone();
-        self.insert_with(|key| Ok(Sock::Idle { id: CmId::new(&channel, PortSpace::Tcp, key)?, bound: None }))
+        self.socks.insert_with(|key| Ok(Sock::Idle { id: CmId::new(&channel, PortSpace::Tcp, key)?, bound: None }))
     }
 
     /// Starts listening on a bound stream socket; up to `backlog` connections wait for accept.
     pub fn listen(&mut self, s: SockId, backlog: i32) -> Result<()> {
-        let sock = self.take(s).ok_or(Error::new("listen", libc::EBADF))?;
+        let sock = self.socks.take(s).ok_or(Error::new("listen", libc::EBADF))?;
         let (result, sock) = match sock {
             Sock::Idle { id, bound } => match id.listen(backlog) {
                 Ok(()) => (
@@ -44,7 +44,7 @@ impl Catmint {
             }
             other => (Err(Error::new("listen", libc::EINVAL)), other),
         };
-        self.put_back(s, sock);
+        self.socks.put_back(s, sock);
         result
     }
 
@@ -54,7 +54,7 @@ impl Catmint {
         l.accepts.push_back(tag);
         Self::match_accepts(l, out);
         self.promote(s);
-        self.reclaim();
+        self.trim_due |= self.socks.reclaim();
         Ok(())
     }
 
@@ -70,7 +70,7 @@ impl Catmint {
     pub fn connect(&mut self, s: SockId, to: SocketAddrV4, tag: Tag) -> Result<()> {
         let deadline = Instant::now() + self.cfg.timeout;
         let timeout_ms = attempt_ms(deadline).unwrap_or(1);
-        let sock = self.take(s).ok_or(Error::new("connect", libc::EBADF))?;
+        let sock = self.socks.take(s).ok_or(Error::new("connect", libc::EBADF))?;
         let (result, sock) = match sock {
             // A bound id resolves from its own address.
             Sock::Idle { id, bound } => match id.resolve_addr(None, to, timeout_ms) {
@@ -82,7 +82,7 @@ impl Catmint {
             },
             other => (Err(Error::new("connect", libc::EINVAL)), other),
         };
-        self.put_back(s, sock);
+        self.socks.put_back(s, sock);
         result
     }
 
@@ -93,8 +93,8 @@ impl Catmint {
         if kind == RDMA_CM_EVENT_CONNECT_REQUEST {
             return self.on_connect_request(ev);
         }
-        let Some(s) = self.lookup(ev.key()) else { return };
-        let Some(sock) = self.take(s) else { return };
+        let Some(s) = self.socks.lookup(ev.key()) else { return };
+        let Some(sock) = self.socks.take(s) else { return };
         if let Sock::Resolver { .. } = sock {
             return self.on_resolver_event(s, sock, ev, out);
         }
@@ -117,7 +117,7 @@ impl Catmint {
                 }
             }
             (RDMA_CM_EVENT_ROUTE_RESOLVED, Sock::Resolving { id, bound, tag, deadline, .. }) => {
-                let key = self.key_of(s);
+                let key = self.socks.key_of(s);
                 match self.new_endpoint(id, key) {
                     Ok(ep) => {
                         let hello = ep.hello().emit();
@@ -146,7 +146,7 @@ impl Catmint {
             }
             (RDMA_CM_EVENT_ESTABLISHED, Sock::Incoming { ep, listener, peer, .. }) => {
                 self.timed -= 1;
-                match self.socks.get_mut(listener).and_then(|e| e.sock.as_mut()) {
+                match self.socks.get_mut(listener) {
                     Some(Sock::Listening(l)) => {
                         l.handshaking -= 1;
                         l.ready.push_back((s, peer));
@@ -175,7 +175,7 @@ impl Catmint {
                     Sock::Connecting { ep, bound, tag, .. } => self.connect_failed_ep(s, ep, bound, tag, errno, out),
                     Sock::Incoming { ep, listener, .. } => {
                         self.timed -= 1;
-                        if let Some(Sock::Listening(l)) = self.socks.get_mut(listener).and_then(|e| e.sock.as_mut()) {
+                        if let Some(Sock::Listening(l)) = self.socks.get_mut(listener) {
                             l.handshaking -= 1;
                         }
                         self.graveyard.push(Sock::Connected(ep));
@@ -200,17 +200,17 @@ impl Catmint {
             }
             (_, sock) => sock,
         };
-        self.put_back(s, sock);
+        self.socks.put_back(s, sock);
     }
 
     pub(crate) fn on_connect_request(&mut self, ev: &CmEvent) {
         let lkey = ev.key();
-        if let Some(l) = self.lookup(lkey).filter(|&l| matches!(self.socks[l].sock, Some(Sock::Dgram(_)))) {
+        if let Some(l) = self.socks.lookup(lkey).filter(|&l| matches!(self.socks.get(l), Some(Sock::Dgram(_)))) {
             return self.on_sidr_request(l, ev);
         }
-        // SAFETY: the child id of a CONNECT_REQUEST is ours to own.
+        // The request's new id is ours to own (or to refuse).
         let Ok(child) = ev.take_child(&self.channel) else { return };
-        let listener = self.lookup(lkey).filter(|&l| matches!(self.socks[l].sock, Some(Sock::Listening(_))));
+        let listener = self.socks.lookup(lkey).filter(|&l| matches!(self.socks.get(l), Some(Sock::Listening(_))));
         let (Some(l), Some(hello)) = (listener, Hello::parse(&ev.private_data())) else {
             // No listener, or not a catmint peer: refuse; the id is destroyed
             // once the event is acknowledged.
@@ -218,7 +218,7 @@ impl Catmint {
             self.graveyard.push(Sock::Idle { id: child, bound: None });
             return;
         };
-        let Some(Sock::Listening(li)) = self.socks[l].sock.as_mut() else { unreachable!("checked above") };
+        let Some(Sock::Listening(li)) = self.socks.get_mut(l) else { unreachable!("checked above") };
         if li.ready.len() + li.handshaking < li.backlog {
             self.admit(l, child, hello);
         } else if li.waiting.len() < li.backlog.max(16) {
@@ -234,14 +234,14 @@ impl Catmint {
     /// Creates the endpoint of an incoming connection and accepts it.
     pub(crate) fn admit(&mut self, listener: SockId, child: CmId, peer_hello: Hello) {
         let peer = child.peer_addr().unwrap_or(SocketAddrV4::new(0.into(), 0));
-        let Ok(s) = self.insert_with(|key| {
+        let Ok(s) = self.socks.insert_with(|key| {
             child.set_key(key);
             Ok(Sock::Idle { id: child, bound: Some(peer) })
         }) else {
             return;
         };
-        let Some(Sock::Idle { id, .. }) = self.take(s) else { unreachable!("just inserted") };
-        let key = self.key_of(s);
+        let Some(Sock::Idle { id, .. }) = self.socks.take(s) else { unreachable!("just inserted") };
+        let key = self.socks.key_of(s);
         match self.new_endpoint(id, key) {
             Ok(mut ep) => {
                 ep.established(peer_hello);
@@ -252,12 +252,12 @@ impl Catmint {
                     self.graveyard.push(Sock::Connected(ep));
                     return;
                 }
-                if let Some(Sock::Listening(l)) = self.socks[listener].sock.as_mut() {
+                if let Some(Sock::Listening(l)) = self.socks.get_mut(listener) {
                     l.handshaking += 1;
                 }
                 self.timed += 1;
                 let deadline = Instant::now() + self.cfg.timeout;
-                self.put_back(s, Sock::Incoming { ep, listener, peer, deadline });
+                self.socks.put_back(s, Sock::Incoming { ep, listener, peer, deadline });
             }
             Err((e, id)) => {
                 log::warn!("catmint: connection from {peer}: {e}");
@@ -272,7 +272,7 @@ impl Catmint {
     /// Admits waiting connection requests while the backlog has room.
     pub(crate) fn promote(&mut self, l: SockId) {
         loop {
-            let Some(Sock::Listening(li)) = self.socks[l].sock.as_mut() else { return };
+            let Some(Sock::Listening(li)) = self.socks.get_mut(l) else { return };
             if li.ready.len() + li.handshaking >= li.backlog {
                 return;
             }
@@ -319,7 +319,7 @@ impl Catmint {
     ) -> Sock {
         self.timed -= 1;
         out.push((tag, Done::Failed(errno)));
-        let key = self.key_of(s);
+        let key = self.socks.key_of(s);
         match CmId::new(&self.channel, PortSpace::Tcp, key) {
             Ok(id) => {
                 // Re-bind to the address the old id had (its port is free again
@@ -338,8 +338,8 @@ impl Catmint {
 
     pub(crate) fn check_timers(&mut self, out: &mut dyn Sink) {
         let now = Instant::now();
-        for s in 0..self.socks.len() {
-            let expired = match &self.socks[s].sock {
+        for s in self.socks.ids() {
+            let expired = match self.socks.get(s) {
                 Some(
                     Sock::Resolving { deadline, .. }
                     | Sock::Connecting { deadline, .. }
@@ -352,18 +352,18 @@ impl Catmint {
             if !expired {
                 continue;
             }
-            match self.take(s) {
+            match self.socks.take(s) {
                 Some(Sock::Resolving { id, bound, tag, .. }) => {
                     let sock = self.connect_failed(s, id, bound, tag, libc::ETIMEDOUT, out);
-                    self.put_back(s, sock);
+                    self.socks.put_back(s, sock);
                 }
                 Some(Sock::Connecting { ep, bound, tag, .. }) => {
                     let sock = self.connect_failed_ep(s, ep, bound, tag, libc::ETIMEDOUT, out);
-                    self.put_back(s, sock);
+                    self.socks.put_back(s, sock);
                 }
                 Some(Sock::Incoming { ep, listener, .. }) => {
                     self.timed -= 1;
-                    if let Some(Sock::Listening(l)) = self.socks.get_mut(listener).and_then(|e| e.sock.as_mut()) {
+                    if let Some(Sock::Listening(l)) = self.socks.get_mut(listener) {
                         l.handshaking -= 1;
                     }
                     ep.id().disconnect();
@@ -377,11 +377,11 @@ impl Catmint {
                 Some(Sock::Resolver { id, owner, dst, deadline }) => {
                     self.timed -= 1;
                     self.graveyard.push(Sock::Resolver { id, owner, dst, deadline });
-                    if let Some(o) = self.lookup(owner) {
+                    if let Some(o) = self.socks.lookup(owner) {
                         self.resolve_failed(o, dst, libc::ETIMEDOUT, out);
                     }
                 }
-                Some(other) => self.put_back(s, other),
+                Some(other) => self.socks.put_back(s, other),
                 None => {}
             }
         }
