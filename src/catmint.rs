@@ -27,18 +27,35 @@ use std::time::Duration;
 // closed is dropped only after the call, as `Released::DropAfter` asks.
 unsafe impl Lender for LentSlot {
     fn as_any(&self) -> &dyn Any {
-        self
+        LentView::of(self)
     }
 
     fn refs(&self) -> &AtomicUsize {
-        LentSlot::refs(self)
+        // SAFETY: Buffer is the one that counts with it (see above).
+        unsafe { LentSlot::refs(self) }
     }
 
     fn released(&self) -> Released {
-        match self.release() {
+        // SAFETY: Buffer calls this once per lend, when its count falls to
+        // zero (the Lender contract above).
+        match unsafe { self.release() } {
             None => Released::Kept,
             Some(keep) => Released::DropAfter(keep),
         }
+    }
+}
+
+/// What a lent slot shows of itself through `Buffer::owner_any`: a type
+/// private to this module, so that code elsewhere cannot reach the slot
+/// and call its `Lender` methods (a count or a release only Buffer may make).
+#[repr(transparent)]
+struct LentView(LentSlot);
+
+impl LentView {
+    fn of(slot: &LentSlot) -> &LentView {
+        // SAFETY: LentView is a transparent wrapper of LentSlot: same layout,
+        // and the reference keeps the borrow's lifetime.
+        unsafe { &*(slot as *const LentSlot).cast::<LentView>() }
     }
 }
 
@@ -82,7 +99,7 @@ unsafe impl Payload for BufferPayload {
         if let Some(block) = owner.downcast_ref::<Block>() {
             return (block.contains(ptr, len) && block.is_from(pool)).then(|| block.lkey(dev));
         }
-        let slot = owner.downcast_ref::<LentSlot>()?;
+        let slot = &owner.downcast_ref::<LentView>()?.0;
         if slot.contains(ptr, len) {
             slot.lkey(pool, dev)
         } else {

@@ -20,6 +20,7 @@
 //! reports it done.
 #![deny(missing_docs)]
 #![deny(unsafe_code)]
+#![deny(unsafe_op_in_unsafe_fn)]
 
 mod dgram;
 mod poll;

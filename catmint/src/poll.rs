@@ -40,6 +40,11 @@ impl Catmint {
         if std::mem::take(&mut self.trim_due) {
             // Sockets went away: a shared receive queue no QP uses goes
             // (its buffers with it), then registered memory nobody uses.
+            // The CQs are polled first, so that no completion of the old
+            // queue waits there for a new one made under the same key.
+            if self.devices.iter().any(|d| d.srq.as_ref().is_some_and(|q| Arc::strong_count(q) == 1)) {
+                self.poll_cqs(out);
+            }
             for d in &mut self.devices {
                 if d.srq.as_ref().is_some_and(|q| Arc::strong_count(q) == 1) {
                     d.srq = None;

@@ -78,12 +78,15 @@ impl CmEvent {
     }
 
     /// The `context` stored in the event's id (our key).
+    /// Read it before `take_child`: after, it is 0 (the child is no longer
+    /// the event's to read, and may be gone).
     pub fn key(&self) -> u64 {
         let id = self.ev().id;
-        if id.is_null() {
+        if id.is_null() || self.child_taken.get() {
             0
         } else {
-            // SAFETY: id is live while the event is not acked.
+            // SAFETY: the event's id is live while the event is not acked,
+            // and a CONNECT_REQUEST's child was not handed out yet.
             unsafe { (*id).context as u64 }
         }
     }

@@ -63,7 +63,12 @@ unsafe impl Sync for LentSlot {}
 
 impl LentSlot {
     /// The count of buffers over this slot (see the module docs).
-    pub fn refs(&self) -> &AtomicUsize {
+    ///
+    /// # Safety
+    /// Only the caller's buffer type counts with it (as the count
+    /// `release`'s contract speaks of): any other change would release a
+    /// slot still read, or never release it.
+    pub unsafe fn refs(&self) -> &AtomicUsize {
         &self.refs
     }
 
@@ -71,10 +76,12 @@ impl LentSlot {
     /// (re-posted by the poll loop), or, if the ring is closed, return the
     /// reference to drop once the caller no longer borrows this slot.
     ///
+    /// # Safety
     /// Called once per lend, when the count the caller keeps falls to zero
-    /// (a contract of the caller's buffer type, which is unsafe to
-    /// implement: see demi's `Lender`).
-    pub fn release(&self) -> Option<Arc<dyn Any + Send + Sync>> {
+    /// (so no buffer over the slot is left): a second call would drop the
+    /// ring's reference twice, and an early one would hand the slot back
+    /// while it is read.
+    pub unsafe fn release(&self) -> Option<Arc<dyn Any + Send + Sync>> {
         // SAFETY: lending took one strong reference to the ring for this
         // slot (`RingShared::lend`); it is taken back here, once per lend.
         let ring = unsafe { Arc::from_raw(self.ring) };
@@ -126,6 +133,11 @@ impl RingShared {
     /// A ring of `depth` lendable indices, under `key` (where the poll loop
     /// finds its owner), returning slots to `pool` and buffers to `notify`.
     pub fn new(pool: &Pool, notify: &Arc<Notify>, key: u64, depth: u32) -> Arc<RingShared> {
+        // Each LentSlot keeps the address of its RingShared, taken from the
+        // Weak that new_cyclic gives: the address of the Arc's value, which
+        // Arc::from_raw and increment_strong_count accept as they accept one
+        // from Arc::into_raw (both point at the value inside the same
+        // allocation).
         Arc::new_cyclic(|me| RingShared {
             key,
             open: AtomicBool::new(true),
@@ -240,8 +252,9 @@ impl Lent {
 impl Drop for Lent {
     fn drop(&mut self) {
         // SAFETY: the lend keeps the ring, and so the LentSlot, alive; this
-        // handle was never turned into a buffer, so nothing else counts it.
-        let keep = unsafe { self.slot.as_ref() }.release();
+        // handle was never turned into a buffer, so nothing else counts it
+        // and this is the lend's one release.
+        let keep = unsafe { self.slot.as_ref().release() };
         drop(keep);
     }
 }

@@ -14,10 +14,15 @@
 //! go, so the device never touches memory that was given back.
 //!
 //! Work request ids: the owner's key in the high 32 bits, [`WR_SEND`] for
-//! sends, then a sequence number (sends), or for a receive the number of
-//! posts at its index so far (16 bits) and the index (15 bits): so a
-//! completion names one post, and one already handed back (its index since
-//! posted again) hands back nothing.
+//! sends, then a sequence number (sends); for a receive, the table's
+//! incarnation (8 bits: a number each receive table takes from a counter
+//! when it is made), the number of posts at its index so far (8 bits) and
+//! the index (15 bits). So a receive completion names one post of one
+//! table: one already handed back (its index since posted again), or one
+//! left in the CQ by an earlier table under the same key (a device's shared
+//! receive queue made again; a socket slot reused), hands back nothing
+//! (the latter unless 256 tables were made in between). A QP's own
+//! completions must also carry its QP number.
 
 use super::cm::CmId;
 use super::mem::Slot;
@@ -51,6 +56,12 @@ enum Target {
 
 /// Receive indices fit in this many bits of a work request id.
 const INDEX_BITS: u32 = 15;
+/// Where the post count goes in a receive's work request id (8 bits), and
+/// above it the table's incarnation (8 bits).
+const POSTS_SHIFT: u32 = INDEX_BITS;
+const INCARNATION_SHIFT: u32 = INDEX_BITS + 8;
+/// The incarnation the next receive table takes.
+static INCARNATIONS: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
 /// The most receive indices one queue has.
 pub const MAX_RECV_INDICES: u32 = 1 << INDEX_BITS;
 
@@ -59,7 +70,9 @@ pub const MAX_RECV_INDICES: u32 = 1 << INDEX_BITS;
 pub struct RecvSlots {
     slots: Vec<Option<Slot>>,
     /// Posts at each index so far (wrapping), in the work request id.
-    posts: Vec<u16>,
+    posts: Vec<u8>,
+    /// This table's number among the tables made (wrapping).
+    incarnation: u8,
     key: u64,
     dev: usize,
     posted: u32,
@@ -71,11 +84,14 @@ impl RecvSlots {
             return Err(Error::new("receive queue deeper than 32768", libc::EINVAL));
         }
         let slots = (0..depth).map(|_| None).collect();
-        Ok(RecvSlots { slots, posts: vec![0; depth as usize], key, dev, posted: 0 })
+        let incarnation = INCARNATIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Ok(RecvSlots { slots, posts: vec![0; depth as usize], incarnation, key, dev, posted: 0 })
     }
 
+    /// The id of the current post at `index`.
     fn wr_id(&self, index: u32) -> u64 {
-        self.key << 32 | (self.posts[index as usize] as u64) << INDEX_BITS | index as u64
+        let posts = self.posts[index as usize] as u64;
+        self.key << 32 | (self.incarnation as u64) << INCARNATION_SHIFT | posts << POSTS_SHIFT | index as u64
     }
 
     fn post(&mut self, target: &Target, index: u32, slot: Slot) -> std::result::Result<(), (Error, Slot)> {
@@ -83,13 +99,10 @@ impl RecvSlots {
             Some(None) => {}
             _ => return Err((Error::new("post_recv: index in use or out of range", libc::EINVAL), slot)),
         }
+        self.posts[index as usize] = self.posts[index as usize].wrapping_add(1);
         let mut sge = slot.sge(self.dev);
-        let mut wr = ffi::ibv_recv_wr {
-            wr_id: self.key << 32 | index as u64,
-            next: std::ptr::null_mut(),
-            sg_list: &mut sge,
-            num_sge: 1,
-        };
+        let mut wr =
+            ffi::ibv_recv_wr { wr_id: self.wr_id(index), next: std::ptr::null_mut(), sg_list: &mut sge, num_sge: 1 };
         let mut bad = std::ptr::null_mut();
         let rc = match target {
             // SAFETY: the QP (SRQ) is live while its owner, which owns this
@@ -381,6 +394,10 @@ impl<K> Qp<K> {
     /// Posts one send; `item` is handed back when it is retired. On
     /// failure nothing was posted and the verbs error comes back.
     pub fn post_send(&mut self, send: Send<'_>, item: K) -> Result<()> {
+        // A UD request needs its destination, and an RC one must not have one.
+        if send.ud.is_some() != self.prefixes.is_some() {
+            return Err(Error::new("post_send: destination and QP type disagree", libc::EINVAL));
+        }
         if !self.has_room() {
             return Err(Error::new("ibv_post_send: send queue full", libc::ENOBUFS));
         }
@@ -389,7 +406,7 @@ impl<K> Qp<K> {
         // SAFETY: ibv_send_wr is plain data; zero is a valid start.
         let mut wr: ffi::ibv_send_wr = unsafe { std::mem::zeroed() };
         if let Some((header, dest, qpn, qkey)) = send.ud {
-            let (slot, prefix) = self.prefixes.as_mut().ok_or(Error::new("post_send: not a UD QP", libc::EINVAL))?;
+            let (slot, prefix) = self.prefixes.as_ref().ok_or(Error::new("post_send: not a UD QP", libc::EINVAL))?;
             let ah = self.ahs.get(dest.0 as usize).ok_or(Error::new("post_send: unknown destination", libc::EINVAL))?;
             if header.len() != *prefix {
                 return Err(Error::new("post_send: header size", libc::EINVAL));
@@ -398,7 +415,11 @@ impl<K> Qp<K> {
             // this sequence number is free, since at most sq_depth sends
             // are in flight and they retire in order.
             let at = (self.seq % self.sq_depth as u64) as usize * *prefix;
-            slot.bytes_mut()[at..at + *prefix].copy_from_slice(header);
+            // SAFETY: `at..at + prefix` is inside the ring (checked against
+            // its capacity at creation) and no request in flight reads it;
+            // the device may read the other entries meanwhile, so no
+            // reference to the whole ring is made.
+            unsafe { std::ptr::copy_nonoverlapping(header.as_ptr(), slot.as_ptr().add(at), *prefix) };
             sges[0] = ffi::ibv_sge {
                 addr: slot.as_ptr() as u64 + at as u64,
                 length: *prefix as u32,
@@ -461,7 +482,7 @@ impl<K> Qp<K> {
     /// `done` gets each one's item. Nothing if `c` is not one of its sends.
     pub fn retire(&mut self, c: &Completion, mut done: impl FnMut(K)) {
         let id = c.wr_id();
-        if key_of(id) != self.key || !is_send(id) {
+        if key_of(id) != self.key || !is_send(id) || c.qp_num() != self.qpn {
             return;
         }
         // Sends are numbered in order, so the one `c` names is this far
@@ -500,6 +521,9 @@ impl<K> Qp<K> {
 
     /// See [`RecvSlots::complete`].
     pub fn complete_recv(&mut self, c: &Completion) -> Option<(u32, Slot)> {
+        if c.qp_num() != self.qpn {
+            return None;
+        }
         self.recvs.as_mut()?.complete(c)
     }
 
@@ -532,7 +556,7 @@ mod tests {
     /// device; what is checked here is which completion hands it back).
     fn posted_at(index: u32, pool: &Pool) -> RecvSlots {
         let mut r = RecvSlots::new(8, 7, 0).unwrap();
-        r.posts[index as usize] = 1;
+        r.posts[index as usize] = 2;
         r.slots[index as usize] = Some(pool.slot(256).unwrap());
         r.posted = 1;
         r
@@ -545,8 +569,13 @@ mod tests {
         let id = r.wr_id(3);
         assert_eq!(key_of(id), 7);
         assert!(!is_send(id));
-        // Another key, another index, a send, an earlier post at index 3.
-        for wrong in [id ^ 1 << 32, id ^ 1, id | WR_SEND, id - (1 << INDEX_BITS)] {
+        // Another key, another index, a send, an earlier post at index 3,
+        // the same post of another table under the same key.
+        let other = RecvSlots::new(8, 7, 0).unwrap();
+        let mut again = RecvSlots { posts: r.posts.clone(), ..other };
+        again.posts[3] = 2;
+        assert_ne!(again.wr_id(3), id, "tables made one after the other differ");
+        for wrong in [id ^ 1 << 32, id ^ 1, id | WR_SEND, id - (1 << POSTS_SHIFT), again.wr_id(3)] {
             assert!(r.complete(&Completion::reported(wrong, true)).is_none(), "{wrong:#x}");
         }
         assert_eq!(r.posted(), 1);
