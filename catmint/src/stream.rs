@@ -234,10 +234,21 @@ impl Catmint {
     /// Creates the endpoint of an incoming connection and accepts it.
     pub(crate) fn admit(&mut self, listener: SockId, child: CmId, peer_hello: Hello) {
         let peer = child.peer_addr().unwrap_or(SocketAddrV4::new(0.into(), 0));
-        let Ok(s) = self.socks.insert_with(|key| {
-            child.set_key(key);
-            Ok(Sock::Idle { id: child, bound: Some(peer) })
-        }) else {
+        let mut child = Some(child);
+        let inserted = self.socks.insert_with(|key| {
+            let id = child.take().expect("made once");
+            id.set_key(key);
+            Ok(Sock::Idle { id, bound: Some(peer) })
+        });
+        let Ok(s) = inserted else {
+            // No room (EMFILE): refuse. The id may have an event not yet
+            // acknowledged (the request being handled), so it is destroyed
+            // from the graveyard, never here (rdma_destroy_id would wait).
+            if let Some(id) = child {
+                log::warn!("catmint: connection from {peer} refused: socket table full");
+                id.reject();
+                self.graveyard.push(Sock::Idle { id, bound: None });
+            }
             return;
         };
         let Some(Sock::Idle { id, .. }) = self.socks.take(s) else { unreachable!("just inserted") };
