@@ -144,6 +144,7 @@ impl Rc {
         })
     }
 
+    #[inline]
     fn qp(&self) -> &Qp<Option<Tag>> {
         self.qp.as_ref().expect("endpoint has its QP until dropped")
     }

@@ -133,6 +133,7 @@ impl Ud {
         Ok(ud)
     }
 
+    #[inline]
     fn qp(&mut self) -> &mut Qp<Option<Tag>> {
         self.qp.as_mut().expect("socket has its QP until dropped")
     }

@@ -89,6 +89,7 @@ impl RecvSlots {
     }
 
     /// The id of the current post at `index`.
+    #[inline]
     fn wr_id(&self, index: u32) -> u64 {
         let posts = self.posts[index as usize] as u64;
         self.key << 32 | (self.incarnation as u64) << INCARNATION_SHIFT | posts << POSTS_SHIFT | index as u64
@@ -362,37 +363,44 @@ impl<K> Qp<K> {
     }
 
     /// The rdma_cm id.
+    #[inline]
     pub fn id(&self) -> &CmId {
         self.id.as_ref().expect("a QP has its id until closed")
     }
 
     /// The QP number.
+    #[inline]
     pub fn qpn(&self) -> u32 {
         self.qpn
     }
 
     /// The most bytes a send may carry inline (header included).
+    #[inline]
     pub fn max_inline(&self) -> u32 {
         self.max_inline
     }
 
     /// Sends posted and not retired.
+    #[inline]
     pub fn in_flight(&self) -> usize {
         self.sends.len()
     }
 
     /// True if the send queue has room for one more request.
+    #[inline]
     pub fn has_room(&self) -> bool {
         (self.sends.len() as u32) < self.sq_depth
     }
 
     /// The sequence number the next send gets.
+    #[inline]
     pub fn next_seq(&self) -> u64 {
         self.seq
     }
 
     /// Posts one send; `item` is handed back when it is retired. On
     /// failure nothing was posted and the verbs error comes back.
+    #[inline]
     pub fn post_send(&mut self, send: Send<'_>, item: K) -> Result<()> {
         // A UD request needs its destination, and an RC one must not have one.
         if send.ud.is_some() != self.prefixes.is_some() {
