@@ -48,9 +48,17 @@ pub unsafe trait Lender: Send + Sync + 'static {
     /// For backends that recognise their own memory (e.g. an RDMA lkey).
     fn as_any(&self) -> &dyn Any;
     /// The count of buffers over this owner.
-    fn refs(&self) -> &AtomicUsize;
+    ///
+    /// # Safety
+    /// Only `Buffer` (and the maker of the first buffer) may change the
+    /// count: the trait is public, so these two calls are unsafe to keep
+    /// code that merely holds an owner from releasing it early.
+    unsafe fn refs(&self) -> &AtomicUsize;
     /// The last buffer over this owner went away.
-    fn released(&self) -> Released;
+    ///
+    /// # Safety
+    /// Called once each time the count falls to zero (see the trait).
+    unsafe fn released(&self) -> Released;
 }
 
 /// An owner boxed for the buffers over one value (freed with the last).
@@ -65,10 +73,10 @@ unsafe impl<T: Any + Send + Sync> Lender for Boxed<T> {
     fn as_any(&self) -> &dyn Any {
         &self.value
     }
-    fn refs(&self) -> &AtomicUsize {
+    unsafe fn refs(&self) -> &AtomicUsize {
         &self.refs
     }
-    fn released(&self) -> Released {
+    unsafe fn released(&self) -> Released {
         Released::Free
     }
 }
@@ -155,8 +163,9 @@ impl Buffer {
     /// honour the [`Lender`] contract for `ptr..ptr+len`: in particular stay
     /// valid until the last buffer made from this one is dropped.
     pub unsafe fn lend(ptr: NonNull<u8>, len: usize, lender: NonNull<dyn Lender>) -> Buffer {
-        // SAFETY: the caller vouches that lender is valid.
-        unsafe { lender.as_ref() }.refs().store(1, Ordering::Relaxed);
+        // SAFETY: the caller vouches that lender is valid and that this is
+        // its first buffer, which sets the count (the Lender contract).
+        unsafe { lender.as_ref().refs() }.store(1, Ordering::Relaxed);
         Buffer { ptr, len, owner: lender }
     }
 
@@ -198,7 +207,7 @@ impl Buffer {
     /// (not shared with an operation in flight or another clone).
     pub fn as_mut_slice(&mut self) -> Option<&mut [u8]> {
         // Acquire: a clone dropped on another thread is done with the bytes.
-        if self.lender().refs().load(Ordering::Acquire) != 1 {
+        if self.count().load(Ordering::Acquire) != 1 {
             return None;
         }
         // SAFETY: we hold the only reference to the owner, so nobody else
@@ -235,7 +244,13 @@ impl Buffer {
     /// Number of live references to the memory (the app's handle, in-flight
     /// operations, clones); for tests of free-protection.
     pub fn ref_count(&self) -> usize {
-        self.lender().refs().load(Ordering::Relaxed)
+        self.count().load(Ordering::Relaxed)
+    }
+
+    /// The owner's count of buffers, which only Buffer changes.
+    fn count(&self) -> &AtomicUsize {
+        // SAFETY: Buffer is the one the Lender contract lets count.
+        unsafe { self.lender().refs() }
     }
 }
 
@@ -243,7 +258,7 @@ impl Clone for Buffer {
     fn clone(&self) -> Buffer {
         // Relaxed, as Arc does: a new reference is made from an existing one,
         // which keeps the owner alive meanwhile.
-        let old = self.lender().refs().fetch_add(1, Ordering::Relaxed);
+        let old = self.count().fetch_add(1, Ordering::Relaxed);
         if old > isize::MAX as usize {
             // As Arc: a count this high means leaked clones; do not wrap.
             std::process::abort();
@@ -256,11 +271,13 @@ impl Drop for Buffer {
     fn drop(&mut self) {
         // Release, then an Acquire fence before the owner takes the memory
         // back: every access through any clone happens before that (as Arc).
-        if self.lender().refs().fetch_sub(1, Ordering::Release) != 1 {
+        if self.count().fetch_sub(1, Ordering::Release) != 1 {
             return;
         }
         fence(Ordering::Acquire);
-        match self.lender().released() {
+        // SAFETY: the count fell to zero here, once, after every access
+        // through the buffers (the fence above).
+        match unsafe { self.lender().released() } {
             Released::Kept => {}
             // SAFETY: a `Free` owner is the box from_owner made; this was its
             // last buffer, and the borrow from `lender()` has ended.

@@ -30,12 +30,12 @@ unsafe impl Lender for LentSlot {
         LentView::of(self)
     }
 
-    fn refs(&self) -> &AtomicUsize {
+    unsafe fn refs(&self) -> &AtomicUsize {
         // SAFETY: Buffer is the one that counts with it (see above).
         unsafe { LentSlot::refs(self) }
     }
 
-    fn released(&self) -> Released {
+    unsafe fn released(&self) -> Released {
         // SAFETY: Buffer calls this once per lend, when its count falls to
         // zero (the Lender contract above).
         match unsafe { self.release() } {

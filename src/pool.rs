@@ -200,11 +200,11 @@ unsafe impl<T: Send + Sync + 'static> Lender for Slot<T> {
         self
     }
 
-    fn refs(&self) -> &AtomicUsize {
+    unsafe fn refs(&self) -> &AtomicUsize {
         &self.refs
     }
 
-    fn released(&self) -> Released {
+    unsafe fn released(&self) -> Released {
         // SAFETY: the last buffer over the slot is going, after every access
         // through the buffers (the Lender contract): this call owns it.
         (self.shared.reset)(unsafe { &mut *self.value.get() });
