@@ -181,7 +181,7 @@ impl Catmint {
             id.resolve_addr(src, dst, ms)?;
             Ok(Sock::Resolver { id, owner: owner_key, dst, deadline })
         })?;
-        self.timed += 1;
+        self.start_timer(r);
         Ok(r)
     }
 

@@ -127,6 +127,20 @@ enum Sock {
     Broken,
 }
 
+impl Sock {
+    /// True in the states that have a deadline (counted in `timed`).
+    fn is_timed(&self) -> bool {
+        matches!(
+            self,
+            Sock::Resolving { .. }
+                | Sock::Connecting { .. }
+                | Sock::Incoming { .. }
+                | Sock::Closing { .. }
+                | Sock::Resolver { .. }
+        )
+    }
+}
+
 struct Listener {
     /// Kept for its lifetime: dropping it stops listening.
     _id: CmId,
@@ -176,6 +190,10 @@ pub struct Catmint {
     /// Received buffers given back, taken from `notify` (kept for its capacity).
     returns: Vec<sys::lend::Returned>,
     timed: usize,
+    /// The sockets that may be timed (each timed one is here; others are
+    /// dropped at the next timer check), so that checking deadlines costs
+    /// the number of connects and closes in progress, not of sockets.
+    timed_ids: Vec<SockId>,
     /// `arm` was called: read the CM channel on the next poll.
     armed: bool,
     /// Polls left until the CM channel is read again (each read is a system
@@ -218,6 +236,7 @@ impl Catmint {
             wcs,
             returns: Vec::new(),
             timed: 0,
+            timed_ids: Vec::new(),
             armed: false,
             cm_countdown: 0,
             trim_due: false,
@@ -373,7 +392,7 @@ impl Catmint {
                 // A FIN sent by an earlier shutdown may still be on its way:
                 // wait for it as for our own.
                 if ep.send_fin() || (ep.fin_sent() && !ep.sends_drained()) {
-                    self.timed += 1;
+                    self.start_timer(s);
                     self.socks.put_back(s, Sock::Closing { ep, deadline: Instant::now() + Duration::from_secs(1) });
                 } else {
                     ep.id().disconnect();

@@ -154,9 +154,9 @@ impl Catmint {
         if self.timed == 0 {
             return None;
         }
-        self.socks
+        self.timed_ids
             .iter()
-            .filter_map(|(_, sock)| match sock {
+            .filter_map(|&s| match self.socks.get(s)? {
                 Sock::Resolving { deadline, .. }
                 | Sock::Connecting { deadline, .. }
                 | Sock::Incoming { deadline, .. }

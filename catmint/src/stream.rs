@@ -75,7 +75,7 @@ impl Catmint {
             // A bound id resolves from its own address.
             Sock::Idle { id, bound } => match id.resolve_addr(None, to, timeout_ms) {
                 Ok(()) => {
-                    self.timed += 1;
+                    self.start_timer(s);
                     (Ok(()), Sock::Resolving { id, bound, to, tag, deadline })
                 }
                 Err(e) => (Err(e), Sock::Idle { id, bound }),
@@ -266,7 +266,7 @@ impl Catmint {
                 if let Some(Sock::Listening(l)) = self.socks.get_mut(listener) {
                     l.handshaking += 1;
                 }
-                self.timed += 1;
+                self.start_timer(s);
                 let deadline = Instant::now() + self.cfg.timeout;
                 self.socks.put_back(s, Sock::Incoming { ep, listener, peer, deadline });
             }
@@ -349,7 +349,8 @@ impl Catmint {
 
     pub(crate) fn check_timers(&mut self, out: &mut dyn Sink) {
         let now = Instant::now();
-        for s in self.socks.ids() {
+        let ids = std::mem::take(&mut self.timed_ids);
+        for &s in &ids {
             let expired = match self.socks.get(s) {
                 Some(
                     Sock::Resolving { deadline, .. }
@@ -396,5 +397,20 @@ impl Catmint {
                 None => {}
             }
         }
+        // Keep the ids still timed (and those that started meanwhile),
+        // each once.
+        let mut ids = ids;
+        ids.append(&mut self.timed_ids);
+        ids.retain(|&s| self.socks.get(s).is_some_and(Sock::is_timed));
+        ids.sort_unstable();
+        ids.dedup();
+        self.timed_ids = ids;
+    }
+
+    /// A socket entered a timed state (a connect, an accept's handshake, a
+    /// close waiting for its FIN, a datagram destination's resolution).
+    pub(crate) fn start_timer(&mut self, s: SockId) {
+        self.timed += 1;
+        self.timed_ids.push(s);
     }
 }
