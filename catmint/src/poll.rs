@@ -34,6 +34,9 @@ impl Catmint {
         }
         if self.timed > 0 {
             self.check_timers(out);
+        } else if !self.timed_ids.is_empty() {
+            // Nothing is timed: the ids left from timers that ended go.
+            self.timed_ids.clear();
         }
         self.bury();
         self.trim_due |= self.socks.reclaim();

@@ -366,12 +366,14 @@ impl Rc {
             let ok = c.ok();
             // A signaled completion also retires the unsignaled WRs before it.
             let qp = self.qp.as_mut().expect("endpoint has its QP until dropped");
-            qp.retire(c, |tag| {
+            let ours = qp.retire(c, |tag| {
                 if let Some(tag) = tag {
                     out.push((tag, if ok { Done::Sent } else { Done::Failed(libc::ECONNRESET) }));
                 }
             });
-            if !ok {
+            // A failed send of this connection ends it; a stale completion
+            // of an earlier one under the same key does not.
+            if ours && !ok {
                 self.fail(libc::ECONNRESET, out);
             }
         }

@@ -134,11 +134,13 @@ impl RingShared {
     /// finds its owner), returning slots to `pool` and buffers to `notify`.
     pub fn new(pool: &Pool, notify: &Arc<Notify>, key: u64, depth: u32) -> Arc<RingShared> {
         // Each LentSlot keeps the address of its RingShared, taken from the
-        // Weak that new_cyclic gives: the address of the Arc's value, which
-        // Arc::from_raw and increment_strong_count accept as they accept one
-        // from Arc::into_raw (both point at the value inside the same
-        // allocation).
-        Arc::new_cyclic(|me| RingShared {
+        // Weak that new_cyclic gives: the address of the Arc's value, the
+        // same address Arc::into_raw would give (checked below), which is
+        // what Arc::from_raw and increment_strong_count are given. std
+        // documents the equality of the two pointers (Weak::as_ptr points
+        // to the value), not that from_raw accepts one from a Weak; this
+        // relies on both naming the value inside the same allocation.
+        let ring = Arc::new_cyclic(|me| RingShared {
             key,
             open: AtomicBool::new(true),
             notify: Arc::downgrade(notify),
@@ -152,7 +154,9 @@ impl RingShared {
                     index,
                 })
                 .collect(),
-        })
+        });
+        debug_assert!(ring.slots.iter().all(|s| std::ptr::eq(s.ring, Arc::as_ptr(&ring))));
+        ring
     }
 
     /// Lends `slot`, filled, to the application as `off..off+len` at

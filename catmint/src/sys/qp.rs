@@ -487,23 +487,25 @@ impl<K> Qp<K> {
 
     /// Retires the sends a (signaled) send completion `c` of this QP
     /// finishes: its own and the unsignaled ones before it, in order;
-    /// `done` gets each one's item. Nothing if `c` is not one of its sends.
-    pub fn retire(&mut self, c: &Completion, mut done: impl FnMut(K)) {
+    /// `done` gets each one's item. False, retiring nothing, if `c` is not
+    /// one of its sends in flight.
+    pub fn retire(&mut self, c: &Completion, mut done: impl FnMut(K)) -> bool {
         let id = c.wr_id();
         if key_of(id) != self.key || !is_send(id) || c.qp_num() != self.qpn {
-            return;
+            return false;
         }
         // Sends are numbered in order, so the one `c` names is this far
         // from the oldest; a number outside the list (a completion of an
         // earlier QP under the same key) retires nothing.
-        let Some(first) = self.sends.front() else { return };
+        let Some(first) = self.sends.front() else { return false };
         let dist = (id & WR_LOW).wrapping_sub(first.seq & WR_LOW) & WR_LOW;
         if dist as usize >= self.sends.len() {
-            return;
+            return false;
         }
         for p in self.sends.drain(..=dist as usize) {
             done(p.item);
         }
+        true
     }
 
     /// The items of the sends not retired yet (to cancel what they finish).
