@@ -27,7 +27,9 @@ use std::time::Duration;
 // closed is dropped only after the call, as `Released::DropAfter` asks.
 unsafe impl Lender for LentSlot {
     fn as_any(&self) -> &dyn Any {
-        LentView::of(self)
+        // Safe to show: what could misuse the slot (its count, its
+        // release) is unsafe to call, here and on the Lender trait.
+        self
     }
 
     unsafe fn refs(&self) -> &AtomicUsize {
@@ -42,20 +44,6 @@ unsafe impl Lender for LentSlot {
             None => Released::Kept,
             Some(keep) => Released::DropAfter(keep),
         }
-    }
-}
-
-/// What a lent slot shows of itself through `Buffer::owner_any`: a type
-/// private to this module, so that code elsewhere cannot reach the slot
-/// and call its `Lender` methods (a count or a release only Buffer may make).
-#[repr(transparent)]
-struct LentView(LentSlot);
-
-impl LentView {
-    fn of(slot: &LentSlot) -> &LentView {
-        // SAFETY: LentView is a transparent wrapper of LentSlot: same layout,
-        // and the reference keeps the borrow's lifetime.
-        unsafe { &*(slot as *const LentSlot).cast::<LentView>() }
     }
 }
 
@@ -99,7 +87,7 @@ unsafe impl Payload for BufferPayload {
         if let Some(block) = owner.downcast_ref::<Block>() {
             return (block.contains(ptr, len) && block.is_from(pool)).then(|| block.lkey(dev));
         }
-        let slot = &owner.downcast_ref::<LentView>()?.0;
+        let slot = owner.downcast_ref::<LentSlot>()?;
         if slot.contains(ptr, len) {
             slot.lkey(pool, dev)
         } else {
