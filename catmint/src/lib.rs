@@ -73,6 +73,12 @@ impl Device {
     fn has_qps(&self) -> bool {
         Arc::strong_count(&self.cq) > 1
     }
+
+    /// True if the device has a shared receive queue no connection uses
+    /// (each holds a clone of it).
+    fn srq_unused(&self) -> bool {
+        self.srq.as_ref().is_some_and(|q| Arc::strong_count(q) == 1)
+    }
 }
 
 enum Sock {
@@ -128,16 +134,16 @@ enum Sock {
 }
 
 impl Sock {
-    /// True in the states that have a deadline (counted in `timed`).
-    fn is_timed(&self) -> bool {
-        matches!(
-            self,
-            Sock::Resolving { .. }
-                | Sock::Connecting { .. }
-                | Sock::Incoming { .. }
-                | Sock::Closing { .. }
-                | Sock::Resolver { .. }
-        )
+    /// The deadline of the states that have one (those counted in `timed`).
+    fn deadline(&self) -> Option<Instant> {
+        match self {
+            Sock::Resolving { deadline, .. }
+            | Sock::Connecting { deadline, .. }
+            | Sock::Incoming { deadline, .. }
+            | Sock::Closing { deadline, .. }
+            | Sock::Resolver { deadline, .. } => Some(*deadline),
+            _ => None,
+        }
     }
 }
 

@@ -2,12 +2,12 @@
 //! re-posting receive buffers the application gave back, checking deadlines,
 //! and arming the one descriptor a waiter sleeps on.
 
-use crate::srq::{self, SrqCell};
+use crate::srq::{self, lock, SrqCell};
 use crate::sys::qp;
 use crate::sys::verbs::Completion;
 use crate::table::SockTable;
 use crate::types::{Sink, SockId};
-use crate::{Catmint, Sock, CM_BATCH, CM_EVERY};
+use crate::{Catmint, Device, Sock, CM_BATCH, CM_EVERY};
 use std::os::fd::RawFd;
 use std::sync::Arc;
 use std::time::Instant;
@@ -45,11 +45,11 @@ impl Catmint {
             // (its buffers with it), then registered memory nobody uses.
             // The CQs are polled first, so that no completion of the old
             // queue waits there for a new one made under the same key.
-            if self.devices.iter().any(|d| d.srq.as_ref().is_some_and(|q| Arc::strong_count(q) == 1)) {
+            if self.devices.iter().any(Device::srq_unused) {
                 self.poll_cqs(out);
             }
             for d in &mut self.devices {
-                if d.srq.as_ref().is_some_and(|q| Arc::strong_count(q) == 1) {
+                if d.srq_unused() {
                     d.srq = None;
                 }
             }
@@ -157,17 +157,7 @@ impl Catmint {
         if self.timed == 0 {
             return None;
         }
-        self.timed_ids
-            .iter()
-            .filter_map(|&s| match self.socks.get(s)? {
-                Sock::Resolving { deadline, .. }
-                | Sock::Connecting { deadline, .. }
-                | Sock::Incoming { deadline, .. }
-                | Sock::Closing { deadline, .. }
-                | Sock::Resolver { deadline, .. } => Some(*deadline),
-                _ => None,
-            })
-            .min()
+        self.timed_ids.iter().filter_map(|&s| self.socks.get(s)?.deadline()).min()
     }
 
     /// A QP was created on device `dev`: if a waiter sleeps and the device's
@@ -262,8 +252,4 @@ impl Catmint {
         }
         true
     }
-}
-
-fn lock(srq: &SrqCell) -> std::sync::MutexGuard<'_, srq::Srq> {
-    srq.lock().unwrap_or_else(|e| e.into_inner())
 }

@@ -151,9 +151,7 @@ impl Block {
 
     /// True if `ptr..ptr+len` lies inside this block.
     pub fn contains(&self, ptr: *const u8, len: usize) -> bool {
-        let start = self.as_ptr() as usize;
-        let p = ptr as usize;
-        p >= start && p.checked_add(len).is_some_and(|end| end <= start + self.len)
+        crate::sys::mem::within(self.as_ptr(), self.len, ptr, len)
     }
 }
 

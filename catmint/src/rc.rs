@@ -18,7 +18,7 @@ mod receive;
 
 use crate::pool::{Block, Pool};
 use crate::recv::{registered, Msg};
-use crate::srq::{SrqCell, INITIAL, RESERVED};
+use crate::srq::{lock, SrqCell, INITIAL, RESERVED};
 use crate::sys::cm::CmId;
 use crate::sys::qp::{is_send, CqCell, Qp, QpKind, Send, SendData};
 use crate::sys::verbs::{Completion, Pd};
@@ -321,9 +321,8 @@ impl Rc {
     /// the push it finishes.
     fn post_send(&mut self, imm: Imm, data: SendData<'_>, signal_end: bool, tag: Option<Tag>) -> Result<()> {
         let qp = self.qp.as_mut().expect("endpoint has its QP until dropped");
-        // Signal message ends, and every 16th WR so the send queue drains.
-        let seq = qp.next_seq();
-        let signaled = signal_end || seq % 16 == 15 || qp.in_flight() as u32 + 1 >= self.cfg.sq_depth;
+        // Signal message ends, and what the send queue needs to drain.
+        let signaled = signal_end || qp.signal_due();
         qp.post_send(Send { imm: Some(imm.encode()), data, signaled, ud: None }, tag)
     }
 
@@ -414,10 +413,8 @@ impl Rc {
         self.fail(errno, out);
         // Sends already posted will flush; fail them now rather than wait
         // (their memory stays held until the QP is gone).
-        for tag in self.qp.iter_mut().flat_map(Qp::pending_mut) {
-            if let Some(tag) = tag.take() {
-                out.push((tag, Done::Failed(libc::ECONNRESET)));
-            }
+        for tag in self.qp.iter_mut().flat_map(Qp::take_items) {
+            out.push((tag, Done::Failed(libc::ECONNRESET)));
         }
     }
 
@@ -426,10 +423,8 @@ impl Rc {
         for p in self.sends.drain(..) {
             out.push((p.tag, Done::Failed(libc::ECANCELED)));
         }
-        for tag in self.qp.iter_mut().flat_map(Qp::pending_mut) {
-            if let Some(tag) = tag.take() {
-                out.push((tag, Done::Failed(libc::ECANCELED)));
-            }
+        for tag in self.qp.iter_mut().flat_map(Qp::take_items) {
+            out.push((tag, Done::Failed(libc::ECANCELED)));
         }
         for tag in self.pops.drain(..) {
             out.push((tag, Done::Failed(libc::ECANCELED)));
@@ -483,8 +478,4 @@ impl Drop for Rc {
         drop(qp);
         lock(&self.srq).leave(qpn, self.granted + self.reserve);
     }
-}
-
-fn lock(srq: &SrqCell) -> std::sync::MutexGuard<'_, crate::srq::Srq> {
-    srq.lock().unwrap_or_else(|e| e.into_inner())
 }

@@ -87,6 +87,12 @@ pub fn device_of(key: u64) -> Option<usize> {
 /// An SRQ shared by the connections of one device.
 pub type SrqCell = Mutex<Srq>;
 
+/// Locks a device's SRQ (a panic while it was held leaves its bookkeeping
+/// usable: every change to it is a whole step).
+pub fn lock(srq: &SrqCell) -> std::sync::MutexGuard<'_, Srq> {
+    srq.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// A device's shared receive queue and its credit bookkeeping.
 pub struct Srq {
     /// The verbs SRQ and the receives posted on it.

@@ -351,15 +351,11 @@ impl Catmint {
         let now = Instant::now();
         let ids = std::mem::take(&mut self.timed_ids);
         for &s in &ids {
+            // A close also ends once its FIN is out (or the connection broke).
             let expired = match self.socks.get(s) {
-                Some(
-                    Sock::Resolving { deadline, .. }
-                    | Sock::Connecting { deadline, .. }
-                    | Sock::Incoming { deadline, .. },
-                ) => now >= *deadline,
-                Some(Sock::Closing { ep, deadline }) => now >= *deadline || ep.sends_drained() || ep.is_broken(),
-                Some(Sock::Resolver { deadline, .. }) => now >= *deadline,
-                _ => false,
+                Some(Sock::Closing { ep, .. }) if ep.sends_drained() || ep.is_broken() => true,
+                Some(sock) => sock.deadline().is_some_and(|d| now >= d),
+                None => false,
             };
             if !expired {
                 continue;
@@ -401,7 +397,7 @@ impl Catmint {
         // each once.
         let mut ids = ids;
         ids.append(&mut self.timed_ids);
-        ids.retain(|&s| self.socks.get(s).is_some_and(Sock::is_timed));
+        ids.retain(|&s| self.socks.get(s).is_some_and(|sock| sock.deadline().is_some()));
         ids.sort_unstable();
         ids.dedup();
         self.timed_ids = ids;

@@ -86,7 +86,8 @@ pub struct Ud {
     ready: VecDeque<(Msg, SocketAddrV4)>,
     pops: VecDeque<Tag>,
     pub peers: HashMap<SocketAddrV4, Peer, BuildHasherDefault<AddrHasher>>,
-    sq_depth: u32,
+    /// Our header, the same on every datagram (the bound address).
+    header: [u8; UD_HDR_LEN],
     /// Datagrams dropped because they were malformed.
     pub dropped: u64,
 }
@@ -123,7 +124,7 @@ impl Ud {
             ready: VecDeque::new(),
             pops: VecDeque::new(),
             peers: HashMap::default(),
-            sq_depth,
+            header: UdHeader { from: local }.emit(),
             dropped: 0,
         };
         for index in 0..depth {
@@ -203,20 +204,15 @@ impl Ud {
     /// QP number and Q_Key), behind our header. Kept data completes with
     /// its send; inline data is copied by the post and done at once.
     fn post(&mut self, tag: Tag, data: SendData<'_>, (dest, qpn, qkey): (Dest, u32, u32), out: &mut dyn Sink) {
-        let sq_depth = self.sq_depth;
-        let header = UdHeader { from: self.local }.emit();
+        let header = self.header;
         let qp = self.qp();
-        if !qp.has_room() {
-            // The send queue is full: UD may drop, so do we, loudly.
-            out.push((tag, Done::Failed(libc::ENOBUFS)));
-            return;
-        }
         let inline = matches!(data, SendData::Inline(_));
-        // Signal kept sends (their push completes with them), and every
-        // 16th send or the one that fills the queue, so the queue drains.
-        let seq = qp.next_seq();
-        let signaled = !inline || seq % 16 == 15 || qp.in_flight() as u32 + 1 >= sq_depth;
+        // Signal kept sends (their push completes with them), and what the
+        // send queue needs to drain.
+        let signaled = !inline || qp.signal_due();
         let send = Send { imm: None, data, signaled, ud: Some((&header[..], dest, qpn, qkey)) };
+        // A full send queue fails the push with ENOBUFS: UD may drop, so do
+        // we, loudly.
         match qp.post_send(send, (!inline).then_some(tag)) {
             Err(e) => out.push((tag, Done::Failed(e.errno))),
             Ok(()) if inline => out.push((tag, Done::Sent)),
@@ -317,10 +313,8 @@ impl Ud {
             out.push((tag, Done::Failed(libc::ECANCELED)));
         }
         // Posted sends keep their memory until the QP is destroyed.
-        for tag in self.qp().pending_mut() {
-            if let Some(tag) = tag.take() {
-                out.push((tag, Done::Failed(libc::ECANCELED)));
-            }
+        for tag in self.qp().take_items() {
+            out.push((tag, Done::Failed(libc::ECANCELED)));
         }
         for (_, peer) in self.peers.drain() {
             if let Peer::Resolving { queue, .. } = peer {

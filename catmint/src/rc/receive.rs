@@ -2,9 +2,9 @@
 //! receive queue, framing, reassembly of segmented messages, and the credits
 //! granted back to the peer (see `srq` for the rules).
 
-use super::{lock, Rc};
+use super::Rc;
 use crate::recv::Msg;
-use crate::srq::INITIAL;
+use crate::srq::{lock, INITIAL};
 use crate::sys::mem::Slot;
 use crate::sys::verbs::Completion;
 use crate::sys::Result;

@@ -115,9 +115,7 @@ impl Slot {
 
     /// True if `ptr..ptr+len` lies inside this slot.
     pub fn contains(&self, ptr: *const u8, len: usize) -> bool {
-        let start = self.ptr.as_ptr() as usize;
-        let p = ptr as usize;
-        p >= start && p.checked_add(len).is_some_and(|end| end <= start + self.cap)
+        within(self.ptr.as_ptr(), self.cap, ptr, len)
     }
 
     /// The slot's bytes.
@@ -138,6 +136,12 @@ impl Slot {
     pub(super) fn sge(&self, dev: usize) -> ffi::ibv_sge {
         ffi::ibv_sge { addr: self.ptr.as_ptr() as u64, length: self.cap as u32, lkey: self.lkey(dev) }
     }
+}
+
+/// True if `ptr..ptr+len` lies inside `start..start+size`.
+pub fn within(start: *const u8, size: usize, ptr: *const u8, len: usize) -> bool {
+    let (start, p) = (start as usize, ptr as usize);
+    p >= start && p.checked_add(len).is_some_and(|end| end <= start + size)
 }
 
 /// Where a pool's free slots wait, per size class; shared by everything

@@ -392,10 +392,12 @@ impl<K> Qp<K> {
         (self.sends.len() as u32) < self.sq_depth
     }
 
-    /// The sequence number the next send gets.
+    /// True if the next send should be signaled for the send queue's sake:
+    /// every 16th, and the one that fills the queue, so that unsignaled
+    /// sends are retired and the queue drains.
     #[inline]
-    pub fn next_seq(&self) -> u64 {
-        self.seq
+    pub fn signal_due(&self) -> bool {
+        self.seq % 16 == 15 || self.sends.len() as u32 + 1 >= self.sq_depth
     }
 
     /// Posts one send; `item` is handed back when it is retired. On
@@ -508,11 +510,6 @@ impl<K> Qp<K> {
         true
     }
 
-    /// The items of the sends not retired yet (to cancel what they finish).
-    pub fn pending_mut(&mut self) -> impl Iterator<Item = &mut K> {
-        self.sends.iter_mut().map(|p| &mut p.item)
-    }
-
     /// Adds an address handle to send to with (kept until the QP goes).
     pub fn add_dest(&mut self, ah: Ah) -> Dest {
         self.ahs.push(ah);
@@ -545,6 +542,15 @@ impl<K> Qp<K> {
         let mut slots = self.recvs.as_mut().map(RecvSlots::drain).unwrap_or_default();
         slots.extend(self.prefixes.take().map(|(s, _)| s));
         (id, slots)
+    }
+}
+
+impl<T> Qp<Option<T>> {
+    /// Takes the items of the sends not retired yet (to fail or cancel
+    /// what they finish); the sends themselves stay until retired, keeping
+    /// their memory.
+    pub fn take_items(&mut self) -> impl Iterator<Item = T> + '_ {
+        self.sends.iter_mut().filter_map(|p| p.item.take())
     }
 }
 
