@@ -71,6 +71,15 @@ pub struct Sock {
     pub addressed: bool,
 }
 
+/// Whether a stream with `unsent` bytes queued against `sndbuf` polls as
+/// writable: as Linux's TCP (`sk_stream_is_writeable`), once the free space
+/// is at least half of what is queued, so a full socket does not flip to
+/// writable and back with every small drain. Writes still go in as soon as
+/// there is any space.
+fn stream_writable(unsent: usize, sndbuf: usize) -> bool {
+    sndbuf.saturating_sub(unsent) >= unsent / 2 && unsent < sndbuf
+}
+
 impl Sock {
     pub fn new(qd: QDesc, ty: SockType) -> Sock {
         Sock {
@@ -151,7 +160,7 @@ impl Sock {
                 if self.eof || self.err.is_some() {
                     m |= prdhup;
                 }
-                if self.unsent < sndbuf || self.shut_wr || self.err.is_some() {
+                if stream_writable(self.unsent, sndbuf) || self.shut_wr || self.err.is_some() {
                     m |= pout;
                 }
                 if (self.eof && self.shut_wr) || self.err.is_some() {
@@ -189,5 +198,22 @@ impl Sock {
             self.rx_bytes -= done;
         }
         done
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::stream_writable;
+
+    #[test]
+    fn a_full_stream_polls_writable_only_once_a_third_is_free_again() {
+        let sndbuf = 3 << 20;
+        assert!(stream_writable(0, sndbuf));
+        assert!(!stream_writable(sndbuf, sndbuf), "full");
+        // One small drain from full is not enough (Linux: free >= queued / 2).
+        assert!(!stream_writable(sndbuf - (64 << 10), sndbuf));
+        assert!(!stream_writable((2 << 20) + 1, sndbuf));
+        assert!(stream_writable(2 << 20, sndbuf), "a third free");
+        assert!(!stream_writable(0, 0));
     }
 }
